@@ -1,0 +1,141 @@
+"""SAN: a frozen CLIP plus a side adapter network, composed from the small modules beside this file.
+
+Data flow for a batch of images (all padded to one size):
+
+    image [B,3,H,W] --normalise, pad--> side adapter ------------> mask logits [B,Q,H/16,W/16]
+        |                                   ^   |
+        +--x clip_resolution--> CLIP blocks 1..k (features)      attention bias [B,heads,Q,H/16,W/16]
+                                     |          v
+                                     +--> recognition head (CLIP blocks k+1..) -> region embeddings [B,Q,D]
+    region embeddings x classifier [C+1,D] -> class logits [B,Q,C+1]
+    softmax(class logits)[:, :C] x sigmoid(mask logits) -> per-class score maps
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from schemas.model_config import SanModelConfig
+
+from .clip_backbone import build_clip
+from .clip_features import ClipFeatureExtractor, ClipFeatures
+from .postprocess import semantic_scores
+from .recognition_head import RecognitionHead
+from .side_adapter import SideAdapter
+from .text_classifier import TextClassifier
+
+
+@dataclass
+class SanOutputs:
+    """Everything one padded batch computes (B images, Q queries, C classes, D embedding width)."""
+
+    clip_features: ClipFeatures
+    mask_logits: torch.Tensor  # [B, Q, h, w] side-adapter mask logits before resizing
+    attn_biases: list[torch.Tensor]  # per bias layer [B, heads, Q, h, w] before downsampling
+    region_embeddings: torch.Tensor  # [B, Q, D] L2-normalised
+    class_logits: torch.Tensor  # [B, Q, C+1] (background last)
+    sem_seg: list[torch.Tensor]  # per image [C, H_out, W_out]
+
+
+class SAN(nn.Module):
+    def __init__(self, config: SanModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        clip = build_clip(config.clip)
+        last = config.san.clip_feature_last_layer
+        self.clip_features = ClipFeatureExtractor(clip.visual, last_layer=last)
+        self.recognition_head = RecognitionHead(clip.visual, first_layer=last, downsample_method=config.san.rec_downsample_method)
+        self.side_adapter = SideAdapter(config.side_adapter, clip_width=self.clip_features.width)
+        self.text_classifier = TextClassifier(clip)
+        self.register_buffer("pixel_mean", torch.tensor(config.san.pixel_mean).view(-1, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(config.san.pixel_std).view(-1, 1, 1), persistent=False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    # --- vocabulary -------------------------------------------------------------------------
+    @torch.no_grad()
+    def class_embeddings(self, names: Sequence[str], templates: Sequence[str] | None = None) -> torch.Tensor:
+        """[C, D] normalised, template-averaged text embeddings of the class names."""
+        return self.text_classifier.embed_names(names, templates or self.config.templates)
+
+    @torch.no_grad()
+    def classifier(self, names: Sequence[str], templates: Sequence[str] | None = None) -> torch.Tensor:
+        """[C+1, D] logit-scaled classifier for a vocabulary (learned background last)."""
+        return self.text_classifier.classifier_weights(self.class_embeddings(names, templates))
+
+    # --- images -----------------------------------------------------------------------------
+    def padded_size(self, height: int, width: int) -> tuple[int, int]:
+        d = self.config.san.size_divisibility
+        return (height + d - 1) // d * d, (width + d - 1) // d * d
+
+    def preprocess(self, images: Sequence[torch.Tensor]) -> torch.Tensor:
+        """RGB float images [3, H_i, W_i] in 0..255 -> normalised batch [B, 3, H, W], zero-padded
+        at the bottom/right to the largest size rounded up to size_divisibility."""
+        height, width = self.padded_size(max(int(i.shape[-2]) for i in images), max(int(i.shape[-1]) for i in images))
+        batch = torch.zeros(len(images), 3, height, width, device=self.device, dtype=self.pixel_mean.dtype)
+        for slot, image in zip(batch, images, strict=True):
+            h, w = image.shape[-2:]
+            slot[:, :h, :w] = (image.to(batch) - self.pixel_mean) / self.pixel_std
+        return batch
+
+    def forward(
+        self,
+        images: Sequence[torch.Tensor],
+        classifier: torch.Tensor,
+        output_sizes: Sequence[tuple[int, int]] | None = None,
+    ) -> SanOutputs:
+        """Run one padded batch exactly as the reference does (all images padded together).
+
+        images: RGB float [3, H_i, W_i], 0..255, already resized to the model's input size.
+        classifier: [C+1, D] from `classifier()`. output_sizes: (height, width) per image for
+        sem_seg (default: the image's own size).
+        """
+        batch = self.preprocess(images)
+        scale = self.config.san.clip_resolution
+        clip_input = F.interpolate(batch, scale_factor=scale, mode="bilinear", align_corners=False)
+        clip_features = self.clip_features(clip_input)
+        mask_logits_all, attn_biases_all = self.side_adapter(batch, clip_features.maps)
+        mask_logits, attn_biases = mask_logits_all[-1], attn_biases_all[-1]
+        last = self.config.san.clip_feature_last_layer
+        regions = self.recognition_head(clip_features.cls_tokens[last], clip_features.maps[last], attn_biases)
+        class_logits = torch.einsum("bqd,cd->bqc", regions, classifier.to(regions))
+
+        input_sizes = [(int(i.shape[-2]), int(i.shape[-1])) for i in images]
+        sizes = list(output_sizes) if output_sizes is not None else input_sizes
+        upsampled = F.interpolate(mask_logits, size=batch.shape[-2:], mode="bilinear", align_corners=False)
+        sem_seg = [
+            semantic_scores(cls, masks, in_size, out_size)
+            for cls, masks, in_size, out_size in zip(class_logits, upsampled, input_sizes, sizes, strict=True)
+        ]
+        return SanOutputs(clip_features, mask_logits, attn_biases, regions, class_logits, sem_seg)
+
+    @torch.no_grad()
+    def predict(
+        self,
+        images: Sequence[torch.Tensor],
+        classifier: torch.Tensor,
+        output_sizes: Sequence[tuple[int, int]] | None = None,
+    ) -> list[torch.Tensor]:
+        """Per-image class score maps [C, H_out, W_out], each equal to running that image alone.
+
+        Images are grouped by their padded size and each group runs as one batch, so padding never
+        changes an image's result (the reference evaluates one image at a time).
+        """
+        sizes = list(output_sizes) if output_sizes is not None else [(int(i.shape[-2]), int(i.shape[-1])) for i in images]
+        groups: dict[tuple[int, int], list[int]] = defaultdict(list)
+        for index, image in enumerate(images):
+            groups[self.padded_size(int(image.shape[-2]), int(image.shape[-1]))].append(index)
+        results: list[torch.Tensor | None] = [None] * len(images)
+        for indices in groups.values():
+            out = self.forward([images[i] for i in indices], classifier, [sizes[i] for i in indices])
+            for i, scores in zip(indices, out.sem_seg, strict=True):
+                results[i] = scores
+        return results  # type: ignore[return-value]
