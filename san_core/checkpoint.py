@@ -119,8 +119,14 @@ def _torch_load(data: bytes, uri: str) -> Mapping[str, Any]:
     try:
         obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        if "Unsupported global" not in str(e):
+            raise CheckpointError(
+                f"{uri} is not a readable PyTorch checkpoint (corrupt or not a torch.save file)"
+            ) from e
+        wanted = next((line.strip() for line in str(e).splitlines() if "Unsupported global" in line), "")
         raise CheckpointError(
-            f"{uri} is a pickle that needs Python code to load; refusing to execute it. Only plain "
+            f"{uri} is a pickle that needs Python code to load ({wanted.split(' was ')[0]}); "
+            "refusing to execute it. Only plain "
             "tensor checkpoints are read (torch.load weights_only=True). Re-save its state_dict "
             "with torch.save(state_dict) or as .safetensors on a machine you trust."
         ) from e

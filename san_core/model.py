@@ -50,11 +50,24 @@ class SAN(nn.Module):
         clip = build_clip(config.clip)
         last = config.san.clip_feature_last_layer
         self.clip_features = ClipFeatureExtractor(clip.visual, last_layer=last)
-        self.recognition_head = RecognitionHead(clip.visual, first_layer=last, downsample_method=config.san.rec_downsample_method)
+        self.recognition_head = RecognitionHead(
+            clip.visual, first_layer=last, downsample_method=config.san.rec_downsample_method
+        )
         self.side_adapter = SideAdapter(config.side_adapter, clip_width=self.clip_features.width)
         self.text_classifier = TextClassifier(clip)
-        self.register_buffer("pixel_mean", torch.tensor(config.san.pixel_mean).view(-1, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(config.san.pixel_std).view(-1, 1, 1), persistent=False)
+        self.register_buffer("pixel_mean", torch.empty(3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.empty(3, 1, 1), persistent=False)
+        self.reset_buffers()
+
+    def reset_buffers(self) -> None:
+        """Fill the buffers that are derived from the config, never read from a checkpoint."""
+        san = self.config.san
+        device = self.pixel_mean.device
+        if device.type == "meta":
+            return
+        self.pixel_mean = torch.tensor(san.pixel_mean, device=device).view(-1, 1, 1)
+        self.pixel_std = torch.tensor(san.pixel_std, device=device).view(-1, 1, 1)
+        self.text_classifier.reset_attn_mask()
 
     @property
     def device(self) -> torch.device:
@@ -129,7 +142,9 @@ class SAN(nn.Module):
         Images are grouped by their padded size and each group runs as one batch, so padding never
         changes an image's result (the reference evaluates one image at a time).
         """
-        sizes = list(output_sizes) if output_sizes is not None else [(int(i.shape[-2]), int(i.shape[-1])) for i in images]
+        sizes = (
+            list(output_sizes) if output_sizes is not None else [(int(i.shape[-2]), int(i.shape[-1])) for i in images]
+        )
         groups: dict[tuple[int, int], list[int]] = defaultdict(list)
         for index, image in enumerate(images):
             groups[self.padded_size(int(image.shape[-2]), int(image.shape[-1]))].append(index)

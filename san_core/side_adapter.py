@@ -84,7 +84,9 @@ class SideAdapter(nn.Module):
             rescale_attn_bias=cfg.rescale_attn_bias,
         )
 
-    def _fuse(self, block_idx: int, x: torch.Tensor, clip_maps: list[torch.Tensor], grid: tuple[int, int]) -> torch.Tensor:
+    def _fuse(
+        self, block_idx: int, x: torch.Tensor, clip_maps: list[torch.Tensor], grid: tuple[int, int]
+    ) -> torch.Tensor:
         if block_idx not in self.fusion_sources:
             return x
         num_patches = grid[0] * grid[1]

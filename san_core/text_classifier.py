@@ -26,10 +26,18 @@ class TextClassifier(nn.Module):
         self.text_projection = clip.text_projection
         self.logit_scale = clip.logit_scale
         # Rebuilt from the context length, so it is never read from a checkpoint.
-        self.register_buffer("attn_mask", clip.attn_mask, persistent=False)
         self.context_length = int(clip.context_length)
+        self.register_buffer("attn_mask", torch.empty(self.context_length, self.context_length), persistent=False)
+        self.reset_attn_mask()
         embed_dim = int(clip.text_projection.shape[1])
         self.bg_embed = nn.Parameter(torch.randn(1, embed_dim) * embed_dim**-0.5)
+
+    def reset_attn_mask(self) -> None:
+        """Causal mask of CLIP's text transformer: position i sees positions <= i."""
+        if self.attn_mask.device.type == "meta":
+            return
+        n = self.context_length
+        self.attn_mask = torch.full((n, n), float("-inf"), device=self.attn_mask.device).triu_(1)
 
     @property
     def embed_dim(self) -> int:

@@ -26,7 +26,9 @@ class _Strict(BaseModel):
 class SanSection(_Strict):
     """Image-side settings of SAN (the reference's ``MODEL.SAN.*``)."""
 
-    clip_feature_last_layer: int = Field(ge=1, description="CLIP blocks run on the image; the rest form the recognition head")
+    clip_feature_last_layer: int = Field(
+        ge=1, description="CLIP blocks run on the image; the rest form the recognition head"
+    )
     clip_resolution: float = Field(gt=0, le=1, description="CLIP sees the padded image scaled by this factor")
     size_divisibility: int = Field(default=32, ge=1)
     rec_downsample_method: Literal["max", "avg", "bilinear", "bicubic", "nearest"] = "max"

@@ -1,0 +1,176 @@
+"""Prove that this port is SAN.
+
+    python -m san_core.verify parity DIR      # DIR laid out like shared/parity/tiny_a/
+    python -m san_core.verify manifest FILE   # a published checkpoint's tensor manifest (JSON)
+
+`parity` builds the model from DIR/config.json, loads DIR/checkpoint.pth, runs DIR/inputs.pth and
+compares every tensor of DIR/expected.pth; `manifest` maps every tensor a published checkpoint
+lists onto the matching preset built on the meta device. Both exit non-zero on any failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from schemas.model_config import SanModelConfig
+
+from .build import build_model
+from .checkpoint import (
+    IGNORED_REFERENCE_KEYS,
+    CheckpointError,
+    check_state_dict,
+    from_reference_layout,
+    load_into,
+    read_checkpoint,
+)
+from .presets import PRESETS
+
+PARITY_TOLERANCE = 1e-4
+
+
+@dataclass
+class Comparison:
+    name: str
+    shape: tuple[int, ...]
+    max_abs_diff: float
+
+    @property
+    def ok(self) -> bool:
+        return self.max_abs_diff <= PARITY_TOLERANCE
+
+
+def _compare(name: str, ours: torch.Tensor, expected: torch.Tensor) -> Comparison:
+    if tuple(ours.shape) != tuple(expected.shape):
+        return Comparison(
+            f"{name} (shape {tuple(ours.shape)} != {tuple(expected.shape)})", tuple(expected.shape), float("inf")
+        )
+    diff = (ours.detach().float().cpu() - expected.float()).abs().max().item()
+    return Comparison(name, tuple(expected.shape), diff)
+
+
+def run_parity(directory: str | Path) -> list[Comparison]:
+    """Run the fixture in `directory` through this port; one Comparison per expected tensor."""
+    directory = Path(directory)
+    config = SanModelConfig.from_json_file(directory / "config.json")
+    model = build_model(config)
+    load_into(model, read_checkpoint(str(directory / "checkpoint.pth")).state_dict, source="checkpoint.pth")
+    inputs = torch.load(directory / "inputs.pth", weights_only=True)
+    expected = torch.load(directory / "expected.pth", weights_only=True)
+
+    with torch.no_grad():
+        classifier = model.classifier(inputs["vocabulary"])
+        sizes = list(zip(inputs["heights"], inputs["widths"], strict=True))
+        out = model(inputs["images"], classifier, sizes)
+
+    results = [_compare("classifier", classifier, expected["classifier"])]
+    clip_expected = expected["clip_features"]
+    for idx, (feature_map, cls_token) in enumerate(
+        zip(out.clip_features.maps, out.clip_features.cls_tokens, strict=True)
+    ):
+        if str(idx) in clip_expected:
+            results.append(_compare(f"clip_features[{idx}]", feature_map, clip_expected[str(idx)]))
+            # The reference keeps class tokens sequence-first: [1, B, width].
+            results.append(
+                _compare(f"clip_features[{idx}_cls_token]", cls_token[None], clip_expected[f"{idx}_cls_token"])
+            )
+    compared = {str(i) for i in range(len(out.clip_features.maps))} | {
+        f"{i}_cls_token" for i in range(len(out.clip_features.maps))
+    }
+    for key in sorted(set(clip_expected) - compared):
+        results.append(
+            Comparison(f"clip_features[{key}] (not produced)", tuple(clip_expected[key].shape), float("inf"))
+        )
+    results.append(_compare("mask_preds", out.mask_logits, expected["mask_preds"]))
+    results.append(_compare("attn_bias", out.attn_biases[-1], expected["attn_bias"]))
+    results.append(_compare("mask_embs", out.region_embeddings, expected["mask_embs"]))
+    for i, (ours, theirs) in enumerate(zip(out.sem_seg, expected["sem_seg"], strict=True)):
+        results.append(_compare(f"sem_seg[{i}]", ours, theirs))
+    return results
+
+
+@dataclass
+class ManifestReport:
+    preset: str
+    listed: int
+    landed: int
+    ignored: list[str]
+    error: str | None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.landed + len(self.ignored) == self.listed
+
+
+def _preset_for_manifest(path: Path, manifest: dict) -> str:
+    for name, preset in PRESETS.items():
+        if Path(preset.filename).stem == path.stem:
+            return name
+    for name, preset in PRESETS.items():  # fall back to matching the CLIP positional embedding
+        model = build_model(preset.config, "meta")
+        pos = manifest.get("clip_visual_extractor.positional_embedding", {}).get("shape")
+        if pos == list(model.clip_features.positional_embedding.shape):
+            return name
+    raise ValueError(f"{path} matches no preset ({', '.join(PRESETS)})")
+
+
+def check_manifest(path: str | Path) -> ManifestReport:
+    """Map every tensor listed in a published checkpoint manifest onto the matching preset."""
+    path = Path(path)
+    manifest = json.loads(path.read_text())
+    preset = _preset_for_manifest(path, manifest)
+    model = build_model(PRESETS[preset].config, "meta")
+    dtypes = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "int64": torch.int64}
+    synthetic = {
+        name: torch.empty(entry["shape"], dtype=dtypes.get(entry.get("dtype", "float32"), torch.float32), device="meta")
+        for name, entry in manifest.items()
+    }
+    ignored = sorted(set(synthetic) & IGNORED_REFERENCE_KEYS)
+    converted = from_reference_layout(synthetic)
+    try:
+        check_state_dict(model, converted, source=str(path))
+    except CheckpointError as e:
+        landed = sum(
+            1 for k, v in converted.items() if k in model.state_dict() and v.shape == model.state_dict()[k].shape
+        )
+        return ManifestReport(preset, len(manifest), landed, ignored, str(e))
+    expected = model.state_dict()
+    wrong_dtype = [k for k, v in converted.items() if v.dtype != expected[k].dtype]
+    error = f"dtype differs for {wrong_dtype}" if wrong_dtype else None
+    return ManifestReport(preset, len(manifest), len(converted) - len(wrong_dtype), ignored, error)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m san_core.verify", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("parity", help="compare against a reference fixture directory").add_argument("directory")
+    sub.add_parser("manifest", help="map a published checkpoint manifest onto its preset").add_argument("file")
+    args = parser.parse_args(argv)
+
+    if args.command == "parity":
+        results = run_parity(args.directory)
+        width = max(len(r.name) for r in results)
+        print(f"{'tensor':<{width}}  {'shape':<22} max |diff|")
+        for r in results:
+            print(f"{r.name:<{width}}  {str(list(r.shape)):<22} {r.max_abs_diff:.3e}  {'ok' if r.ok else 'FAIL'}")
+        failed = [r for r in results if not r.ok]
+        print(f"{len(results) - len(failed)}/{len(results)} tensors within {PARITY_TOLERANCE:g}")
+        return 1 if failed else 0
+
+    report = check_manifest(args.file)
+    print(
+        f"preset {report.preset}: {report.landed}/{report.listed} tensors landed with equal shapes; "
+        f"{len(report.ignored)} dropped by name ({', '.join(report.ignored) or 'none'})"
+    )
+    if report.error:
+        print(report.error)
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""Model behaviour: batching invariance, and inference computes only what it returns."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from san_core.build import build_model, load_model
+from san_core.presets import PRESETS
+
+
+@pytest.fixture(scope="module")
+def tiny_model(parity_dir):
+    tiny = parity_dir / "tiny_a"
+    return load_model(checkpoint=str(tiny / "checkpoint.pth"), model_config=str(tiny / "config.json")).model
+
+
+def _images(sizes: list[tuple[int, int]]) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(7)
+    return [torch.rand(3, h, w, generator=generator) * 255 for h, w in sizes]
+
+
+def test_mixed_size_batch_equals_one_image_at_a_time(tiny_model, tiny_inputs):
+    # two share a padded size (128x160), one pads to 96x64 and one to 160x128
+    sizes = [(100, 150), (128, 140), (70, 64), (150, 120)]
+    images = _images(sizes)
+    out_sizes = [(h * 2, w) for h, w in sizes]
+    classifier = tiny_model.classifier(tiny_inputs["vocabulary"])
+    batched = tiny_model.predict(images, classifier, out_sizes)
+    for image, size, scores in zip(images, out_sizes, batched, strict=True):
+        (alone,) = tiny_model.predict([image], classifier, [size])
+        assert scores.shape == (len(tiny_inputs["vocabulary"]), *size)
+        assert torch.allclose(scores, alone, atol=1e-5, rtol=0)
+
+
+def test_padding_together_changes_results_which_is_why_predict_groups(tiny_model, tiny_inputs):
+    """Guards the grouping: the reference's shared padding really does change a smaller image."""
+    images = _images([(128, 160), (64, 64)])
+    classifier = tiny_model.classifier(tiny_inputs["vocabulary"])
+    with torch.no_grad():
+        shared = tiny_model(images, classifier).sem_seg[1]
+    (alone,) = tiny_model.predict([images[1]], classifier)
+    assert (shared - alone).abs().max().item() > 1e-4
+
+
+def test_inference_runs_only_the_output_branch(tiny_model, tiny_inputs):
+    calls: dict[str, int] = {}
+
+    def count(name):
+        def hook(*_):
+            calls[name] = calls.get(name, 0) + 1
+
+        return hook
+
+    handles = [tiny_model.side_adapter.mask_decoder.register_forward_hook(count("mask_decoder"))]
+    for i, block in enumerate(tiny_model.side_adapter.blocks):
+        handles.append(block.register_forward_hook(count(f"side_block_{i}")))
+    for i, block in enumerate(tiny_model.clip_features.resblocks):
+        handles.append(block.register_forward_hook(count(f"clip_block_{i}")))
+    handles.append(tiny_model.text_classifier.transformer.register_forward_hook(count("text_encoder")))
+    classifier = tiny_model.classifier(tiny_inputs["vocabulary"])
+    text_calls = calls.pop("text_encoder")
+    assert text_calls == len(tiny_model.config.templates)  # once per template, whole vocabulary at once
+    try:
+        tiny_model.predict(_images([(100, 150), (110, 140)]), classifier)  # one padded size
+    finally:
+        for handle in handles:
+            handle.remove()
+    depth = tiny_model.config.side_adapter.depth
+    output_block = max(tiny_model.config.side_adapter.deep_supervision_idxs)
+    assert calls["mask_decoder"] == 1  # no deep-supervision decoding at inference
+    assert "text_encoder" not in calls  # the vocabulary is encoded once, outside the image batches
+    assert all(calls[f"clip_block_{i}"] == 1 for i in range(len(tiny_model.clip_features.resblocks)))
+    assert [calls.get(f"side_block_{i}", 0) for i in range(depth)] == [1] * output_block + [0] * (depth - output_block)
+
+
+def test_training_mode_returns_every_supervised_block(tiny_model):
+    image = torch.randn(1, 3, 64, 96)
+    clip_input = torch.nn.functional.interpolate(image, scale_factor=0.5, mode="bilinear", align_corners=False)
+    with torch.no_grad():
+        features = tiny_model.clip_features(clip_input)
+        masks, biases = tiny_model.side_adapter(image, features.maps, all_supervised=True)
+    assert len(masks) == len(tiny_model.config.side_adapter.deep_supervision_idxs)
+    assert masks[-1].shape == (1, tiny_model.config.side_adapter.num_queries, 4, 6)
+    assert biases[-1][0].shape == (1, tiny_model.config.side_adapter.attn_bias_heads, 8, 4, 6)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_presets_have_the_published_shapes(name):
+    model = build_model(PRESETS[name].config, "meta")
+    cfg = PRESETS[name].config
+    assert cfg.side_adapter.num_queries == 100 and cfg.side_adapter.embed_dim == 240
+    assert len(model.side_adapter.blocks) == 8
+    clip_depth = len(model.clip_features.resblocks) + len(model.recognition_head.resblocks)
+    assert clip_depth == (12 if name == "san-vit-b16" else 24)
+    assert len(model.clip_features.resblocks) == cfg.san.clip_feature_last_layer
+    assert model.recognition_head.num_heads == cfg.side_adapter.attn_bias_heads
