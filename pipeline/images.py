@@ -1,0 +1,43 @@
+"""Pure image functions: decode bytes to RGB, and resize to the model's input size."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image, ImageOps
+
+# Pillow's own bomb guard (~179 Mpx) raises on open; the pipeline sets its limit explicitly.
+DEFAULT_MAX_PIXELS = 100_000_000
+
+
+def decode_rgb(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """JPEG/PNG/... bytes -> uint8 RGB array [H, W, 3], EXIF orientation applied."""
+    with Image.open(io.BytesIO(data)) as image:
+        if image.width * image.height > max_pixels:
+            raise ValueError(f"image is {image.width}x{image.height}, over the {max_pixels:,}-pixel limit")
+        image = ImageOps.exif_transpose(image)
+        if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+            # 16-bit greyscale: scale to 8 bits rather than clip
+            array = np.asarray(image, dtype=np.float32)
+            peak = max(float(array.max()), 1.0)
+            image = Image.fromarray((array / peak * 255.0).astype(np.uint8))
+        return np.array(image.convert("RGB"))  # a writable copy
+
+
+def short_side_size(height: int, width: int, short_side: int, max_long_side: int) -> tuple[int, int]:
+    """Output (height, width) for the reference test resize: short side to `short_side`, the long
+    side capped at `max_long_side` (detectron2's ResizeShortestEdge rounding)."""
+    scale = short_side / min(height, width)
+    if max(height, width) * scale > max_long_side:
+        scale = max_long_side / max(height, width)
+    return int(height * scale + 0.5), int(width * scale + 0.5)
+
+
+def resize_short_side(rgb: np.ndarray, short_side: int = 640, max_long_side: int = 2560) -> np.ndarray:
+    """uint8 RGB [H, W, 3] -> uint8 RGB resized bilinearly (as the reference evaluation does)."""
+    height, width = rgb.shape[:2]
+    new_h, new_w = short_side_size(height, width, short_side, max_long_side)
+    if (new_h, new_w) == (height, width):
+        return rgb
+    return np.array(Image.fromarray(rgb).resize((new_w, new_h), Image.BILINEAR))
