@@ -81,7 +81,7 @@ def main() -> None:
     print(f"|{'-' * 8}|{'-' * 7}|{'-' * 7}|{'-' * 11}|{'-' * 19}|")
     for device, dtype in runs:
         model = build_model(config).to(device)
-        classifier = model.classifier(VOCABULARY)
+        classifier = model.class_embeddings(VOCABULARY)
         for batch in (1, 4):
             rate, peak = measure(model, classifier, device, batch, dtype, args.iters, (args.height, args.width))
             print(f"| {device:<6} | {dtype:<5} | {batch:>5} | {rate:>9.2f} | {peak:>17.0f} |", flush=True)

@@ -77,13 +77,13 @@ def main(argv: list[str] | None = None) -> int:
         model, model_id, digest, weights = build_model(preset.config), preset.name, None, "random (smoke test)"
 
     start = time.perf_counter()
-    classifier = model.classifier(vocabulary)
+    class_embeddings = model.class_embeddings(vocabulary)
     results = []
     for path in images:
         rgb = resize_short_side(decode_rgb(path.read_bytes()), args.short_side)
         tensor = torch.from_numpy(rgb).permute(2, 0, 1).float()
-        (scores,) = model.predict([tensor], classifier)
-        labels = scores.argmax(0).numpy()
+        ((labels, _scores),) = model.predict_labels([tensor], class_embeddings)
+        labels = labels.numpy()
         areas = np.bincount(labels.ravel(), minlength=len(vocabulary)) / labels.size
         top = [(vocabulary[i], float(areas[i])) for i in np.argsort(-areas)[:5] if areas[i] > 0]
         print(f"{path.name:<20} " + ", ".join(f"{name} {share:.0%}" for name, share in top))

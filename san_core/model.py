@@ -25,7 +25,7 @@ from schemas.model_config import SanModelConfig
 
 from .clip_backbone import build_clip
 from .clip_features import ClipFeatureExtractor, ClipFeatures
-from .postprocess import semantic_scores
+from .postprocess import semantic_labels, semantic_scores
 from .recognition_head import RecognitionHead
 from .side_adapter import SideAdapter
 from .text_classifier import TextClassifier
@@ -39,8 +39,9 @@ class SanOutputs:
     mask_logits: torch.Tensor  # [B, Q, h, w] side-adapter mask logits before resizing
     attn_biases: list[torch.Tensor]  # per bias layer [B, heads, Q, h, w] before downsampling
     region_embeddings: torch.Tensor  # [B, Q, D] L2-normalised
-    class_logits: torch.Tensor  # [B, Q, C+1] (background last)
-    sem_seg: list[torch.Tensor]  # per image [C, H_out, W_out]
+    class_logits: torch.Tensor  # [B, Q, C(+1)] (background last when used)
+    padded_size: tuple[int, int]  # (H, W) of the padded batch
+    input_sizes: list[tuple[int, int]]  # each image's own (H, W) inside the padding
 
 
 class SAN(nn.Module):
@@ -75,13 +76,16 @@ class SAN(nn.Module):
 
     # --- vocabulary -------------------------------------------------------------------------
     @torch.no_grad()
-    def class_embeddings(self, names: Sequence[str], templates: Sequence[str] | None = None) -> torch.Tensor:
-        """[C, D] normalised, template-averaged text embeddings of the class names."""
-        return self.text_classifier.embed_names(names, templates or self.config.templates)
+    def class_embeddings(
+        self, names: Sequence[str | Sequence[str]], templates: Sequence[str] | None = None
+    ) -> torch.Tensor:
+        """[C, D] normalised text embeddings; each entry is a class name or a list of its synonyms."""
+        prompt_sets = [[n] if isinstance(n, str) else list(n) for n in names]
+        return self.text_classifier.embed_prompt_sets(prompt_sets, templates or self.config.templates)
 
     @torch.no_grad()
     def classifier(self, names: Sequence[str], templates: Sequence[str] | None = None) -> torch.Tensor:
-        """[C+1, D] logit-scaled classifier for a vocabulary (learned background last)."""
+        """The reference's logit-scaled classifier [C+1, D] for a vocabulary (background last)."""
         return self.text_classifier.classifier_weights(self.class_embeddings(names, templates))
 
     # --- images -----------------------------------------------------------------------------
@@ -100,16 +104,13 @@ class SAN(nn.Module):
         return batch
 
     def forward(
-        self,
-        images: Sequence[torch.Tensor],
-        classifier: torch.Tensor,
-        output_sizes: Sequence[tuple[int, int]] | None = None,
+        self, images: Sequence[torch.Tensor], class_embeddings: torch.Tensor, background: bool = True
     ) -> SanOutputs:
         """Run one padded batch exactly as the reference does (all images padded together).
 
         images: RGB float [3, H_i, W_i], 0..255, already resized to the model's input size.
-        classifier: [C+1, D] from `classifier()`. output_sizes: (height, width) per image for
-        sem_seg (default: the image's own size).
+        class_embeddings: [C, D] from `class_embeddings()`; `background` adds the learned
+        background column to the class logits (the reference always does).
         """
         batch = self.preprocess(images)
         scale = self.config.san.clip_resolution
@@ -119,38 +120,81 @@ class SAN(nn.Module):
         mask_logits, attn_biases = mask_logits_all[-1], attn_biases_all[-1]
         last = self.config.san.clip_feature_last_layer
         regions = self.recognition_head(clip_features.cls_tokens[last], clip_features.maps[last], attn_biases)
-        class_logits = torch.einsum("bqd,cd->bqc", regions, classifier.to(regions))
+        class_logits = self.text_classifier.class_logits(regions, class_embeddings, background)
+        return SanOutputs(
+            clip_features=clip_features,
+            mask_logits=mask_logits,
+            attn_biases=attn_biases,
+            region_embeddings=regions,
+            class_logits=class_logits,
+            padded_size=(int(batch.shape[-2]), int(batch.shape[-1])),
+            input_sizes=[(int(i.shape[-2]), int(i.shape[-1])) for i in images],
+        )
 
-        input_sizes = [(int(i.shape[-2]), int(i.shape[-1])) for i in images]
-        sizes = list(output_sizes) if output_sizes is not None else input_sizes
-        upsampled = F.interpolate(mask_logits, size=batch.shape[-2:], mode="bilinear", align_corners=False)
-        sem_seg = [
-            semantic_scores(cls, masks, in_size, out_size)
-            for cls, masks, in_size, out_size in zip(class_logits, upsampled, input_sizes, sizes, strict=True)
-        ]
-        return SanOutputs(clip_features, mask_logits, attn_biases, regions, class_logits, sem_seg)
+    def _grouped(self, images: Sequence[torch.Tensor]) -> list[list[int]]:
+        """Indices of images grouped by padded size: padding never changes an image's result
+        when each group runs as one batch (the reference evaluates one image at a time)."""
+        groups: dict[tuple[int, int], list[int]] = defaultdict(list)
+        for index, image in enumerate(images):
+            groups[self.padded_size(int(image.shape[-2]), int(image.shape[-1]))].append(index)
+        return list(groups.values())
 
     @torch.no_grad()
     def predict(
         self,
         images: Sequence[torch.Tensor],
-        classifier: torch.Tensor,
+        class_embeddings: torch.Tensor,
         output_sizes: Sequence[tuple[int, int]] | None = None,
+        background: bool = True,
     ) -> list[torch.Tensor]:
-        """Per-image class score maps [C, H_out, W_out], each equal to running that image alone.
+        """Per-image class score maps [C, H_out, W_out] (the reference's `sem_seg`), each equal to
+        running that image alone. output_sizes default to the input sizes."""
+        sizes = _sizes(images, output_sizes)
+        results: list[torch.Tensor] = [torch.empty(0)] * len(images)
+        for indices in self._grouped(images):
+            out = self([images[i] for i in indices], class_embeddings, background)
+            for slot, i in enumerate(indices):
+                results[i] = semantic_scores(
+                    out.class_logits[slot],
+                    out.mask_logits[slot],
+                    out.padded_size,
+                    out.input_sizes[slot],
+                    sizes[i],
+                    background,
+                )
+        return results
 
-        Images are grouped by their padded size and each group runs as one batch, so padding never
-        changes an image's result (the reference evaluates one image at a time).
-        """
-        sizes = (
-            list(output_sizes) if output_sizes is not None else [(int(i.shape[-2]), int(i.shape[-1])) for i in images]
-        )
-        groups: dict[tuple[int, int], list[int]] = defaultdict(list)
-        for index, image in enumerate(images):
-            groups[self.padded_size(int(image.shape[-2]), int(image.shape[-1]))].append(index)
-        results: list[torch.Tensor | None] = [None] * len(images)
-        for indices in groups.values():
-            out = self.forward([images[i] for i in indices], classifier, [sizes[i] for i in indices])
-            for i, scores in zip(indices, out.sem_seg, strict=True):
-                results[i] = scores
-        return results  # type: ignore[return-value]
+    @torch.no_grad()
+    def predict_labels(
+        self,
+        images: Sequence[torch.Tensor],
+        class_embeddings: torch.Tensor,
+        output_sizes: Sequence[tuple[int, int]] | None = None,
+        background: bool = True,
+        max_chunk_elements: int = 1 << 25,
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per image (labels [H_out, W_out] as class indices, their scores): the argmax of
+        `predict`'s score maps, computed in row chunks so no [C, H, W] map is ever materialised."""
+        sizes = _sizes(images, output_sizes)
+        results: list[tuple[torch.Tensor, torch.Tensor]] = [(torch.empty(0), torch.empty(0))] * len(images)
+        for indices in self._grouped(images):
+            out = self([images[i] for i in indices], class_embeddings, background)
+            for slot, i in enumerate(indices):
+                results[i] = semantic_labels(
+                    out.class_logits[slot],
+                    out.mask_logits[slot],
+                    out.padded_size,
+                    out.input_sizes[slot],
+                    sizes[i],
+                    background,
+                    max_chunk_elements,
+                )
+        return results
+
+
+def _sizes(images: Sequence[torch.Tensor], output_sizes: Sequence[tuple[int, int]] | None) -> list[tuple[int, int]]:
+    if output_sizes is None:
+        return [(int(i.shape[-2]), int(i.shape[-1])) for i in images]
+    if len(output_sizes) != len(images):
+        raise ValueError(f"{len(output_sizes)} output sizes for {len(images)} images")
+    return [(int(h), int(w)) for h, w in output_sizes]

@@ -27,7 +27,7 @@ def tiny_image_and_vocab(tiny_inputs):
 
 
 def _scores(loaded, image, vocab) -> torch.Tensor:
-    (scores,) = loaded.model.predict([image], loaded.model.classifier(vocab))
+    (scores,) = loaded.model.predict([image], loaded.model.class_embeddings(vocab))
     return scores
 
 

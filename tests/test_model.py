@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from san_core.build import build_model, load_model
+from san_core.postprocess import semantic_scores
 from san_core.presets import PRESETS
 
 
@@ -25,10 +26,10 @@ def test_mixed_size_batch_equals_one_image_at_a_time(tiny_model, tiny_inputs):
     sizes = [(100, 150), (128, 140), (70, 64), (150, 120)]
     images = _images(sizes)
     out_sizes = [(h * 2, w) for h, w in sizes]
-    classifier = tiny_model.classifier(tiny_inputs["vocabulary"])
-    batched = tiny_model.predict(images, classifier, out_sizes)
+    vocab = tiny_model.class_embeddings(tiny_inputs["vocabulary"])
+    batched = tiny_model.predict(images, vocab, out_sizes)
     for image, size, scores in zip(images, out_sizes, batched, strict=True):
-        (alone,) = tiny_model.predict([image], classifier, [size])
+        (alone,) = tiny_model.predict([image], vocab, [size])
         assert scores.shape == (len(tiny_inputs["vocabulary"]), *size)
         assert torch.allclose(scores, alone, atol=1e-5, rtol=0)
 
@@ -36,10 +37,11 @@ def test_mixed_size_batch_equals_one_image_at_a_time(tiny_model, tiny_inputs):
 def test_padding_together_changes_results_which_is_why_predict_groups(tiny_model, tiny_inputs):
     """Guards the grouping: the reference's shared padding really does change a smaller image."""
     images = _images([(128, 160), (64, 64)])
-    classifier = tiny_model.classifier(tiny_inputs["vocabulary"])
+    vocab = tiny_model.class_embeddings(tiny_inputs["vocabulary"])
     with torch.no_grad():
-        shared = tiny_model(images, classifier).sem_seg[1]
-    (alone,) = tiny_model.predict([images[1]], classifier)
+        out = tiny_model(images, vocab)
+    shared = semantic_scores(out.class_logits[1], out.mask_logits[1], out.padded_size, (64, 64), (64, 64))
+    (alone,) = tiny_model.predict([images[1]], vocab)
     assert (shared - alone).abs().max().item() > 1e-4
 
 
@@ -58,11 +60,11 @@ def test_inference_runs_only_the_output_branch(tiny_model, tiny_inputs):
     for i, block in enumerate(tiny_model.clip_features.resblocks):
         handles.append(block.register_forward_hook(count(f"clip_block_{i}")))
     handles.append(tiny_model.text_classifier.transformer.register_forward_hook(count("text_encoder")))
-    classifier = tiny_model.classifier(tiny_inputs["vocabulary"])
+    vocab = tiny_model.class_embeddings(tiny_inputs["vocabulary"])
     text_calls = calls.pop("text_encoder")
-    assert text_calls == len(tiny_model.config.templates)  # once per template, whole vocabulary at once
+    assert text_calls == 1  # 5 names x 14 templates in one batch
     try:
-        tiny_model.predict(_images([(100, 150), (110, 140)]), classifier)  # one padded size
+        tiny_model.predict(_images([(100, 150), (110, 140)]), vocab)  # one padded size
     finally:
         for handle in handles:
             handle.remove()

@@ -65,3 +65,4 @@ def test_building_never_touches_the_network(tiny_config, monkeypatch):
     monkeypatch.setattr(socket, "create_connection", refuse)
     model = build_model(tiny_config)
     assert model.classifier(["cat"]).shape == (2, 32)
+    assert model.class_embeddings(["cat", ["dog", "puppy"]]).shape == (2, 32)

@@ -27,11 +27,12 @@ def test_public_api_reproduces_reference_scores(parity_dir, tiny_inputs, tiny_ex
     model = loaded.model
     classifier = model.classifier(tiny_inputs["vocabulary"])
     assert torch.allclose(classifier, tiny_expected["classifier"], atol=PARITY_TOLERANCE, rtol=0)
+    class_embeddings = model.class_embeddings(tiny_inputs["vocabulary"])
     # The first image's padded size is the batch's padded size in the reference run, so running
     # it alone reproduces the reference numbers exactly.
     image = tiny_inputs["images"][0]
     size = (tiny_inputs["heights"][0], tiny_inputs["widths"][0])
-    (scores,) = model.predict([image], classifier, [size])
+    (scores,) = model.predict([image], class_embeddings, [size])
     assert scores.shape == tiny_expected["sem_seg"][0].shape
     assert (scores - tiny_expected["sem_seg"][0]).abs().max().item() <= PARITY_TOLERANCE
 
