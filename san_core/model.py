@@ -13,6 +13,7 @@ Data flow for a batch of images (all padded to one size):
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -82,6 +83,16 @@ class SAN(nn.Module):
         """[C, D] normalised text embeddings; each entry is a class name or a list of its synonyms."""
         prompt_sets = [[n] if isinstance(n, str) else list(n) for n in names]
         return self.text_classifier.embed_prompt_sets(prompt_sets, templates or self.config.templates)
+
+    def text_tower_digest(self) -> str:
+        """sha256 of the text tower's weights: equal digests give equal class embeddings."""
+        if getattr(self, "_text_tower_digest", None) is None:
+            h = hashlib.sha256()
+            for name, tensor in sorted(self.text_classifier.text_tower_parameters().items()):
+                h.update(name.encode())
+                h.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+            self._text_tower_digest = h.hexdigest()
+        return self._text_tower_digest
 
     @torch.no_grad()
     def classifier(self, names: Sequence[str], templates: Sequence[str] | None = None) -> torch.Tensor:

@@ -55,9 +55,13 @@ def semantic_labels(
     """The argmax of `semantic_scores` and its value, without materialising [C, H_out, W_out].
 
     Both bilinear resizes are linear maps per axis, so the mask logits at the output size are
-    A_y @ M_q @ A_x^T with small composite matrices; rows are produced in chunks holding at most
-    `max_chunk_elements` class scores. Returns labels [H_out, W_out] (int64 class indices) and
-    scores [H_out, W_out].
+    A_y @ M_q @ A_x^T with small composite matrices; rows are produced in chunks.
+
+    Large vocabularies are pruned exactly: a class's score at any pixel is at most the sum of its
+    probabilities over queries (masks are <= 1), so in each chunk only classes whose sum reaches
+    the best score the queries' own top classes already achieve everywhere in the chunk can win.
+
+    Returns labels [H_out, W_out] (int64 class indices) and their scores [H_out, W_out].
     """
     queries, grid_h, grid_w = mask_logits.shape
     out_h, out_w = output_size
@@ -66,14 +70,19 @@ def semantic_labels(
     a_x = composite_resize_matrix(grid_w, padded_size[1], input_size[1], out_w).to(device, dtype)
     half = torch.einsum("qhw,xw->qhx", mask_logits, a_x)  # [Q, h, W_out]
     probs_t = _class_probs(class_logits, background).to(dtype).T.contiguous()  # [C, Q]
-    rows = max(1, max_chunk_elements // max(1, probs_t.shape[0] * out_w))
+    num_classes = probs_t.shape[0]
+    upper_bound = probs_t.sum(dim=1)  # [C] score can never exceed this
+    anchors = torch.unique(probs_t.argmax(dim=0))  # each query's most likely class
+    rows = max(1, max_chunk_elements // max(1, num_classes * out_w))
     labels = torch.empty(out_h, out_w, dtype=torch.int64, device=device)
     scores = torch.empty(out_h, out_w, dtype=dtype, device=device)
     for top in range(0, out_h, rows):
         bottom = min(out_h, top + rows)
-        masks = torch.einsum("yh,qhx->qyx", a_y[top:bottom], half).sigmoid()  # [Q, rows, W_out]
-        chunk_scores = probs_t @ masks.reshape(queries, -1)  # [C, rows * W_out]
-        best, index = chunk_scores.max(dim=0)
-        labels[top:bottom] = index.view(bottom - top, out_w)
+        masks = torch.einsum("yh,qhx->qyx", a_y[top:bottom], half).sigmoid().reshape(queries, -1)
+        floor = (probs_t[anchors] @ masks).max(dim=0).values.min()  # every pixel scores at least this
+        # the slack covers float rounding of the bound; it only ever keeps more classes
+        candidates = torch.nonzero(upper_bound >= floor - 1e-5).squeeze(1)
+        best, index = (probs_t[candidates] @ masks).max(dim=0)
+        labels[top:bottom] = candidates[index].view(bottom - top, out_w)
         scores[top:bottom] = best.view(bottom - top, out_w)
     return labels, scores

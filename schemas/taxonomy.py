@@ -223,8 +223,9 @@ def parse_taxonomy(text: str, source: str) -> Taxonomy:
             loc = tuple(error["loc"])
             message = error["msg"].removeprefix("Value error, ")
             if not loc:  # cross-field checks name their class in the message
-                match = re.match(r"classes\[(\d+)\]", message)
-                loc = ("classes", int(match.group(1))) if match else ()
+                match = re.match(r"classes\[(\d+)\]: ", message)
+                if match:
+                    loc, message = ("classes", int(match.group(1))), message[match.end() :]
             if error["type"] == "extra_forbidden":
                 message = f"unknown key {loc[-1]!r} (typo?)"
             line = _line_of(root, loc)
