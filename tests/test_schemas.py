@@ -1,0 +1,106 @@
+"""schemas/: pyarrow schemas derived from the pydantic records, and the job configs."""
+
+from __future__ import annotations
+
+import io
+from typing import Annotated
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from pydantic import BaseModel, ValidationError
+
+from schemas.arrow import ArrowType, arrow_schema
+from schemas.jobs import FinetuneConfig, LabelJobConfig, ModelChoice
+from schemas.output import SCHEMA_VERSION, LabelRow, Segment, label_row_schema
+
+
+def _row(**overrides) -> LabelRow:
+    values = dict(
+        image_uri="s3://bucket/images/0001.jpg",
+        width=640,
+        height=480,
+        label_map_png=b"\x89PNG...",
+        segments=[
+            Segment(
+                class_id=2,
+                class_name="person",
+                score=0.83,
+                area=1200,
+                bbox=[10, 20, 30, 40],
+                rle_counts="abc",
+                rle_size=[480, 640],
+            )
+        ],
+        model_id="san-vit-b16",
+        checkpoint_digest="0" * 64,
+        taxonomy_digest="1" * 64,
+        error=None,
+    )
+    values.update(overrides)
+    return LabelRow(**values)
+
+
+def test_output_schema_is_derived_from_the_row_model():
+    schema = label_row_schema()
+    assert schema.names == list(LabelRow.model_fields)
+    assert schema.metadata[b"schema_version"] == SCHEMA_VERSION.encode()
+    assert schema.field("width").type == pa.int32() and schema.field("width").nullable
+    assert not schema.field("image_uri").nullable
+    segment = schema.field("segments").type.value_type
+    assert [f.name for f in segment] == list(Segment.model_fields)
+    assert segment.field("score").type == pa.float32()
+    assert segment.field("bbox").type == pa.list_(pa.field("item", pa.int32(), nullable=False))
+
+
+def test_rows_round_trip_through_parquet():
+    rows = [
+        _row(),
+        _row(
+            image_uri="broken.jpg",
+            width=None,
+            height=None,
+            label_map_png=None,
+            segments=[],
+            error="cannot decode image: truncated JPEG",
+        ),
+    ]
+    table = pa.Table.from_pylist([r.model_dump() for r in rows], schema=label_row_schema())
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    back = pq.read_table(io.BytesIO(buffer.getvalue()))
+    assert back.schema.metadata[b"schema_version"] == b"1"
+    assert [LabelRow.model_validate(r) for r in back.to_pylist()] == rows
+
+
+def test_arrow_derivation_rejects_what_it_cannot_express():
+    class Ambiguous(BaseModel):
+        value: int | str
+
+    with pytest.raises(TypeError, match="only X | None"):
+        arrow_schema(Ambiguous)
+
+    class Narrow(BaseModel):
+        small: Annotated[int, ArrowType(pa.int8())]
+        many: list[float]
+
+    schema = arrow_schema(Narrow)
+    assert schema.field("small").type == pa.int8() and schema.field("many").type.value_type == pa.float64()
+
+
+def test_job_configs_validate():
+    weights = ModelChoice(model="san-vit-b16")
+    config = LabelJobConfig(vocab="ade150", input="s3://in/", output="s3://out/", weights=weights, concurrency=(2, 4))
+    assert config.short_side == 640 and config.batch_size == 4
+    with pytest.raises(ValidationError, match="need 1 <= MIN <= MAX"):
+        LabelJobConfig(vocab="v", input="i", output="o", weights=weights, concurrency=(4, 2))
+    with pytest.raises(ValidationError, match="--model NAME or --checkpoint URI"):
+        ModelChoice()
+    with pytest.raises(ValidationError, match="only applies to --checkpoint"):
+        ModelChoice(model="san-vit-b16", model_config_uri="cfg.json")
+    with pytest.raises(ValidationError, match="batch_sise"):
+        LabelJobConfig(vocab="v", input="i", output="o", weights=weights, batch_sise=3)
+    finetune = FinetuneConfig(vocab="v.yaml", train="train.parquet", storage="/tmp/ft", max_steps=10)
+    assert (finetune.lr, finetune.weight_decay, finetune.grad_clip) == (1e-4, 1e-4, 0.01)
+    with pytest.raises(ValidationError, match="--max-steps or --epochs"):
+        FinetuneConfig(vocab="v.yaml", train="t", storage="s")
