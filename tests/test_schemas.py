@@ -25,7 +25,7 @@ def _row(**overrides) -> LabelRow:
             Segment(
                 class_id=2,
                 class_name="person",
-                score=0.83,
+                score=0.75,
                 area=1200,
                 bbox=[10, 20, 30, 40],
                 rle_counts="abc",
