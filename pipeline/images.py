@@ -13,7 +13,11 @@ DEFAULT_MAX_PIXELS = 100_000_000
 
 def decode_rgb(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """JPEG/PNG/... bytes -> uint8 RGB array [H, W, 3], EXIF orientation applied."""
-    with Image.open(io.BytesIO(data)) as image:
+    try:
+        opened = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as e:  # Pillow's own guard fires at open for the largest
+        raise ValueError(f"image is over the pixel limit ({e})") from None
+    with opened as image:
         if image.width * image.height > max_pixels:
             raise ValueError(f"image is {image.width}x{image.height}, over the {max_pixels:,}-pixel limit")
         image = ImageOps.exif_transpose(image)

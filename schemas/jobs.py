@@ -34,7 +34,12 @@ class LabelJobConfig(_JobConfig):
     weights: ModelChoice
     batch_size: int = Field(default=4, ge=1)
     concurrency: tuple[int, int] = Field(default=(1, 1), description="actor pool size: min, max (autoscaling)")
-    gpus_per_actor: float = Field(default=0.0, ge=0.0, description="0 runs CPU actors")
+    gpus_per_actor: float | None = Field(
+        default=None, ge=0.0, description="GPUs per actor, fractions allowed; default 1 if the cluster has GPUs, else 0"
+    )
+    torch_threads: int | None = Field(default=None, ge=1, description="threads per actor; default: node CPUs / actors")
+    rows_per_file: int = Field(default=256, ge=1, description="images per output Parquet file (the resume unit)")
+    max_pixels: int = Field(default=100_000_000, ge=1, description="larger images become error rows")
     short_side: int = Field(default=640, ge=32, description="resize short side (the reference test size)")
     max_long_side: int = Field(default=2560, ge=32)
     storage_options: dict[str, Any] = Field(default_factory=dict, description="passed to fsspec")

@@ -26,7 +26,9 @@ class Segment(BaseModel):
 
     class_id: Int32 = Field(description="the taxonomy id, the value of these pixels in the label map")
     class_name: str
-    score: Float32 = Field(description="mean SAN score of the class over its pixels (0..1)")
+    score: Float32 = Field(
+        description="mean over its pixels of the SAN class score (sum over queries of class x mask probability)"
+    )
     area: int = Field(description="pixel count")
     bbox: list[Int32] = Field(description="[x, y, width, height] in pixels, COCO convention")
     rle_counts: str = Field(description="COCO compressed RLE (pycocotools) of the class's pixels")

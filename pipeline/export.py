@@ -1,0 +1,53 @@
+"""Turn a labeling output into formats annotation tools read."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import fsspec
+import pyarrow.parquet as pq
+
+from schemas.taxonomy import Taxonomy
+
+
+def read_output_rows(output: str, storage_options: Mapping[str, Any] | None = None) -> Iterable[dict]:
+    """Every row of a labeling output, file by file (files named _* are not results)."""
+    fs, root = fsspec.core.url_to_fs(output, **(storage_options or {}))
+    for path in sorted(fs.find(root)):
+        name = path.rsplit("/", 1)[-1]
+        if not path.endswith(".parquet") or name.startswith("_") or "/_" in path[len(root) :]:
+            continue
+        with fs.open(path, "rb") as f:
+            yield from pq.read_table(f).to_pylist()
+
+
+def to_coco(rows: Iterable[dict], taxonomy: Taxonomy) -> dict[str, Any]:
+    """COCO-style JSON: categories from the taxonomy, one image per labeled row, one annotation
+    (compressed RLE) per segment. Error rows are left out."""
+    categories = [{"id": c.id, "name": c.name, "supercategory": taxonomy.name} for c in taxonomy.classes]
+    images, annotations = [], []
+    for row in rows:
+        if row["error"] is not None:
+            continue
+        image_id = len(images) + 1
+        images.append({"id": image_id, "file_name": row["image_uri"], "width": row["width"], "height": row["height"]})
+        for segment in row["segments"]:
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": segment["class_id"],
+                    "segmentation": {"size": segment["rle_size"], "counts": segment["rle_counts"]},
+                    "area": segment["area"],
+                    "bbox": segment["bbox"],
+                    "iscrowd": 0,
+                    "score": segment["score"],
+                }
+            )
+    return {
+        "info": {"description": f"SAN labels for taxonomy {taxonomy.name} v{taxonomy.version}"},
+        "images": images,
+        "annotations": annotations,
+        "categories": categories,
+    }

@@ -1,0 +1,104 @@
+"""Find the images a job should label, and fail early when the input cannot be read at all.
+
+An input is a directory or object-store prefix (searched recursively for image files), a glob,
+or a manifest file (.txt with one URI per line, .csv or .parquet with a `uri` column). Any fsspec
+protocol works; s3:// uses s3fs with the standard AWS environment and config files.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Mapping
+from typing import Any
+
+import fsspec
+import pyarrow.parquet as pq
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+MANIFEST_EXTENSIONS = (".txt", ".csv", ".parquet")
+
+
+class InputError(RuntimeError):
+    """The input or output location cannot be used; nothing has been processed."""
+
+
+def _protocol(uri: str) -> str:
+    return uri.split("://", 1)[0] if "://" in uri else "file"
+
+
+def _unstrip(fs: fsspec.AbstractFileSystem, path: str, like: str) -> str:
+    """fsspec lists paths without the protocol; give them back the input's form."""
+    protocol = _protocol(like)
+    if protocol == "file":
+        return path
+    return f"{protocol}://{path}"
+
+
+def _explain(uri: str, error: BaseException) -> str:
+    text = f"{type(error).__name__}: {error}"
+    lowered = text.lower()
+    if "nosuchbucket" in lowered or "bucket does not exist" in lowered:
+        return f"cannot read {uri}: the bucket does not exist ({text})"
+    if any(
+        word in lowered
+        for word in ("accessdenied", "forbidden", "invalidaccesskeyid", "signaturedoesnotmatch", "credentials")
+    ):
+        return f"cannot read {uri}: access denied, check the credentials ({text})"
+    return f"cannot read {uri}: {text}"
+
+
+def _read_manifest(fs: fsspec.AbstractFileSystem, path: str, uri: str) -> list[str]:
+    with fs.open(path, "rb") as f:
+        data = f.read()
+    if path.endswith(".parquet"):
+        table = pq.read_table(io.BytesIO(data))
+        if "uri" not in table.column_names:
+            raise InputError(f"manifest {uri} has no 'uri' column (columns: {table.column_names})")
+        uris = [u for u in table.column("uri").to_pylist() if u]
+    elif path.endswith(".csv"):
+        reader = csv.DictReader(io.StringIO(data.decode("utf-8-sig")))
+        if not reader.fieldnames or "uri" not in reader.fieldnames:
+            raise InputError(f"manifest {uri} has no 'uri' column (header: {reader.fieldnames})")
+        uris = [row["uri"].strip() for row in reader if row.get("uri", "").strip()]
+    else:
+        lines = data.decode("utf-8-sig").splitlines()
+        uris = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    return uris
+
+
+def list_inputs(uri: str, storage_options: Mapping[str, Any] | None = None) -> list[str]:
+    """Every image URI the input names, sorted; raises InputError when it cannot be read."""
+    try:
+        fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
+        if any(ch in path for ch in "*?["):
+            found = [p for p in fs.glob(path) if p.lower().endswith(IMAGE_EXTENSIONS)]
+            if not found and not fs.exists(path.split("*", 1)[0].rsplit("/", 1)[0] or "/"):
+                raise InputError(f"cannot read {uri}: nothing matches and the parent does not exist")
+            return sorted(_unstrip(fs, p, uri) for p in found)
+        if fs.isfile(path):
+            if path.lower().endswith(MANIFEST_EXTENSIONS):
+                return _read_manifest(fs, path, uri)
+            if path.lower().endswith(IMAGE_EXTENSIONS):
+                return [uri]
+            raise InputError(f"{uri} is neither an image nor a manifest ({', '.join(MANIFEST_EXTENSIONS)})")
+        if not fs.isdir(path):
+            raise InputError(f"cannot read {uri}: no such file, directory or prefix")
+        found = [p for p in fs.find(path) if p.lower().endswith(IMAGE_EXTENSIONS)]
+        return sorted(_unstrip(fs, p, uri) for p in found)
+    except InputError:
+        raise
+    except Exception as e:  # missing bucket, bad credentials, unreachable endpoint, ...
+        raise InputError(_explain(uri, e)) from e
+
+
+def check_output_writable(uri: str, storage_options: Mapping[str, Any] | None = None) -> None:
+    """Write and delete a probe object so bad credentials fail before any work."""
+    try:
+        fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
+        fs.makedirs(path, exist_ok=True)
+        probe = f"{path.rstrip('/')}/_write_probe"
+        fs.pipe(probe, b"ok")
+        fs.rm(probe)
+    except Exception as e:
+        raise InputError(_explain(uri, e).replace("cannot read", "cannot write to")) from e

@@ -1,0 +1,298 @@
+"""The labeling job, top to bottom: inputs -> load (CPU tasks) -> SAN actors -> Parquet.
+
+Everything that can make the whole job fail (unreadable input, unwritable output, unavailable
+weights) is checked before the stream starts. Per-image failures become error rows. Re-running
+into the same output labels only images that have no row yet; `_manifest.json`, written last,
+marks a finished run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import fsspec
+import pyarrow.parquet as pq
+
+from san_core.hub import WeightsUnavailableError, fetch_published_checkpoint
+from san_core.presets import PRESETS
+from schemas.jobs import LabelJobConfig
+from schemas.output import SCHEMA_VERSION, label_row_schema
+from schemas.taxonomy import Taxonomy
+
+from .images import decode_rgb
+from .inputs import check_output_writable, list_inputs
+from .labeling import SanLabeler, WeightsSpec, load_images
+from .postprocess import decode_label_png
+from .preview import render_overlay
+from .vocabulary import DEFAULT_CACHE_DIR, load_or_build_vocabulary
+
+log = logging.getLogger(__name__)
+
+MANIFEST_NAME = "_manifest.json"
+PREVIEW_DIR = "_previews"
+
+
+class WeightsError(RuntimeError):
+    """The requested weights cannot be used; nothing has been processed."""
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    inputs: int
+    labeled: int  # rows written by this run without error
+    failed: int  # error rows written by this run
+    skipped: int  # inputs that already had a row from an earlier run
+    wall_time_s: float
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def error_ratio(self) -> float:
+        processed = self.labeled + self.failed
+        return self.failed / processed if processed else 0.0
+
+
+def resolve_weights(config: LabelJobConfig, smoke_if_no_weights: bool, say: Callable[[str], None]) -> WeightsSpec:
+    """The weights the actors will load; for a preset, its published file (downloaded once)."""
+    choice = config.weights
+    if choice.checkpoint is not None:
+        return WeightsSpec(choice.checkpoint, choice.checkpoint, choice.model_config_uri, None, config.storage_options)
+    assert choice.model is not None
+    if choice.model not in PRESETS:
+        raise WeightsError(f"unknown model {choice.model!r}; known: {', '.join(PRESETS)}")
+    try:
+        path = fetch_published_checkpoint(choice.model)
+    except WeightsUnavailableError as e:
+        if not smoke_if_no_weights:
+            raise WeightsError(str(e)) from e
+        say(
+            "*" * 78 + f"\nSMOKE TEST: no published weights for {choice.model}; labeling with RANDOM weights.\n"
+            "The labels are MEANINGLESS; the pipeline is exercised end to end.\n" + "*" * 78
+        )
+        return WeightsSpec(choice.model, None, None, choice.model)
+    return WeightsSpec(choice.model, path, None, None)
+
+
+def _output_fs(config: LabelJobConfig) -> tuple[fsspec.AbstractFileSystem, str]:
+    return fsspec.core.url_to_fs(config.output, **config.storage_options)
+
+
+def _parquet_files(fs: fsspec.AbstractFileSystem, root: str) -> list[str]:
+    if not fs.exists(root):
+        return []
+    return sorted(p for p in fs.find(root) if p.endswith(".parquet") and f"/{PREVIEW_DIR}/" not in p)
+
+
+def existing_rows(fs: fsspec.AbstractFileSystem, root: str) -> tuple[set[str], list[str]]:
+    """Image URIs that already have a row, and the readable files holding them. A file a killed
+    run left half-written cannot be read; it is removed so that its images are labeled again."""
+    done: set[str] = set()
+    files = []
+    for path in _parquet_files(fs, root):
+        try:
+            with fs.open(path, "rb") as f:
+                uris = pq.read_table(f, columns=["image_uri"]).column("image_uri").to_pylist()
+        except Exception as e:
+            log.warning("removing unreadable output file %s left by an interrupted run (%s)", path, e)
+            fs.rm(path)
+            continue
+        done.update(uris)
+        files.append(path)
+    return done, files
+
+
+def _count_rows(fs: fsspec.AbstractFileSystem, paths: list[str]) -> tuple[int, int]:
+    ok = failed = 0
+    for path in paths:
+        with fs.open(path, "rb") as f:
+            errors = pq.read_table(f, columns=["error"]).column("error")
+        ok += errors.null_count
+        failed += len(errors) - errors.null_count
+    return ok, failed
+
+
+def _clear_output(fs: fsspec.AbstractFileSystem, root: str) -> None:
+    for path in _parquet_files(fs, root):
+        fs.rm(path)
+    for name in (MANIFEST_NAME, PREVIEW_DIR):
+        target = f"{root.rstrip('/')}/{name}"
+        if fs.exists(target):
+            fs.rm(target, recursive=True)
+
+
+def _pyarrow_filesystem(fs: fsspec.AbstractFileSystem):
+    import pyarrow.fs as pafs
+
+    if "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
+        return pafs.LocalFileSystem()
+    return pafs.PyFileSystem(pafs.FSSpecHandler(fs))
+
+
+def _torch_threads_per_actor(config: LabelJobConfig) -> int:
+    if config.torch_threads:
+        return config.torch_threads
+    import ray
+
+    cpus = int(ray.cluster_resources().get("CPU", os.cpu_count() or 1))
+    nodes = max(1, len([n for n in ray.nodes() if n.get("Alive")]))
+    return max(1, cpus // nodes // config.concurrency[1])
+
+
+def write_previews(config: LabelJobConfig, taxonomy: Taxonomy, files: list[str]) -> list[str]:
+    """Overlay PNGs for the first `config.preview` labeled images, under OUTPUT/_previews/."""
+    fs, root = _output_fs(config)
+    written: list[str] = []
+    for path in files:
+        with fs.open(path, "rb") as f:
+            table = pq.read_table(f, columns=["image_uri", "label_map_png", "error"])
+        for row in table.to_pylist():
+            if len(written) >= config.preview:
+                return written
+            if row["error"] is not None:
+                continue
+            with fsspec.open(row["image_uri"], "rb", **config.storage_options) as f:
+                rgb = decode_rgb(f.read(), config.max_pixels)
+            overlay = render_overlay(rgb, decode_label_png(row["label_map_png"]), taxonomy)
+            name = row["image_uri"].rstrip("/").rsplit("/", 1)[-1].rsplit(".", 1)[0]
+            target = f"{root.rstrip('/')}/{PREVIEW_DIR}/{len(written):04d}_{name}.png"
+            fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+            fs.pipe(target, overlay)
+            written.append(target)
+    return written
+
+
+@dataclass
+class JobPlan:
+    """What a run will do, decided before any work (and before Ray starts)."""
+
+    config: LabelJobConfig
+    taxonomy: Taxonomy
+    weights: WeightsSpec
+    inputs: list[str]
+    todo: list[str]
+    files_before: list[str]
+    started: float
+    run_id: str
+
+
+def plan_label_job(
+    config: LabelJobConfig, taxonomy: Taxonomy, smoke_if_no_weights: bool = False, say: Callable[[str], None] = print
+) -> JobPlan:
+    """Check input, output and weights (raising InputError / WeightsError) and find the images
+    that still need labels. Nothing is labeled here."""
+    started = time.time()
+    run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
+    inputs = list(dict.fromkeys(list_inputs(config.input, config.storage_options)))
+    check_output_writable(config.output, config.storage_options)
+    weights = resolve_weights(config, smoke_if_no_weights, say)
+    fs, root = _output_fs(config)
+    if config.overwrite:
+        _clear_output(fs, root)
+    elif fs.exists(f"{root.rstrip('/')}/{MANIFEST_NAME}"):
+        fs.rm(f"{root.rstrip('/')}/{MANIFEST_NAME}")  # this run is not finished until it writes one
+    done, files_before = existing_rows(fs, root)
+    todo = [u for u in inputs if u not in done]
+    say(f"{len(inputs)} inputs: {len(inputs) - len(todo)} already labeled, {len(todo)} to label")
+    return JobPlan(config, taxonomy, weights, inputs, todo, files_before, started, run_id)
+
+
+def run_label_job(plan: JobPlan, say: Callable[[str], None] = print) -> RunSummary:
+    """Label the plan's images on the connected Ray cluster; returns what this run did."""
+    import ray
+
+    config, taxonomy, weights, todo = plan.config, plan.taxonomy, plan.weights, plan.todo
+    fs, root = _output_fs(config)
+
+    # 2. The vocabulary table: built (or read from cache) once, here, then shared via the object store.
+    driver_model, checkpoint_digest = weights.load("cpu")
+    table = load_or_build_vocabulary(
+        taxonomy, driver_model, config.vocab_cache or DEFAULT_CACHE_DIR, config.storage_options
+    )
+    del driver_model  # the actors load their own; the driver only needed the text tower
+
+    # 3. The stream: list -> load+decode+resize (CPU tasks) -> SAN actor pool -> Parquet.
+    if todo:
+        gpus = (
+            config.gpus_per_actor
+            if config.gpus_per_actor is not None
+            else (1.0 if ray.cluster_resources().get("GPU") else 0.0)
+        )
+        dataset = ray.data.from_items(
+            [{"image_uri": u} for u in todo], override_num_blocks=max(1, -(-len(todo) // config.rows_per_file))
+        )
+        dataset = dataset.map_batches(
+            load_images,
+            fn_kwargs={
+                "short_side": config.short_side,
+                "max_long_side": config.max_long_side,
+                "max_pixels": config.max_pixels,
+                "storage_options": config.storage_options,
+            },
+            batch_size=config.batch_size,
+            # decoding is light next to inference; a fractional CPU lets it overlap the actors
+            num_cpus=0.5,
+        )
+        dataset = dataset.map_batches(
+            SanLabeler,
+            fn_constructor_kwargs={
+                "weights": weights,
+                "vocabulary_ref": [ray.put(table)],
+                "class_names": {c.id: c.name for c in taxonomy.classes},
+                "model_id": weights.model_id,
+                "checkpoint_digest": checkpoint_digest,
+                "taxonomy_digest": taxonomy.digest(),
+                "use_gpu": gpus > 0,
+                "torch_threads": _torch_threads_per_actor(config),
+            },
+            batch_size=config.batch_size,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(min_size=config.concurrency[0], max_size=config.concurrency[1]),
+            num_gpus=gpus,
+            num_cpus=1,
+        )
+        dataset.write_parquet(
+            root,
+            filesystem=_pyarrow_filesystem(fs),
+            schema=label_row_schema(),
+            ray_remote_args={"num_cpus": 0.25},  # I/O-bound; must not wait for a whole CPU
+        )
+
+    # 4. Account, preview, and mark the run finished.
+    _, files_after = existing_rows(fs, root)
+    new_files = [p for p in files_after if p not in set(plan.files_before)]
+    labeled, failed = _count_rows(fs, new_files)
+    previews = write_previews(config, taxonomy, files_after) if config.preview else []
+    wall = time.time() - plan.started
+    uris = plan.inputs
+    summary = RunSummary(plan.run_id, len(uris), labeled, failed, len(uris) - len(todo), wall)
+    manifest = {
+        "run_id": plan.run_id,
+        "schema_version": SCHEMA_VERSION,
+        "config": json.loads(config.model_dump_json()),
+        "model_id": weights.model_id,
+        "weights": "random (smoke test)"
+        if weights.random_preset
+        else "published"
+        if config.weights.model
+        else "checkpoint",
+        "labels_meaningful": weights.random_preset is None,
+        "digests": {"checkpoint": checkpoint_digest, "taxonomy": taxonomy.digest(), "vocabulary": table.digest},
+        "counts": {"inputs": len(uris), "labeled": labeled, "failed": failed, "skipped": summary.skipped},
+        "previews": previews,
+        "started_at": datetime.fromtimestamp(plan.started, timezone.utc).isoformat(),
+        "wall_time_s": round(wall, 3),
+        "images_per_s": round((labeled + failed) / wall, 3) if wall > 0 else None,
+        "error_ratio": round(summary.error_ratio, 4),
+        "status": "ok" if summary.error_ratio <= config.max_error_ratio else "error ratio exceeded",
+    }
+    fs.pipe(f"{root.rstrip('/')}/{MANIFEST_NAME}", json.dumps(manifest, indent=2).encode())
+    summary.manifest = manifest
+    return summary

@@ -1,0 +1,43 @@
+"""Overlay previews for a person to look at: the image, translucent class colours, a legend."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from schemas.taxonomy import Taxonomy
+
+
+def render_overlay(rgb: np.ndarray, label_map: np.ndarray, taxonomy: Taxonomy, alpha: float = 0.5) -> bytes:
+    """PNG bytes: `rgb` [H, W, 3] with each labeled class tinted in its colour, plus a legend
+    (classes by area) on a white strip at the right."""
+    palette = np.zeros((int(label_map.max(initial=0)) + 1, 3), dtype=np.float32)
+    names = {}
+    for cls in taxonomy.classes:
+        if cls.id < len(palette):
+            palette[cls.id] = cls.rgb()
+            names[cls.id] = cls.name
+    tinted = rgb.astype(np.float32)
+    labeled = label_map > 0
+    tinted[labeled] = (1 - alpha) * tinted[labeled] + alpha * palette[label_map[labeled]]
+    image = Image.fromarray(tinted.clip(0, 255).astype(np.uint8))
+
+    ids, counts = np.unique(label_map[labeled], return_counts=True)
+    order = [int(i) for i in ids[np.argsort(-counts)]]
+    font = ImageFont.load_default()
+    row = 16
+    legend_w = 200
+    canvas = Image.new("RGB", (image.width + legend_w, max(image.height, row * (len(order) + 1))), "white")
+    canvas.paste(image, (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    for k, class_id in enumerate(order):
+        top = 4 + k * row
+        colour = tuple(int(c) for c in palette[class_id])
+        draw.rectangle([image.width + 6, top, image.width + 18, top + 12], fill=colour, outline="black")
+        share = counts[list(ids).index(class_id)] / label_map.size
+        draw.text((image.width + 24, top), f"{names.get(class_id, class_id)} {share:.0%}", fill="black", font=font)
+    buffer = io.BytesIO()
+    canvas.save(buffer, format="PNG")
+    return buffer.getvalue()
