@@ -38,6 +38,8 @@ def _unstrip(fs: fsspec.AbstractFileSystem, path: str, like: str) -> str:
 def _explain(uri: str, error: BaseException) -> str:
     text = f"{type(error).__name__}: {error}"
     lowered = text.lower()
+    if isinstance(error, PermissionError):
+        return f"cannot read {uri}: access denied, check the credentials ({text})"
     if "nosuchbucket" in lowered or "bucket does not exist" in lowered:
         return f"cannot read {uri}: the bucket does not exist ({text})"
     if any(
@@ -83,6 +85,9 @@ def list_inputs(uri: str, storage_options: Mapping[str, Any] | None = None) -> l
                 return [uri]
             raise InputError(f"{uri} is neither an image nor a manifest ({', '.join(MANIFEST_EXTENSIONS)})")
         if not fs.isdir(path):
+            bucket = path.split("/", 1)[0]
+            if _protocol(uri) != "file" and not fs.exists(bucket):
+                raise InputError(f"cannot read {uri}: the bucket {bucket!r} does not exist")
             raise InputError(f"cannot read {uri}: no such file, directory or prefix")
         found = [p for p in fs.find(path) if p.lower().endswith(IMAGE_EXTENSIONS)]
         return sorted(_unstrip(fs, p, uri) for p in found)

@@ -21,6 +21,7 @@ from typing import Any
 import fsspec
 import pyarrow.parquet as pq
 
+from san_core.checkpoint import CheckpointError
 from san_core.hub import WeightsUnavailableError, fetch_published_checkpoint
 from san_core.presets import PRESETS
 from schemas.jobs import LabelJobConfig
@@ -32,7 +33,7 @@ from .inputs import check_output_writable, list_inputs
 from .labeling import SanLabeler, WeightsSpec, load_images
 from .postprocess import decode_label_png
 from .preview import render_overlay
-from .vocabulary import DEFAULT_CACHE_DIR, load_or_build_vocabulary
+from .vocabulary import DEFAULT_CACHE_DIR, VocabularyTable, load_or_build_vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,7 @@ class RunSummary:
     failed: int  # error rows written by this run
     skipped: int  # inputs that already had a row from an earlier run
     wall_time_s: float
+    stream_time_s: float  # from the stream's start to its last Parquet file
     manifest: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -179,6 +181,8 @@ class JobPlan:
     inputs: list[str]
     todo: list[str]
     files_before: list[str]
+    vocabulary: VocabularyTable
+    checkpoint_digest: str | None
     started: float
     run_id: str
 
@@ -193,6 +197,18 @@ def plan_label_job(
     inputs = list(dict.fromkeys(list_inputs(config.input, config.storage_options)))
     check_output_writable(config.output, config.storage_options)
     weights = resolve_weights(config, smoke_if_no_weights, say)
+
+    # The vocabulary table is built (or read from cache) here, once; loading the weights in the
+    # driver also proves the checkpoint fits the model before any actor starts.
+    try:
+        driver_model, checkpoint_digest = weights.load("cpu")
+    except CheckpointError as e:
+        raise WeightsError(str(e)) from e
+    cache = config.vocab_cache or DEFAULT_CACHE_DIR
+    vocabulary = load_or_build_vocabulary(taxonomy, driver_model, cache, config.storage_options)
+    del driver_model  # the actors load their own
+
+    # Only now, with everything checked, touch earlier results.
     fs, root = _output_fs(config)
     if config.overwrite:
         _clear_output(fs, root)
@@ -201,7 +217,9 @@ def plan_label_job(
     done, files_before = existing_rows(fs, root)
     todo = [u for u in inputs if u not in done]
     say(f"{len(inputs)} inputs: {len(inputs) - len(todo)} already labeled, {len(todo)} to label")
-    return JobPlan(config, taxonomy, weights, inputs, todo, files_before, started, run_id)
+    return JobPlan(
+        config, taxonomy, weights, inputs, todo, files_before, vocabulary, checkpoint_digest, started, run_id
+    )
 
 
 def run_label_job(plan: JobPlan, say: Callable[[str], None] = print) -> RunSummary:
@@ -209,16 +227,11 @@ def run_label_job(plan: JobPlan, say: Callable[[str], None] = print) -> RunSumma
     import ray
 
     config, taxonomy, weights, todo = plan.config, plan.taxonomy, plan.weights, plan.todo
+    table, checkpoint_digest = plan.vocabulary, plan.checkpoint_digest
     fs, root = _output_fs(config)
 
-    # 2. The vocabulary table: built (or read from cache) once, here, then shared via the object store.
-    driver_model, checkpoint_digest = weights.load("cpu")
-    table = load_or_build_vocabulary(
-        taxonomy, driver_model, config.vocab_cache or DEFAULT_CACHE_DIR, config.storage_options
-    )
-    del driver_model  # the actors load their own; the driver only needed the text tower
-
-    # 3. The stream: list -> load+decode+resize (CPU tasks) -> SAN actor pool -> Parquet.
+    # The stream: URIs -> load, decode, resize (CPU tasks) -> SAN actor pool -> Parquet.
+    stream_start = time.time()
     if todo:
         gpus = (
             config.gpus_per_actor
@@ -265,14 +278,16 @@ def run_label_job(plan: JobPlan, say: Callable[[str], None] = print) -> RunSumma
             ray_remote_args={"num_cpus": 0.25},  # I/O-bound; must not wait for a whole CPU
         )
 
-    # 4. Account, preview, and mark the run finished.
+    stream_time = time.time() - stream_start
+
+    # Account, preview, and mark the run finished.
     _, files_after = existing_rows(fs, root)
     new_files = [p for p in files_after if p not in set(plan.files_before)]
     labeled, failed = _count_rows(fs, new_files)
     previews = write_previews(config, taxonomy, files_after) if config.preview else []
     wall = time.time() - plan.started
     uris = plan.inputs
-    summary = RunSummary(plan.run_id, len(uris), labeled, failed, len(uris) - len(todo), wall)
+    summary = RunSummary(plan.run_id, len(uris), labeled, failed, len(uris) - len(todo), wall, stream_time)
     manifest = {
         "run_id": plan.run_id,
         "schema_version": SCHEMA_VERSION,
@@ -289,6 +304,7 @@ def run_label_job(plan: JobPlan, say: Callable[[str], None] = print) -> RunSumma
         "previews": previews,
         "started_at": datetime.fromtimestamp(plan.started, timezone.utc).isoformat(),
         "wall_time_s": round(wall, 3),
+        "stream_time_s": round(stream_time, 3),
         "images_per_s": round((labeled + failed) / wall, 3) if wall > 0 else None,
         "error_ratio": round(summary.error_ratio, 4),
         "status": "ok" if summary.error_ratio <= config.max_error_ratio else "error ratio exceeded",

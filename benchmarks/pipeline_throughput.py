@@ -1,0 +1,132 @@
+"""Does the pipeline keep the model busy? Images/s of (a) the model alone on pre-decoded images
+and (b) the whole labeling stream from storage to Parquet, on the same images.
+
+    python benchmarks/pipeline_throughput.py [--models tiny,san-vit-b16] [--images 24]
+
+(a) times `SAN.predict_labels` plus label-map post-processing on images already decoded and
+resized in memory, with all CPU threads; (b) runs the labeling job (local Ray, one actor) on the
+same images saved as JPEG files and times its stream (load -> decode -> resize -> actors ->
+Parquet, actor start-up included). san-vit-b16 uses random weights (speed does not depend on them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from pipeline.images import decode_rgb, resize_short_side  # noqa: E402
+from pipeline.postprocess import encode_label_png, segments_from_label_map  # noqa: E402
+from pipeline.vocabulary import load_or_build_vocabulary  # noqa: E402
+from schemas.jobs import LabelJobConfig, ModelChoice  # noqa: E402
+from schemas.taxonomy import load_taxonomy  # noqa: E402
+
+TINY = Path(__file__).resolve().parents[2] / "shared" / "parity" / "tiny_a"
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
+
+
+def write_images(directory: Path, count: int) -> list[Path]:
+    import skimage.data
+
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        photo = getattr(skimage.data, PHOTOS[i % len(PHOTOS)])()[i % 5 :, i % 3 :]
+        path = directory / f"img{i:04d}.jpg"
+        Image.fromarray(photo).save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+def weights_for(name: str) -> ModelChoice:
+    if name == "tiny":
+        return ModelChoice(checkpoint=str(TINY / "checkpoint.pth"), model_config_uri=str(TINY / "config.json"))
+    return ModelChoice(model=name)
+
+
+def model_only(config: LabelJobConfig, paths: list[Path]) -> float:
+    from pipeline.job import resolve_weights
+
+    taxonomy = load_taxonomy(config.vocab)
+    model, _ = resolve_weights(config, True, lambda _: None).load("cpu")
+    table = load_or_build_vocabulary(taxonomy, model, cache_dir=None)
+    embeddings = torch.from_numpy(table.embeddings)
+    class_ids = torch.from_numpy(table.class_ids.astype(np.int64))
+    names = {c.id: c.name for c in taxonomy.classes}
+    decoded = [decode_rgb(p.read_bytes()) for p in paths]
+    inputs = [
+        (torch.from_numpy(resize_short_side(rgb, config.short_side)).permute(2, 0, 1).float(), rgb.shape[:2])
+        for rgb in decoded
+    ]
+
+    def run(image: torch.Tensor, size: tuple[int, int]) -> None:
+        ((indices, scores),) = model.predict_labels([image], embeddings, [size])
+        label_map = class_ids[indices].numpy().astype(np.uint16)
+        encode_label_png(label_map)
+        segments_from_label_map(label_map, scores.numpy(), names)
+
+    run(*inputs[0])  # warm-up
+    start = time.perf_counter()
+    for image, size in inputs:
+        run(image, size)
+    return len(inputs) / (time.perf_counter() - start)
+
+
+def pipeline(config: LabelJobConfig) -> tuple[float, float]:
+    import ray
+
+    from pipeline.job import plan_label_job, run_label_job
+
+    plan = plan_label_job(config, load_taxonomy(config.vocab), smoke_if_no_weights=True, say=lambda _: None)
+    ray.init(logging_level="ERROR")
+    try:
+        summary = run_label_job(plan, say=lambda _: None)
+    finally:
+        ray.shutdown()
+    processed = summary.labeled + summary.failed
+    return processed / summary.stream_time_s, summary.stream_time_s
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default="tiny,san-vit-b16")
+    parser.add_argument("--images", type=int, default=24)
+    parser.add_argument("--vocab", default="ade150")
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no network here: presets run as random-weight smoke models
+    print(
+        f"{args.images} photos (scikit-image, 300-640 px), vocabulary {args.vocab}, short side 640, "
+        f"{os.cpu_count()} CPUs, torch {torch.__version__}"
+        + (f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "")
+    )
+    print("| model | (a) model only, images/s | (b) pipeline, images/s | (b)/(a) | stream seconds |")
+    print("|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = write_images(Path(tmp) / "images", args.images)
+        for name in args.models.split(","):
+            config = LabelJobConfig(
+                vocab=args.vocab,
+                input=str(Path(tmp) / "images"),
+                output=str(Path(tmp) / f"out-{name}"),
+                weights=weights_for(name),
+                overwrite=True,
+                batch_size=2,
+                rows_per_file=8,
+                vocab_cache=str(Path(tmp) / "vocab"),
+            )
+            alone = model_only(config, paths)
+            streamed, seconds = pipeline(config)
+            print(f"| {name} | {alone:.2f} | {streamed:.2f} | {streamed / alone:.0%} | {seconds:.1f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+"""The cluster paths: `ray job submit` to a `ray start --head` node, and resume after SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from image_fixtures import GOOD_PHOTOS, jpeg_bytes, write_image_set
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ, PATH=f"{BIN}:{os.environ.get('PATH', '')}", RAY_USAGE_STATS_ENABLED="0")
+    env.update(extra)
+    return env
+
+
+def _tiny_args(parity_dir: Path) -> list[str]:
+    tiny = parity_dir / "tiny_a"
+    return ["--checkpoint", str(tiny / "checkpoint.pth"), "--model-config", str(tiny / "config.json")]
+
+
+def _readable_rows(directory: Path) -> list[dict]:
+    rows = []
+    for path in sorted(directory.glob("*.parquet")):
+        try:
+            rows.extend(pq.read_table(path, columns=["image_uri", "error"]).to_pylist())
+        except Exception:
+            pass  # a file being written right now
+    return rows
+
+
+@pytest.fixture()
+def head_node():
+    """A real single-node Ray cluster started with `ray start --head`; stopped afterwards."""
+    gcs_port, dashboard_port = _free_port(), _free_port()
+    subprocess.run(
+        [
+            str(BIN / "ray"),
+            "start",
+            "--head",
+            f"--port={gcs_port}",
+            f"--dashboard-port={dashboard_port}",
+            "--dashboard-host=127.0.0.1",
+            "--num-cpus=2",
+            "--disable-usage-stats",
+        ],
+        env=_env(),
+        check=True,
+        capture_output=True,
+        timeout=180,
+    )
+    try:
+        yield f"http://127.0.0.1:{dashboard_port}"
+    finally:
+        subprocess.run([str(BIN / "ray"), "stop", "--force"], env=_env(), capture_output=True, timeout=120)
+
+
+def test_ray_job_submit_s3_to_s3(head_node, s3_bucket, s3_server, parity_dir, tmp_path):
+    import s3fs
+
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    expected = write_image_set(tmp_path / "images")
+    for name in expected:
+        fs.put(str(tmp_path / "images" / name), f"{s3_bucket}/in/{name}")
+    fs.pipe(f"{s3_bucket}/weights/checkpoint.pth", (parity_dir / "tiny_a" / "checkpoint.pth").read_bytes())
+    fs.pipe(f"{s3_bucket}/weights/config.json", (parity_dir / "tiny_a" / "config.json").read_bytes())
+    env_vars = {k: os.environ[k] for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    command = [
+        str(BIN / "ray"),
+        "job",
+        "submit",
+        "--address",
+        head_node,
+        "--working-dir",
+        str(REPO),
+        "--runtime-env-json",
+        json.dumps({"env_vars": env_vars}),
+        "--",
+        "python",
+        "jobs/label.py",
+        "--vocab",
+        "voc20",
+        "--input",
+        f"{s3_bucket}/in/",
+        "--output",
+        f"{s3_bucket}/out/",
+        "--checkpoint",
+        f"{s3_bucket}/weights/checkpoint.pth",
+        "--model-config",
+        f"{s3_bucket}/weights/config.json",
+    ]
+    result = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=900, check=False)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "succeeded" in result.stdout
+    manifest = json.loads(fs.cat(f"{s3_bucket}/out/_manifest.json"))
+    assert manifest["counts"] == {"inputs": 11, "labeled": 7, "failed": 4, "skipped": 0}
+    assert manifest["digests"]["checkpoint"] is not None
+
+
+def test_resume_after_sigkill_labels_every_image_exactly_once(tmp_path, parity_dir):
+    import skimage.data
+
+    images = tmp_path / "images"
+    images.mkdir()
+    count = 40
+    for i in range(count):
+        photo = getattr(skimage.data, GOOD_PHOTOS[i % len(GOOD_PHOTOS)])()
+        (images / f"img{i:03d}.jpg").write_bytes(jpeg_bytes(photo[i % 7 :, i % 5 :]))
+    output = tmp_path / "out"
+    command = [
+        sys.executable,
+        str(REPO / "jobs" / "label.py"),
+        "--vocab",
+        "voc20",
+        "--input",
+        str(images),
+        "--output",
+        str(output),
+        "--rows-per-file",
+        "2",
+        "--batch-size",
+        "1",
+        *_tiny_args(parity_dir),
+    ]
+
+    driver = subprocess.Popen(command, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 600
+    while len(_readable_rows(output)) < 4 and driver.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert driver.poll() is None, "the first run finished before it could be killed"
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.wait()
+    time.sleep(5)  # the run's Ray processes share the driver's fate; let them go
+    after_kill = _readable_rows(output)
+    assert 4 <= len(after_kill) < count
+    assert not (output / "_manifest.json").exists()  # the killed run never finished
+
+    rerun = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=900, check=False)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    rows = _readable_rows(output)
+    uris = [r["image_uri"] for r in rows]
+    assert len(uris) == len(set(uris)) == count  # every image exactly once
+    manifest = json.loads((output / "_manifest.json").read_text())
+    assert manifest["counts"]["skipped"] >= len(after_kill)
+    assert manifest["counts"]["skipped"] + manifest["counts"]["labeled"] == count
