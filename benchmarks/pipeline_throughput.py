@@ -6,7 +6,8 @@ and (b) the whole labeling stream from storage to Parquet, on the same images.
 (a) times `SAN.predict_labels` plus label-map post-processing on images already decoded and
 resized in memory, with all CPU threads; (b) runs the labeling job (local Ray, one actor) on the
 same images saved as JPEG files and times its stream (load -> decode -> resize -> actors ->
-Parquet, actor start-up included). san-vit-b16 uses random weights (speed does not depend on them).
+Parquet, actor start-up included). san-vit-b16 uses random weights saved as a project-format
+checkpoint (speed does not depend on the values).
 """
 
 from __future__ import annotations
@@ -47,10 +48,20 @@ def write_images(directory: Path, count: int) -> list[Path]:
     return paths
 
 
-def weights_for(name: str) -> ModelChoice:
+def weights_for(name: str, directory: Path) -> ModelChoice:
+    """The tiny parity model, or a preset with random weights saved in the project format (so the
+    actors load a checkpoint file, as in production)."""
     if name == "tiny":
         return ModelChoice(checkpoint=str(TINY / "checkpoint.pth"), model_config_uri=str(TINY / "config.json"))
-    return ModelChoice(model=name)
+    from san_core.build import build_model
+    from san_core.checkpoint import save_checkpoint
+    from san_core.presets import get_preset
+
+    torch.manual_seed(0)
+    config = get_preset(name).config
+    path = directory / f"{name}-random.safetensors"
+    save_checkpoint(build_model(config), config, str(path))
+    return ModelChoice(checkpoint=str(path))
 
 
 def model_only(config: LabelJobConfig, paths: list[Path]) -> float:
@@ -102,7 +113,6 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=24)
     parser.add_argument("--vocab", default="ade150")
     args = parser.parse_args()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no network here: presets run as random-weight smoke models
     print(
         f"{args.images} photos (scikit-image, 300-640 px), vocabulary {args.vocab}, short side 640, "
         f"{os.cpu_count()} CPUs, torch {torch.__version__}"

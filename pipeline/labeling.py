@@ -132,39 +132,59 @@ class SanLabeler:
             "taxonomy_digest": taxonomy_digest,
         }
 
-    def _label_one(self, pixels: bytes, input_size: tuple[int, int], output_size: tuple[int, int]) -> dict:
-        rgb = np.frombuffer(pixels, dtype=np.uint8).reshape(*input_size, 3)
-        image = torch.from_numpy(rgb.copy()).to(self.device).permute(2, 0, 1).float()
-        ((indices, scores),) = self.model.predict_labels(
-            [image], self.embeddings, [output_size], background=self.vocabulary.background
+    def _label(
+        self, pixels: list[bytes], input_sizes: list[tuple[int, int]], sizes: list[tuple[int, int]]
+    ) -> list[dict]:
+        """Label images in one call: the model batches those of equal padded size together."""
+        images = [
+            torch.from_numpy(np.frombuffer(p, dtype=np.uint8).reshape(*hw, 3).copy()).to(self.device).permute(2, 0, 1)
+            for p, hw in zip(pixels, input_sizes, strict=True)
+        ]
+        results = self.model.predict_labels(
+            [i.float() for i in images], self.embeddings, sizes, background=self.vocabulary.background
         )
-        label_map = self.class_ids[indices].cpu().numpy().astype(np.uint16)  # distractors map to 0
-        scores_np = scores.float().cpu().numpy()
-        return {
-            "label_map_png": encode_label_png(label_map),
-            "segments": segments_from_label_map(label_map, scores_np, self.class_names),
-        }
+        labeled = []
+        for indices, scores in results:
+            label_map = self.class_ids[indices].cpu().numpy().astype(np.uint16)  # distractors map to 0
+            labeled.append(
+                {
+                    "label_map_png": encode_label_png(label_map),
+                    "segments": segments_from_label_map(label_map, scores.float().cpu().numpy(), self.class_names),
+                }
+            )
+        return labeled
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
-        rows = []
-        for i, uri in enumerate(batch["image_uri"]):
-            error = batch["error"][i]
-            error = error if isinstance(error, str) and error else None  # an all-null column arrives as NaN
-            height, width = int(batch["height"][i]), int(batch["width"][i])
-            result: dict[str, Any] = {"label_map_png": None, "segments": []}
-            if error is None:
+        count = len(batch["image_uri"])
+        errors = [e if isinstance(e, str) and e else None for e in batch["error"]]  # all-null arrives as NaN
+        results: list[dict[str, Any]] = [{"label_map_png": None, "segments": []} for _ in range(count)]
+        valid = [i for i in range(count) if errors[i] is None]
+        input_sizes = {i: (int(batch["input_height"][i]), int(batch["input_width"][i])) for i in valid}
+        sizes = {i: (int(batch["height"][i]), int(batch["width"][i])) for i in valid}
+        try:
+            labeled = self._label(
+                [batch["pixels"][i] for i in valid], [input_sizes[i] for i in valid], [sizes[i] for i in valid]
+            )
+            results_by_index = dict(zip(valid, labeled, strict=True))
+        except Exception:  # find the culprit: one image at a time, so the others still get labels
+            results_by_index = {}
+            for i in valid:
                 try:
-                    input_size = (int(batch["input_height"][i]), int(batch["input_width"][i]))
-                    result = self._label_one(batch["pixels"][i], input_size, (height, width))
+                    results_by_index[i] = self._label([batch["pixels"][i]], [input_sizes[i]], [sizes[i]])[0]
                 except Exception as e:  # e.g. out of memory on one huge image
-                    log.exception("labeling %s failed", uri)
-                    error = f"labeling failed: {_describe(e)}"
+                    log.exception("labeling %s failed", batch["image_uri"][i])
+                    errors[i] = f"labeling failed: {_describe(e)}"
+        for i, result in results_by_index.items():
+            results[i] = result
+        rows = []
+        for i in range(count):
+            height, width = int(batch["height"][i]), int(batch["width"][i])
             row = LabelRow(
-                image_uri=str(uri),
+                image_uri=str(batch["image_uri"][i]),
                 width=width if height > 0 else None,
                 height=height if height > 0 else None,
-                error=error,
-                **result,
+                error=errors[i],
+                **results[i],
                 **self.row_fields,
             )
             rows.append(row.model_dump())
