@@ -2,8 +2,8 @@
 
     python benchmarks/model_throughput.py [--model san-vit-b16] [--iters 3]
 
-Measures `SAN.predict` (everything from the normalised image to the per-class score maps at the
-input size) on 640x853 inputs (short side 640, the reference test size; a 3:4 photo), for batch 1
+Measures `SAN.predict_labels` (everything from the image to the label map and its scores at the
+input size, what the labeling actors run) on 640x853 inputs (short side 640, the reference test size; a 3:4 photo), for batch 1
 and 4: fp32 on the CPU, and on a GPU when there is one, fp32 and bf16 autocast. Prints a table.
 """
 
@@ -42,7 +42,7 @@ def measure(
     images = [torch.rand(3, *size, device=device) * 255 for _ in range(batch)]
     autocast = torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=dtype == "bf16")
     with autocast:
-        model.predict(images, classifier)  # warm-up
+        model.predict_labels(images, classifier)  # warm-up
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -51,7 +51,7 @@ def measure(
     start = time.perf_counter()
     with autocast:
         for _ in range(iters):
-            model.predict(images, classifier)
+            model.predict_labels(images, classifier)
     if device == "cuda":
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - start

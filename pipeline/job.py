@@ -75,6 +75,7 @@ def resolve_weights(config: LabelJobConfig, smoke_if_no_weights: bool, say: Call
     except WeightsUnavailableError as e:
         if not smoke_if_no_weights:
             raise WeightsError(str(e)) from e
+        say(str(e))
         say(
             "*" * 78 + f"\nSMOKE TEST: no published weights for {choice.model}; labeling with RANDOM weights.\n"
             "The labels are MEANINGLESS; the pipeline is exercised end to end.\n" + "*" * 78
