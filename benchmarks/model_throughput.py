@@ -3,8 +3,9 @@
     python benchmarks/model_throughput.py [--model san-vit-b16] [--iters 3]
 
 Measures `SAN.predict_labels` (everything from the image to the label map and its scores at the
-input size, what the labeling actors run) on 640x853 inputs (short side 640, the reference test size; a 3:4 photo), for batch 1
-and 4: fp32 on the CPU, and on a GPU when there is one, fp32 and bf16 autocast. Prints a table.
+input size, what the labeling actors run) on 640x853 inputs (short side 640, the reference test
+size; a 3:4 photo), for batch 1 and 4: fp32 on the CPU, and on a GPU when there is one, fp32 and
+bf16 autocast. Prints a table.
 """
 
 from __future__ import annotations
