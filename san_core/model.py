@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
+from typing import Any
 
 import torch
 from torch import nn
@@ -150,6 +152,25 @@ class SAN(nn.Module):
             groups[self.padded_size(int(image.shape[-2]), int(image.shape[-1]))].append(index)
         return list(groups.values())
 
+    def _per_image(
+        self,
+        images: Sequence[torch.Tensor],
+        class_embeddings: torch.Tensor,
+        output_sizes: Sequence[tuple[int, int]] | None,
+        background: bool,
+        postprocess: Callable[..., Any],
+    ) -> list[Any]:
+        """Run each group of equal padded size as one batch; post-process every image's outputs."""
+        sizes = _sizes(images, output_sizes)
+        results: list[Any] = [None] * len(images)
+        for indices in self._grouped(images):
+            out = self([images[i] for i in indices], class_embeddings, background)
+            for slot, i in enumerate(indices):
+                results[i] = postprocess(
+                    out.class_logits[slot], out.mask_logits[slot], out.padded_size, out.input_sizes[slot], sizes[i]
+                )
+        return results
+
     @torch.no_grad()
     def predict(
         self,
@@ -160,20 +181,9 @@ class SAN(nn.Module):
     ) -> list[torch.Tensor]:
         """Per-image class score maps [C, H_out, W_out] (the reference's `sem_seg`), each equal to
         running that image alone. output_sizes default to the input sizes."""
-        sizes = _sizes(images, output_sizes)
-        results: list[torch.Tensor] = [torch.empty(0)] * len(images)
-        for indices in self._grouped(images):
-            out = self([images[i] for i in indices], class_embeddings, background)
-            for slot, i in enumerate(indices):
-                results[i] = semantic_scores(
-                    out.class_logits[slot],
-                    out.mask_logits[slot],
-                    out.padded_size,
-                    out.input_sizes[slot],
-                    sizes[i],
-                    background,
-                )
-        return results
+        return self._per_image(
+            images, class_embeddings, output_sizes, background, partial(semantic_scores, background=background)
+        )
 
     @torch.no_grad()
     def predict_labels(
@@ -186,21 +196,8 @@ class SAN(nn.Module):
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per image (labels [H_out, W_out] as class indices, their scores): the argmax of
         `predict`'s score maps, computed in row chunks so no [C, H, W] map is ever materialised."""
-        sizes = _sizes(images, output_sizes)
-        results: list[tuple[torch.Tensor, torch.Tensor]] = [(torch.empty(0), torch.empty(0))] * len(images)
-        for indices in self._grouped(images):
-            out = self([images[i] for i in indices], class_embeddings, background)
-            for slot, i in enumerate(indices):
-                results[i] = semantic_labels(
-                    out.class_logits[slot],
-                    out.mask_logits[slot],
-                    out.padded_size,
-                    out.input_sizes[slot],
-                    sizes[i],
-                    background,
-                    max_chunk_elements,
-                )
-        return results
+        labels = partial(semantic_labels, background=background, max_chunk_elements=max_chunk_elements)
+        return self._per_image(images, class_embeddings, output_sizes, background, labels)
 
 
 def _sizes(images: Sequence[torch.Tensor], output_sizes: Sequence[tuple[int, int]] | None) -> list[tuple[int, int]]:

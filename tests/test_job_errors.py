@@ -20,6 +20,12 @@ def _tiny_args(parity_dir: Path) -> list[str]:
     return ["--checkpoint", str(tiny / "checkpoint.pth"), "--model-config", str(tiny / "config.json")]
 
 
+def _local(tmp_path: Path, *weights: str) -> list[str]:
+    """Arguments for an empty local input folder and a local output, plus the given weights."""
+    (tmp_path / "images").mkdir(exist_ok=True)
+    return ["--vocab", "voc20", "--input", str(tmp_path / "images"), "--output", str(tmp_path / "o"), *weights]
+
+
 def _run(capsys, args: list[str]) -> tuple[int, str]:
     rc = label_main(args)
     assert not ray.is_initialized()  # nothing started
@@ -94,40 +100,14 @@ def test_unwritable_output(tmp_path, capsys, parity_dir):
 
 
 def test_missing_checkpoint(tmp_path, capsys):
-    (tmp_path / "images").mkdir()
-    rc, err = _run(
-        capsys,
-        [
-            "--vocab",
-            "voc20",
-            "--input",
-            str(tmp_path / "images"),
-            "--output",
-            str(tmp_path / "o"),
-            "--checkpoint",
-            str(tmp_path / "missing.pth"),
-        ],
-    )
+    rc, err = _run(capsys, _local(tmp_path, "--checkpoint", str(tmp_path / "missing.pth")))
     assert rc == 1 and "checkpoint not found" in err
 
 
 def test_preset_without_weights_offline(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
-    (tmp_path / "images").mkdir()
-    rc, err = _run(
-        capsys,
-        [
-            "--vocab",
-            "voc20",
-            "--input",
-            str(tmp_path / "images"),
-            "--output",
-            str(tmp_path / "o"),
-            "--model",
-            "san-vit-b16",
-        ],
-    )
+    rc, err = _run(capsys, _local(tmp_path, "--model", "san-vit-b16"))
     assert rc == 1 and "san_vit_b_16.pth" in err and "--checkpoint" in err
 
 
