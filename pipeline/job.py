@@ -66,12 +66,14 @@ def resolve_weights(config: LabelJobConfig, smoke_if_no_weights: bool, say: Call
     """The weights the actors will load; for a preset, its published file (downloaded once)."""
     choice = config.weights
     if choice.checkpoint is not None:
-        return WeightsSpec(choice.checkpoint, choice.checkpoint, choice.model_config_uri, None, config.storage_options)
+        return WeightsSpec(
+            choice.checkpoint, choice.checkpoint, choice.model_config_uri, storage_options=config.storage_options
+        )
     assert choice.model is not None
     if choice.model not in PRESETS:
         raise WeightsError(f"unknown model {choice.model!r}; known: {', '.join(PRESETS)}")
     try:
-        path = fetch_published_checkpoint(choice.model)
+        fetch_published_checkpoint(choice.model)  # here, to fail early; each node fetches its own copy
     except WeightsUnavailableError as e:
         if not smoke_if_no_weights:
             raise WeightsError(str(e)) from e
@@ -80,8 +82,8 @@ def resolve_weights(config: LabelJobConfig, smoke_if_no_weights: bool, say: Call
             "*" * 78 + f"\nSMOKE TEST: no published weights for {choice.model}; labeling with RANDOM weights.\n"
             "The labels are MEANINGLESS; the pipeline is exercised end to end.\n" + "*" * 78
         )
-        return WeightsSpec(choice.model, None, None, choice.model)
-    return WeightsSpec(choice.model, path, None, None)
+        return WeightsSpec(choice.model, random=True)
+    return WeightsSpec(choice.model, preset=choice.model)
 
 
 def _output_fs(config: LabelJobConfig) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -294,12 +296,8 @@ def run_label_job(plan: JobPlan, say: Callable[[str], None] = print) -> RunSumma
         "schema_version": SCHEMA_VERSION,
         "config": json.loads(config.model_dump_json()),
         "model_id": weights.model_id,
-        "weights": "random (smoke test)"
-        if weights.random_preset
-        else "published"
-        if config.weights.model
-        else "checkpoint",
-        "labels_meaningful": weights.random_preset is None,
+        "weights": "random (smoke test)" if weights.random else "published" if config.weights.model else "checkpoint",
+        "labels_meaningful": not weights.random,
         "digests": {"checkpoint": checkpoint_digest, "taxonomy": taxonomy.digest(), "vocabulary": table.digest},
         "counts": {"inputs": len(uris), "labeled": labeled, "failed": failed, "skipped": summary.skipped},
         "previews": previews,

@@ -16,6 +16,7 @@ import torch
 from PIL import UnidentifiedImageError
 
 from san_core.build import build_model, load_model
+from san_core.hub import fetch_published_checkpoint
 from san_core.model import SAN
 from san_core.presets import get_preset
 from schemas.output import LabelRow, label_row_schema
@@ -79,21 +80,24 @@ def load_images(
 
 @dataclass(frozen=True)
 class WeightsSpec:
-    """How an actor (or the driver) gets the model: a preset, a checkpoint, or random smoke weights."""
+    """How an actor (or the driver) gets the model: a checkpoint URI, a preset's published file
+    (fetched on each node into its own cache), or random smoke-test weights."""
 
     model_id: str
-    checkpoint: str | None
-    model_config_uri: str | None
-    random_preset: str | None  # set only for the quick-start smoke test
+    checkpoint: str | None = None
+    model_config_uri: str | None = None
+    preset: str | None = None
+    random: bool = False  # set only for the quick-start smoke test
     storage_options: Mapping[str, Any] | None = None
 
     def load(self, device: str = "cpu") -> tuple[SAN, str | None]:
         """The model and its checkpoint's sha256 (None for random weights)."""
-        if self.random_preset is not None:
+        if self.random:
             torch.manual_seed(0)  # every actor builds the same random model
-            return build_model(get_preset(self.random_preset).config, device), None
+            return build_model(get_preset(self.model_id).config, device), None
+        checkpoint = fetch_published_checkpoint(self.preset) if self.preset else self.checkpoint
         loaded = load_model(
-            checkpoint=self.checkpoint,
+            checkpoint=checkpoint,
             model_config=self.model_config_uri,
             storage_options=self.storage_options,
             device=device,
