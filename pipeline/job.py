@@ -33,6 +33,7 @@ from .inputs import check_output_writable, list_inputs
 from .labeling import SanLabeler, WeightsSpec, load_images
 from .postprocess import decode_label_png
 from .preview import render_overlay
+from .storage import pyarrow_filesystem
 from .vocabulary import DEFAULT_CACHE_DIR, VocabularyTable, load_or_build_vocabulary
 
 log = logging.getLogger(__name__)
@@ -131,14 +132,6 @@ def _clear_output(fs: fsspec.AbstractFileSystem, root: str) -> None:
         target = f"{root.rstrip('/')}/{name}"
         if fs.exists(target):
             fs.rm(target, recursive=True)
-
-
-def _pyarrow_filesystem(fs: fsspec.AbstractFileSystem):
-    import pyarrow.fs as pafs
-
-    if "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
-        return pafs.LocalFileSystem()
-    return pafs.PyFileSystem(pafs.FSSpecHandler(fs))
 
 
 def _torch_threads_per_actor(config: LabelJobConfig) -> int:
@@ -276,7 +269,7 @@ def run_label_job(plan: JobPlan, say: Callable[[str], None] = print) -> RunSumma
         )
         dataset.write_parquet(
             root,
-            filesystem=_pyarrow_filesystem(fs),
+            filesystem=pyarrow_filesystem(fs),
             schema=label_row_schema(),
             ray_remote_args={"num_cpus": 0.25},  # I/O-bound; must not wait for a whole CPU
         )
