@@ -144,6 +144,41 @@ class SAN(nn.Module):
             input_sizes=[(int(i.shape[-2]), int(i.shape[-1])) for i in images],
         )
 
+    def forward_train(
+        self, images: Sequence[torch.Tensor], class_embeddings: torch.Tensor
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(class logits [B, Q, C+1], mask logits [B, Q, h, w]) for every deep-supervision block
+        of the side adapter, the output block last: what the training loss needs."""
+        batch = self.preprocess(images)
+        clip_input = F.interpolate(
+            batch, scale_factor=self.config.san.clip_resolution, mode="bilinear", align_corners=False
+        )
+        clip_features = self.clip_features(clip_input)
+        mask_logits_all, attn_biases_all = self.side_adapter(batch, clip_features.maps, all_supervised=True)
+        last = self.config.san.clip_feature_last_layer
+        outputs = []
+        for mask_logits, attn_biases in zip(mask_logits_all, attn_biases_all, strict=True):
+            regions = self.recognition_head(clip_features.cls_tokens[last], clip_features.maps[last], attn_biases)
+            outputs.append((self.text_classifier.class_logits(regions, class_embeddings, background=True), mask_logits))
+        return outputs
+
+    def trainable_parameter_names(self) -> list[str]:
+        """What fine-tuning trains, as the published recipe: the side adapter, CLIP's visual
+        positional embedding and the background embedding. Everything else stays frozen."""
+        return [
+            name
+            for name, _ in self.named_parameters()
+            if name.startswith("side_adapter.")
+            or name in ("clip_features.positional_embedding", "text_classifier.bg_embed")
+        ]
+
+    def freeze_for_finetuning(self) -> int:
+        """Set requires_grad per `trainable_parameter_names`; returns the trainable count."""
+        trainable = set(self.trainable_parameter_names())
+        for name, parameter in self.named_parameters():
+            parameter.requires_grad_(name in trainable)
+        return sum(p.numel() for n, p in self.named_parameters() if n in trainable)
+
     def _grouped(self, images: Sequence[torch.Tensor]) -> list[list[int]]:
         """Indices of images grouped by padded size: padding never changes an image's result
         when each group runs as one batch (the reference evaluates one image at a time)."""
