@@ -1,0 +1,80 @@
+"""Fine-tuning samples: augmentation keeps image and labels aligned, targets from label maps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import skimage.data
+
+from pipeline.training_data import (
+    IGNORE,
+    TRAIN_SHORT_SIDES,
+    AugmentConfig,
+    augment,
+    photometric_jitter,
+    random_crop_pair,
+    resize_pair,
+    targets_from_labels,
+)
+
+
+def _pair() -> tuple[np.ndarray, np.ndarray]:
+    rgb = skimage.data.coffee()  # 400 x 600
+    labels = np.full(rgb.shape[:2], 3, dtype=np.uint8)
+    labels[:, 300:] = 7
+    labels[:20] = IGNORE
+    return rgb, labels
+
+
+def test_recipe_short_sides_are_half_to_one_and_a_half_of_640():
+    assert TRAIN_SHORT_SIDES == (320, 384, 448, 512, 576, 640, 704, 768, 832, 896, 960)
+
+
+def test_labels_follow_the_geometry_with_nearest_neighbour():
+    rgb, labels = _pair()
+    image, label = resize_pair(rgb, labels, 800, 2560)
+    assert image.shape == (800, 1200, 3) and label.shape == (800, 1200)
+    assert set(np.unique(label).tolist()) == {3, 7, IGNORE}  # no blended ids
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        image, label = augment(rgb, labels, AugmentConfig(photometric=False), rng)
+        assert image.shape == (640, 640, 3) and label.shape == (640, 640)
+        assert set(np.unique(label).tolist()) <= {3, 7, IGNORE}
+        # the boundary between the two classes is vertical: every row has at most one switch
+        valid = label[(label != IGNORE).all(axis=1)]
+        assert all(np.count_nonzero(np.diff(row.astype(int))) <= 1 for row in valid)
+
+
+def test_small_images_are_padded_with_ignore():
+    rgb, labels = _pair()
+    image, label = random_crop_pair(rgb[:100, :200], labels[:100, :200], 640, np.random.default_rng(0))
+    assert (label[100:] == IGNORE).all() and (label[:, 200:] == IGNORE).all()
+    assert (image[100:] == 128).all()
+
+
+def test_flip_and_photometric_jitter():
+    rgb, labels = _pair()
+    flips = set()
+    rng = np.random.default_rng(1)
+    for _ in range(12):
+        _, label = augment(rgb, labels, AugmentConfig(short_sides=(640,), photometric=False), rng)
+        row = label[300]
+        flips.add(int(row[0]) == 7)
+    assert flips == {True, False}  # both orientations happen
+    jittered = photometric_jitter(rgb, np.random.default_rng(3))
+    assert jittered.shape == rgb.shape and jittered.dtype == np.uint8
+    assert np.abs(jittered.astype(int) - rgb).mean() > 1
+
+
+def test_targets_from_label_maps():
+    labels = np.array([[3, 3, 255], [7, 9, 3]], dtype=np.uint8)
+    indices, masks = targets_from_labels(labels, {3: 0, 7: 1, 12: 2})  # 9 is not in the taxonomy
+    assert indices.tolist() == [0, 1]
+    assert masks.tolist() == [
+        [[True, True, False], [False, False, True]],
+        [[False, False, False], [True, False, False]],
+    ]
+    empty_indices, empty_masks = targets_from_labels(np.full((2, 2), 255, np.uint8), {3: 0})
+    assert empty_indices.shape == (0,) and empty_masks.shape == (0, 2, 2)
+    with pytest.raises(ValueError, match="differ in size"):
+        augment(np.zeros((4, 4, 3), np.uint8), np.zeros((5, 4), np.uint8), AugmentConfig(), np.random.default_rng())
