@@ -10,14 +10,13 @@ import pyarrow.parquet as pq
 
 from schemas.taxonomy import Taxonomy
 
+from .storage import result_files
+
 
 def read_output_rows(output: str, storage_options: Mapping[str, Any] | None = None) -> Iterable[dict]:
     """Every row of a labeling output, file by file (files named _* are not results)."""
     fs, root = fsspec.core.url_to_fs(output, **(storage_options or {}))
-    for path in sorted(fs.find(root)):
-        name = path.rsplit("/", 1)[-1]
-        if not path.endswith(".parquet") or name.startswith("_") or "/_" in path[len(root) :]:
-            continue
+    for path in result_files(fs, root):
         with fs.open(path, "rb") as f:
             yield from pq.read_table(f).to_pylist()
 

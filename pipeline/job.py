@@ -33,7 +33,7 @@ from .inputs import check_output_writable, list_inputs
 from .labeling import SanLabeler, WeightsSpec, load_images
 from .postprocess import decode_label_png
 from .preview import render_overlay
-from .storage import pyarrow_filesystem
+from .storage import pyarrow_filesystem, result_files
 from .vocabulary import DEFAULT_CACHE_DIR, VocabularyTable, load_or_build_vocabulary
 
 log = logging.getLogger(__name__)
@@ -91,18 +91,12 @@ def _output_fs(config: LabelJobConfig) -> tuple[fsspec.AbstractFileSystem, str]:
     return fsspec.core.url_to_fs(config.output, **config.storage_options)
 
 
-def _parquet_files(fs: fsspec.AbstractFileSystem, root: str) -> list[str]:
-    if not fs.exists(root):
-        return []
-    return sorted(p for p in fs.find(root) if p.endswith(".parquet") and f"/{PREVIEW_DIR}/" not in p)
-
-
 def existing_rows(fs: fsspec.AbstractFileSystem, root: str) -> tuple[set[str], list[str]]:
     """Image URIs that already have a row, and the readable files holding them. A file a killed
     run left half-written cannot be read; it is removed so that its images are labeled again."""
     done: set[str] = set()
     files = []
-    for path in _parquet_files(fs, root):
+    for path in result_files(fs, root):
         try:
             with fs.open(path, "rb") as f:
                 uris = pq.read_table(f, columns=["image_uri"]).column("image_uri").to_pylist()
@@ -126,7 +120,7 @@ def _count_rows(fs: fsspec.AbstractFileSystem, paths: list[str]) -> tuple[int, i
 
 
 def _clear_output(fs: fsspec.AbstractFileSystem, root: str) -> None:
-    for path in _parquet_files(fs, root):
+    for path in result_files(fs, root):
         fs.rm(path)
     for name in (MANIFEST_NAME, PREVIEW_DIR):
         target = f"{root.rstrip('/')}/{name}"

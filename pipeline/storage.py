@@ -6,6 +6,19 @@ import fsspec
 import pyarrow.fs as pafs
 
 
+def result_files(fs: fsspec.AbstractFileSystem, root: str) -> list[str]:
+    """The Parquet result files under a labeling output, sorted. Names and folders starting
+    with "_" (manifest, previews, input lists) are not results, as pyarrow's readers also assume."""
+    if not fs.exists(root):
+        return []
+    prefix = root.rstrip("/")
+    return sorted(
+        path
+        for path in fs.find(root)
+        if path.endswith(".parquet") and not any(part.startswith("_") for part in path[len(prefix) :].split("/"))
+    )
+
+
 def pyarrow_filesystem(fs: fsspec.AbstractFileSystem) -> pafs.FileSystem:
     """The pyarrow view of an fsspec filesystem, for Ray Data's Parquet reader and writer."""
     protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)

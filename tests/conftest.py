@@ -25,6 +25,13 @@ def parity_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_weights(parity_dir: Path) -> list[str]:
+    """Job flags that load the parity fixture's tiny model."""
+    tiny = parity_dir / "tiny_a"
+    return ["--checkpoint", str(tiny / "checkpoint.pth"), "--model-config", str(tiny / "config.json")]
+
+
+@pytest.fixture(scope="session")
 def tiny_config(parity_dir: Path) -> SanModelConfig:
     return SanModelConfig.from_json_file(parity_dir / "tiny_a" / "config.json")
 

@@ -20,11 +20,6 @@ from pipeline.postprocess import decode_label_png
 from schemas.taxonomy import Taxonomy, load_taxonomy
 
 
-def _tiny(parity_dir: Path) -> list[str]:
-    tiny = parity_dir / "tiny_a"
-    return ["--checkpoint", str(tiny / "checkpoint.pth"), "--model-config", str(tiny / "config.json")]
-
-
 def _png(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="PNG")
@@ -55,7 +50,7 @@ def test_sixteen_bit_tiff_ground_truth_with_65535_ignore(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def labeled(tmp_path_factory, parity_dir):
+def labeled(tmp_path_factory, tiny_weights):
     root = tmp_path_factory.mktemp("eval")
     images = root / "images"
     images.mkdir()
@@ -64,7 +59,7 @@ def labeled(tmp_path_factory, parity_dir):
     for i in range(3):
         (images / f"photo{i}.jpg").write_bytes(jpeg_bytes(getattr(skimage.data, GOOD_PHOTOS[i])()))
     output = root / "labels"
-    assert label_main(["--vocab", "voc20", "--input", str(images), "--output", str(output), *_tiny(parity_dir)]) == 0
+    assert label_main(["--vocab", "voc20", "--input", str(images), "--output", str(output), *tiny_weights]) == 0
     return root, output
 
 
@@ -108,7 +103,7 @@ def test_perfect_ground_truth_scores_100_and_reports_are_written(labeled, capsys
     assert "mIoU 100.00" in capsys.readouterr().out
 
 
-def test_mode_a_and_mode_b_agree_on_the_same_images(tmp_path, parity_dir):
+def test_mode_a_and_mode_b_agree_on_the_same_images(tmp_path, tiny_weights):
     """(a) runs the pipeline over a benchmark layout; (b) scores that output again: same numbers."""
     import skimage.data
 
@@ -134,7 +129,7 @@ def test_mode_a_and_mode_b_agree_on_the_same_images(tmp_path, parity_dir):
                 str(tmp_path / "datasets"),
                 "--report",
                 str(report_a),
-                *_tiny(parity_dir),
+                *tiny_weights,
             ]
         )
         == 0

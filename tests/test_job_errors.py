@@ -15,11 +15,6 @@ import ray
 from jobs.label import main as label_main
 
 
-def _tiny_args(parity_dir: Path) -> list[str]:
-    tiny = parity_dir / "tiny_a"
-    return ["--checkpoint", str(tiny / "checkpoint.pth"), "--model-config", str(tiny / "config.json")]
-
-
 def _local(tmp_path: Path, *weights: str) -> list[str]:
     """Arguments for an empty local input folder and a local output, plus the given weights."""
     (tmp_path / "images").mkdir(exist_ok=True)
@@ -32,12 +27,12 @@ def _run(capsys, args: list[str]) -> tuple[int, str]:
     return rc, capsys.readouterr().err
 
 
-def test_invalid_taxonomy_exits_2_before_ray(tmp_path, capsys, parity_dir):
+def test_invalid_taxonomy_exits_2_before_ray(tmp_path, capsys, tiny_weights):
     vocab = tmp_path / "taxonomy.yaml"
     vocab.write_text("name: t\nclasses:\n  - {id: 1, name: road, colour: red}\n")
     rc, err = _run(
         capsys,
-        ["--vocab", str(vocab), "--input", str(tmp_path), "--output", str(tmp_path / "o"), *_tiny_args(parity_dir)],
+        ["--vocab", str(vocab), "--input", str(tmp_path), "--output", str(tmp_path / "o"), *tiny_weights],
     )
     assert rc == 2
     assert f"{vocab}: classes[0].colour (line 3): unknown key 'colour'" in err
@@ -48,7 +43,7 @@ def test_bad_flags_exit_2(tmp_path, capsys):
     assert rc == 2 and "need 1 <= MIN <= MAX" in err
 
 
-def test_missing_local_input(tmp_path, capsys, parity_dir):
+def test_missing_local_input(tmp_path, capsys, tiny_weights):
     rc, err = _run(
         capsys,
         [
@@ -58,14 +53,14 @@ def test_missing_local_input(tmp_path, capsys, parity_dir):
             str(tmp_path / "nope"),
             "--output",
             str(tmp_path / "o"),
-            *_tiny_args(parity_dir),
+            *tiny_weights,
         ],
     )
     assert rc == 1 and "no such file, directory or prefix" in err
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
 
 
-def test_missing_bucket(s3_server, capsys, parity_dir, tmp_path):
+def test_missing_bucket(s3_server, capsys, tiny_weights, tmp_path):
     rc, err = _run(
         capsys,
         [
@@ -75,13 +70,13 @@ def test_missing_bucket(s3_server, capsys, parity_dir, tmp_path):
             "s3://no-such-bucket/images/",
             "--output",
             str(tmp_path / "o"),
-            *_tiny_args(parity_dir),
+            *tiny_weights,
         ],
     )
     assert rc == 1 and "the bucket 'no-such-bucket' does not exist" in err
 
 
-def test_unwritable_output(tmp_path, capsys, parity_dir):
+def test_unwritable_output(tmp_path, capsys, tiny_weights):
     (tmp_path / "images").mkdir()
     (tmp_path / "blocker").write_text("a file where the output directory should be")
     rc, err = _run(
@@ -93,7 +88,7 @@ def test_unwritable_output(tmp_path, capsys, parity_dir):
             str(tmp_path / "images"),
             "--output",
             str(tmp_path / "blocker" / "out"),
-            *_tiny_args(parity_dir),
+            *tiny_weights,
         ],
     )
     assert rc == 1 and "cannot write to" in err
@@ -138,7 +133,7 @@ def authenticating_s3():
         server.wait(timeout=30)
 
 
-def test_bad_credentials(authenticating_s3, capsys, parity_dir, tmp_path, monkeypatch):
+def test_bad_credentials(authenticating_s3, capsys, tiny_weights, tmp_path, monkeypatch):
     import s3fs
 
     s3fs.S3FileSystem.clear_instance_cache()  # fsspec reuses clients made with the other server's settings
@@ -147,7 +142,7 @@ def test_bad_credentials(authenticating_s3, capsys, parity_dir, tmp_path, monkey
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
     rc, err = _run(
         capsys,
-        ["--vocab", "voc20", "--input", "s3://photos/in/", "--output", str(tmp_path / "o"), *_tiny_args(parity_dir)],
+        ["--vocab", "voc20", "--input", "s3://photos/in/", "--output", str(tmp_path / "o"), *tiny_weights],
     )
     s3fs.S3FileSystem.clear_instance_cache()
     assert rc == 1 and "access denied, check the credentials" in err

@@ -36,11 +36,6 @@ classes:
 """
 
 
-def _tiny_args(parity_dir: Path) -> list[str]:
-    tiny = parity_dir / "tiny_a"
-    return ["--checkpoint", str(tiny / "checkpoint.pth"), "--model-config", str(tiny / "config.json")]
-
-
 def _rows(output: str) -> list[dict]:
     import fsspec
 
@@ -56,7 +51,7 @@ def _rows(output: str) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def local_run(tmp_path_factory, parity_dir):
+def local_run(tmp_path_factory, tiny_weights):
     root = tmp_path_factory.mktemp("label")
     expected = write_image_set(root / "images" / "nested")  # found recursively
     (root / "images" / "notes.txt").write_text("not an image extension: ignored")
@@ -76,7 +71,7 @@ def local_run(tmp_path_factory, parity_dir):
         str(root / "vocab-cache"),
         "--rows-per-file",
         "4",
-        *_tiny_args(parity_dir),
+        *tiny_weights,
     ]
     rc = label_main(args)
     return {"rc": rc, "root": root, "expected": expected, "output": output, "vocab": vocab, "args": args}
@@ -189,7 +184,7 @@ def test_rerun_labels_nothing_new_and_overwrite_starts_fresh(local_run):
     assert len(_rows(str(local_run["output"]))) == 12
 
 
-def test_too_many_failures_exit_non_zero(tmp_path, parity_dir, local_run):
+def test_too_many_failures_exit_non_zero(tmp_path, tiny_weights, local_run):
     images = tmp_path / "images"
     images.mkdir()
     (images / "a.jpg").write_bytes(b"")
@@ -205,7 +200,7 @@ def test_too_many_failures_exit_non_zero(tmp_path, parity_dir, local_run):
             str(tmp_path / "out"),
             "--max-error-ratio",
             "0.5",
-            *_tiny_args(parity_dir),
+            *tiny_weights,
         ]
     )
     assert rc == 1
@@ -213,7 +208,7 @@ def test_too_many_failures_exit_non_zero(tmp_path, parity_dir, local_run):
     assert manifest["status"] == "error ratio exceeded" and manifest["counts"]["failed"] == 2
 
 
-def test_s3_manifest_input_to_s3_output(s3_bucket, parity_dir, tmp_path):
+def test_s3_manifest_input_to_s3_output(s3_bucket, tiny_weights, tmp_path):
     import s3fs
 
     fs = s3fs.S3FileSystem(skip_instance_cache=True)
@@ -242,7 +237,7 @@ def test_s3_manifest_input_to_s3_output(s3_bucket, parity_dir, tmp_path):
             output,
             "--vocab-cache",
             f"{s3_bucket}/vocab-cache",
-            *_tiny_args(parity_dir),
+            *tiny_weights,
         ]
     )
     assert rc == 0

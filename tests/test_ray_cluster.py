@@ -26,14 +26,13 @@ def _free_port() -> int:
 
 
 def _env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ, PATH=f"{BIN}:{os.environ.get('PATH', '')}", RAY_USAGE_STATS_ENABLED="0")
+    # Token authentication explicitly on for server and client alike: left unset, `ray start`
+    # turns it on whenever ~/.ray/auth_token exists but `ray job submit` may not send the token.
+    env = dict(
+        os.environ, PATH=f"{BIN}:{os.environ.get('PATH', '')}", RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="token"
+    )
     env.update(extra)
     return env
-
-
-def _tiny_args(parity_dir: Path) -> list[str]:
-    tiny = parity_dir / "tiny_a"
-    return ["--checkpoint", str(tiny / "checkpoint.pth"), "--model-config", str(tiny / "config.json")]
 
 
 def _readable_rows(directory: Path) -> list[dict]:
@@ -50,6 +49,8 @@ def _readable_rows(directory: Path) -> list[dict]:
 def head_node():
     """A real single-node Ray cluster started with `ray start --head`; stopped afterwards."""
     gcs_port, dashboard_port = _free_port(), _free_port()
+    # creates ~/.ray/auth_token only when there is none
+    subprocess.run([str(BIN / "ray"), "get-auth-token", "--generate"], env=_env(), check=True, capture_output=True)
     subprocess.run(
         [
             str(BIN / "ray"),
@@ -114,7 +115,7 @@ def test_ray_job_submit_s3_to_s3(head_node, s3_bucket, s3_server, parity_dir, tm
     assert manifest["digests"]["checkpoint"] is not None
 
 
-def test_resume_after_sigkill_labels_every_image_exactly_once(tmp_path, parity_dir):
+def test_resume_after_sigkill_labels_every_image_exactly_once(tmp_path, tiny_weights):
     import skimage.data
 
     images = tmp_path / "images"
@@ -137,7 +138,7 @@ def test_resume_after_sigkill_labels_every_image_exactly_once(tmp_path, parity_d
         "2",
         "--batch-size",
         "1",
-        *_tiny_args(parity_dir),
+        *tiny_weights,
     ]
 
     driver = subprocess.Popen(command, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
