@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as a pl
 
 import fsspec  # noqa: E402
 
+from jobs.label import parse_concurrency  # noqa: E402
 from schemas.jobs import LabelJobConfig, ModelChoice  # noqa: E402
 from schemas.taxonomy import TaxonomyError, load_taxonomy  # noqa: E402
 
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     weights.add_argument("--checkpoint", default=None)
     run.add_argument("--model-config", default=None)
     run.add_argument("--batch-size", type=int, default=4)
-    run.add_argument("--concurrency", default="1", help="actor pool size: MIN[,MAX]")
+    run.add_argument("--concurrency", type=parse_concurrency, default=(1, 1), help="actor pool size: MIN[,MAX]")
     run.add_argument("--gpus-per-actor", type=float, default=None)
     score = sub.add_parser("score", help="(b) score an existing labeling output")
     score.add_argument("--labels", required=True, help="the labeling job's --output")
@@ -104,18 +105,13 @@ def main(argv: list[str] | None = None) -> int:
     inputs_manifest = f"{labels.rstrip('/')}/_inputs.txt"  # '_' files are not results
     with fsspec.open(inputs_manifest, "w", **args.storage_options) as f:
         f.write("\n".join(images) + "\n")
-    low, _, high = args.concurrency.partition(",")
     config = LabelJobConfig(
         vocab=args.dataset,
         input=inputs_manifest,
         output=labels,
-        weights=ModelChoice(
-            model=args.model or (None if args.checkpoint else "san-vit-b16"),
-            checkpoint=args.checkpoint,
-            model_config_uri=args.model_config,
-        ),
+        weights=ModelChoice.from_flags(args.model, args.checkpoint, args.model_config),
         batch_size=args.batch_size,
-        concurrency=(int(low), int(high or low)),
+        concurrency=args.concurrency,
         gpus_per_actor=args.gpus_per_actor,
         storage_options=args.storage_options,
     )

@@ -22,7 +22,7 @@ from schemas.jobs import LabelJobConfig, ModelChoice  # noqa: E402
 from schemas.taxonomy import TaxonomyError, load_taxonomy  # noqa: E402
 
 
-def _concurrency(text: str) -> tuple[int, int]:
+def parse_concurrency(text: str) -> tuple[int, int]:
     parts = [int(p) for p in text.split(",")]
     if len(parts) == 1:
         return parts[0], parts[0]
@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     weights.add_argument("--checkpoint", help="checkpoint path or URI (.pth or .safetensors)")
     parser.add_argument("--model-config", help="JSON model config for a --checkpoint that carries none")
     parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--concurrency", type=_concurrency, default=(1, 1), help="actor pool size: MIN[,MAX]")
+    parser.add_argument("--concurrency", type=parse_concurrency, default=(1, 1), help="actor pool size: MIN[,MAX]")
     parser.add_argument("--gpus-per-actor", type=float, default=None, help="default: 1 if the cluster has GPUs")
     parser.add_argument("--torch-threads", type=int, default=None, help="threads per actor")
     parser.add_argument("--short-side", type=int, default=640, help="model input short side (reference: 640)")
@@ -66,11 +66,7 @@ def main(argv: list[str] | None = None) -> int:
             vocab=args.vocab,
             input=args.input,
             output=args.output,
-            weights=ModelChoice(
-                model=args.model or (None if args.checkpoint else "san-vit-b16"),
-                checkpoint=args.checkpoint,
-                model_config_uri=args.model_config,
-            ),
+            weights=ModelChoice.from_flags(args.model, args.checkpoint, args.model_config),
             batch_size=args.batch_size,
             concurrency=args.concurrency,
             gpus_per_actor=args.gpus_per_actor,

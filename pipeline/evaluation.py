@@ -29,7 +29,7 @@ from schemas.taxonomy import Taxonomy
 
 from .metrics import ConfusionMatrix
 from .postprocess import decode_label_png
-from .storage import pyarrow_filesystem
+from .storage import pyarrow_filesystem, with_protocol
 
 GT_EXTENSIONS = (".png", ".tif", ".tiff")
 
@@ -48,9 +48,8 @@ def list_ground_truth(source: str, storage_options: Mapping[str, Any] | None = N
     """Image stem -> ground-truth URI, from a folder of label maps or a manifest (.csv/.parquet
     with `image_uri` and `label_uri`; a .csv may also use `uri` for the image)."""
     fs, path = fsspec.core.url_to_fs(source, **(storage_options or {}))
-    protocol = source.split("://", 1)[0] + "://" if "://" in source else ""
     if fs.isdir(path):
-        return {stem(p): protocol + p for p in sorted(fs.find(path)) if p.lower().endswith(GT_EXTENSIONS)}
+        return {stem(p): with_protocol(p, source) for p in sorted(fs.find(path)) if p.lower().endswith(GT_EXTENSIONS)}
     with fs.open(path, "rb") as f:
         data = f.read()
     if path.endswith(".parquet"):

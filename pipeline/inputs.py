@@ -15,6 +15,8 @@ from typing import Any
 import fsspec
 import pyarrow.parquet as pq
 
+from .storage import with_protocol
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 MANIFEST_EXTENSIONS = (".txt", ".csv", ".parquet")
 
@@ -25,14 +27,6 @@ class InputError(RuntimeError):
 
 def _protocol(uri: str) -> str:
     return uri.split("://", 1)[0] if "://" in uri else "file"
-
-
-def _unstrip(fs: fsspec.AbstractFileSystem, path: str, like: str) -> str:
-    """fsspec lists paths without the protocol; give them back the input's form."""
-    protocol = _protocol(like)
-    if protocol == "file":
-        return path
-    return f"{protocol}://{path}"
 
 
 def _explain(uri: str, error: BaseException) -> str:
@@ -77,7 +71,7 @@ def list_inputs(uri: str, storage_options: Mapping[str, Any] | None = None) -> l
             found = [p for p in fs.glob(path) if p.lower().endswith(IMAGE_EXTENSIONS)]
             if not found and not fs.exists(path.split("*", 1)[0].rsplit("/", 1)[0] or "/"):
                 raise InputError(f"cannot read {uri}: nothing matches and the parent does not exist")
-            return sorted(_unstrip(fs, p, uri) for p in found)
+            return sorted(with_protocol(p, uri) for p in found)
         if fs.isfile(path):
             if path.lower().endswith(MANIFEST_EXTENSIONS):
                 return _read_manifest(fs, path, uri)
@@ -90,7 +84,7 @@ def list_inputs(uri: str, storage_options: Mapping[str, Any] | None = None) -> l
                 raise InputError(f"cannot read {uri}: the bucket {bucket!r} does not exist")
             raise InputError(f"cannot read {uri}: no such file, directory or prefix")
         found = [p for p in fs.find(path) if p.lower().endswith(IMAGE_EXTENSIONS)]
-        return sorted(_unstrip(fs, p, uri) for p in found)
+        return sorted(with_protocol(p, uri) for p in found)
     except InputError:
         raise
     except Exception as e:  # missing bucket, bad credentials, unreachable endpoint, ...

@@ -271,7 +271,7 @@ def run_label_job(plan: JobPlan, say: Callable[[str], None] = print) -> RunSumma
     stream_time = time.time() - stream_start
 
     # Account, preview, and mark the run finished.
-    _, files_after = existing_rows(fs, root)
+    files_after = result_files(fs, root)  # listing is enough: earlier files were read in the plan
     new_files = [p for p in files_after if p not in set(plan.files_before)]
     labeled, failed = _count_rows(fs, new_files)
     previews = write_previews(config, taxonomy, files_after) if config.preview else []

@@ -6,6 +6,13 @@ import fsspec
 import pyarrow.fs as pafs
 
 
+def with_protocol(path: str, like: str) -> str:
+    """fsspec lists paths without their protocol; give `path` the protocol of the URI `like`."""
+    if "://" not in like or like.startswith("file://"):
+        return path
+    return f"{like.split('://', 1)[0]}://{path}"
+
+
 def result_files(fs: fsspec.AbstractFileSystem, root: str) -> list[str]:
     """The Parquet result files under a labeling output, sorted. Names and folders starting
     with "_" (manifest, previews, input lists) are not results, as pyarrow's readers also assume."""

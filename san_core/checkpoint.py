@@ -144,7 +144,7 @@ def read_checkpoint(uri: str, storage_options: Mapping[str, Any] | None = None) 
     data = _read_bytes(uri, storage_options)
     digest = hashlib.sha256(data).hexdigest()
     config = None
-    if data[:8] and _looks_like_safetensors(data):
+    if _looks_like_safetensors(data):
         try:
             tensors = load_safetensors_bytes(data)
         except Exception as e:

@@ -18,6 +18,13 @@ class ModelChoice(_JobConfig):
     checkpoint: str | None = Field(default=None, description="checkpoint path or fsspec URI")
     model_config_uri: str | None = Field(default=None, description="JSON model config for a checkpoint without one")
 
+    @classmethod
+    def from_flags(cls, model: str | None, checkpoint: str | None, model_config: str | None) -> ModelChoice:
+        """--model / --checkpoint / --model-config as the jobs take them; san-vit-b16 by default."""
+        return cls(
+            model=model or (None if checkpoint else "san-vit-b16"), checkpoint=checkpoint, model_config_uri=model_config
+        )
+
     @model_validator(mode="after")
     def _one_source(self) -> ModelChoice:
         if self.model is None and self.checkpoint is None:
