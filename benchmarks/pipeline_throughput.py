@@ -68,7 +68,7 @@ def model_only(config: LabelJobConfig, paths: list[Path]) -> float:
     from pipeline.job import resolve_weights
 
     taxonomy = load_taxonomy(config.vocab)
-    model, _ = resolve_weights(config, True, lambda _: None).load("cpu")
+    model, _ = resolve_weights(config.weights, config.storage_options, True, lambda _: None).load("cpu")
     table = load_or_build_vocabulary(taxonomy, model, cache_dir=None)
     embeddings = torch.from_numpy(table.embeddings)
     class_ids = torch.from_numpy(table.class_ids.astype(np.int64))

@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as a pl
 
 from pydantic import ValidationError  # noqa: E402
 
+from pipeline.storage import absolute_uri, absolute_vocab  # noqa: E402
 from schemas.jobs import LabelJobConfig, ModelChoice  # noqa: E402
 from schemas.taxonomy import TaxonomyError, load_taxonomy  # noqa: E402
 
@@ -62,11 +63,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        config = LabelJobConfig(
-            vocab=args.vocab,
-            input=args.input,
-            output=args.output,
-            weights=ModelChoice.from_flags(args.model, args.checkpoint, args.model_config),
+        config = LabelJobConfig(  # local paths made absolute: Ray workers run in other directories
+            vocab=absolute_vocab(args.vocab),
+            input=absolute_uri(args.input),
+            output=absolute_uri(args.output),
+            weights=ModelChoice.from_flags(
+                args.model,
+                absolute_uri(args.checkpoint) if args.checkpoint else None,
+                absolute_uri(args.model_config) if args.model_config else None,
+            ),
             batch_size=args.batch_size,
             concurrency=args.concurrency,
             gpus_per_actor=args.gpus_per_actor,
@@ -77,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             max_error_ratio=args.max_error_ratio,
             preview=args.preview,
             rows_per_file=args.rows_per_file,
-            vocab_cache=args.vocab_cache,
+            vocab_cache=absolute_uri(args.vocab_cache) if args.vocab_cache else None,
         )
         taxonomy = load_taxonomy(config.vocab, config.storage_options)
     except ValidationError as e:

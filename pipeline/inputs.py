@@ -29,7 +29,7 @@ def _protocol(uri: str) -> str:
     return uri.split("://", 1)[0] if "://" in uri else "file"
 
 
-def _explain(uri: str, error: BaseException) -> str:
+def explain_read_error(uri: str, error: BaseException) -> str:
     text = f"{type(error).__name__}: {error}"
     lowered = text.lower()
     if isinstance(error, PermissionError):
@@ -88,7 +88,7 @@ def list_inputs(uri: str, storage_options: Mapping[str, Any] | None = None) -> l
     except InputError:
         raise
     except Exception as e:  # missing bucket, bad credentials, unreachable endpoint, ...
-        raise InputError(_explain(uri, e)) from e
+        raise InputError(explain_read_error(uri, e)) from e
 
 
 def check_output_writable(uri: str, storage_options: Mapping[str, Any] | None = None) -> None:
@@ -100,4 +100,4 @@ def check_output_writable(uri: str, storage_options: Mapping[str, Any] | None = 
         fs.pipe(probe, b"ok")
         fs.rm(probe)
     except Exception as e:
-        raise InputError(_explain(uri, e).replace("cannot read", "cannot write to")) from e
+        raise InputError(explain_read_error(uri, e).replace("cannot read", "cannot write to")) from e

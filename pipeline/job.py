@@ -13,7 +13,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from san_core.checkpoint import CheckpointError
 from san_core.hub import WeightsUnavailableError, fetch_published_checkpoint
 from san_core.presets import PRESETS
-from schemas.jobs import LabelJobConfig
+from schemas.jobs import LabelJobConfig, ModelChoice
 from schemas.output import SCHEMA_VERSION, label_row_schema
 from schemas.taxonomy import Taxonomy
 
@@ -63,18 +63,23 @@ class RunSummary:
         return self.failed / processed if processed else 0.0
 
 
-def resolve_weights(config: LabelJobConfig, smoke_if_no_weights: bool, say: Callable[[str], None]) -> WeightsSpec:
-    """The weights the actors will load; for a preset, its published file (downloaded once)."""
-    choice = config.weights
+def resolve_weights(
+    choice: ModelChoice,
+    storage_options: Mapping[str, Any],
+    smoke_if_no_weights: bool = False,
+    say: Callable[[str], None] = print,
+    flags: tuple[str, str] = ("--model", "--checkpoint"),
+) -> WeightsSpec:
+    """The weights the workers will load; for a preset, its published file (downloaded once)."""
     if choice.checkpoint is not None:
         return WeightsSpec(
-            choice.checkpoint, choice.checkpoint, choice.model_config_uri, storage_options=config.storage_options
+            choice.checkpoint, choice.checkpoint, choice.model_config_uri, storage_options=storage_options
         )
     assert choice.model is not None
     if choice.model not in PRESETS:
         raise WeightsError(f"unknown model {choice.model!r}; known: {', '.join(PRESETS)}")
     try:
-        fetch_published_checkpoint(choice.model)  # here, to fail early; each node fetches its own copy
+        fetch_published_checkpoint(choice.model, flags=flags)  # here, to fail early; each node fetches its own copy
     except WeightsUnavailableError as e:
         if not smoke_if_no_weights:
             raise WeightsError(str(e)) from e
@@ -186,7 +191,7 @@ def plan_label_job(
     run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
     inputs = list(dict.fromkeys(list_inputs(config.input, config.storage_options)))
     check_output_writable(config.output, config.storage_options)
-    weights = resolve_weights(config, smoke_if_no_weights, say)
+    weights = resolve_weights(config.weights, config.storage_options, smoke_if_no_weights, say)
 
     # The vocabulary table is built (or read from cache) here, once; loading the weights in the
     # driver also proves the checkpoint fits the model before any actor starts.

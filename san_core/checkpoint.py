@@ -80,9 +80,15 @@ def from_reference_layout(state_dict: Mapping[str, torch.Tensor]) -> dict[str, t
     return converted
 
 
-def check_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:
-    """Raise one CheckpointError listing every missing, unexpected and mis-shaped tensor."""
-    expected = model.state_dict()
+def check_state_dict(
+    model: nn.Module,
+    state_dict: Mapping[str, torch.Tensor],
+    source: str = "checkpoint",
+    only: set[str] | None = None,
+) -> None:
+    """Raise one CheckpointError listing every missing, unexpected and mis-shaped tensor
+    (against the tensors named in `only`, when given)."""
+    expected = {k: v for k, v in model.state_dict().items() if only is None or k in only}
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
     mis_shaped = sorted(
@@ -105,6 +111,17 @@ def load_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: 
     check_state_dict(model, state_dict, source)
     on_meta = any(p.is_meta for p in model.parameters())
     model.load_state_dict(dict(state_dict), strict=True, assign=on_meta)
+
+
+def load_subset(
+    model: nn.Module, state_dict: Mapping[str, torch.Tensor], names: set[str], source: str = "checkpoint"
+) -> None:
+    """Copy exactly the tensors in `names` (e.g. the trainable ones of a fine-tuning checkpoint)."""
+    check_state_dict(model, state_dict, source, only=names)
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if name in names:
+                tensor.copy_(state_dict[name])
 
 
 def _read_bytes(uri: str, storage_options: Mapping[str, Any] | None) -> bytes:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -24,6 +24,13 @@ class ModelChoice(_JobConfig):
         return cls(
             model=model or (None if checkpoint else "san-vit-b16"), checkpoint=checkpoint, model_config_uri=model_config
         )
+
+    @classmethod
+    def from_init(cls, init: str, init_config: str | None) -> ModelChoice:
+        """--init as the fine-tuning job takes it: a preset name (no '/', '.' or ':'), else a checkpoint."""
+        if any(c in init for c in "/.:"):
+            return cls(checkpoint=init, model_config_uri=init_config)
+        return cls(model=init, model_config_uri=init_config)
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelChoice:
@@ -66,27 +73,45 @@ class LabelJobConfig(_JobConfig):
 
 
 class FinetuneConfig(_JobConfig):
-    vocab: str
-    train: str = Field(description="manifest (.parquet/.csv with image_uri, label_uri) or dataset folder")
-    val: str | None = None
-    init: str = Field(default="san-vit-b16", description="preset name or checkpoint URI to start from")
-    storage: str = Field(description="Ray Train storage path (local or s3://) for checkpoints")
-    workers: int = Field(default=1, ge=1)
+    """What `jobs/finetune.py` runs: data, starting weights, recipe, and where checkpoints go."""
+
+    vocab: str = Field(description="taxonomy.yaml path/URI, or a shipped vocabulary name")
+    train: str = Field(description="manifest (.parquet/.csv with image_uri, label_uri) or an .../images/<split> folder")
+    val: str | None = Field(default=None, description="validation pairs, same forms as train")
+    init: ModelChoice = Field(description="weights to start from: a preset or a full checkpoint")
+    storage: str = Field(description="run folder (local or s3://): Ray Train checkpoints and the exported model")
+    workers: int = Field(default=1, ge=1, description="Ray Train workers (DDP ranks)")
     gpus_per_worker: float = Field(default=0.0, ge=0.0)
+    cpus_per_worker: float = Field(default=1.0, gt=0.0)
+    torch_threads: int | None = Field(default=None, ge=1, description="threads per CPU worker; default cpus_per_worker")
     max_steps: int | None = Field(default=None, ge=1)
     epochs: int | None = Field(default=None, ge=1)
-    batch_size: int = Field(default=4, ge=1, description="global batch size")
+    batch_size: int = Field(default=4, ge=1, description="global batch size, split evenly over the workers")
     lr: float = Field(default=1e-4, gt=0)
     weight_decay: float = Field(default=1e-4, ge=0)
-    grad_clip: float = Field(default=0.01, gt=0)
-    crop_size: int = Field(default=640, ge=32)
-    eval_every: int | None = Field(default=None, ge=1)
+    grad_clip: float = Field(default=0.01, gt=0, description="full-model gradient-norm clip")
+    crop_size: int = Field(default=640, ge=32, description="training crop; validation resizes the short side to it")
+    precision: Literal["auto", "fp32", "bf16"] = Field(default="auto", description="auto: bf16 autocast on GPU")
+    eval_every: int | None = Field(default=None, ge=1, description="validation mIoU every N steps (needs val)")
     checkpoint_every: int = Field(default=500, ge=1)
-    resume: bool = False
-    storage_options: dict[str, Any] = Field(default_factory=dict)
+    checkpoints_to_keep: int = Field(default=2, ge=1)
+    log_every: int = Field(default=10, ge=1)
+    max_failures: int = Field(default=3, ge=0, description="worker-group restarts Ray Train may make")
+    loaders: int = Field(default=2, ge=1, description="data-loading actors (decode + augment)")
+    seed: int = 0
+    resume: bool = Field(default=False, description="continue the run already in storage")
+    storage_options: dict[str, Any] = Field(default_factory=dict, description="passed to fsspec")
 
     @model_validator(mode="after")
-    def _check_length(self) -> FinetuneConfig:
+    def _check(self) -> FinetuneConfig:
         if self.max_steps is None and self.epochs is None:
             raise ValueError("give --max-steps or --epochs")
+        if self.batch_size % self.workers:
+            raise ValueError(f"--batch-size {self.batch_size} must be a multiple of --workers {self.workers}")
+        if self.eval_every is not None and self.val is None:
+            raise ValueError("--eval-every needs --val")
         return self
+
+    @property
+    def per_worker_batch_size(self) -> int:
+        return self.batch_size // self.workers

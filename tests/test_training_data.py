@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 import skimage.data
+from PIL import Image
 
 from pipeline.training_data import (
     IGNORE,
@@ -13,6 +16,7 @@ from pipeline.training_data import (
     augment,
     photometric_jitter,
     random_crop_pair,
+    read_training_labels,
     resize_pair,
     targets_from_labels,
 )
@@ -20,7 +24,7 @@ from pipeline.training_data import (
 
 def _pair() -> tuple[np.ndarray, np.ndarray]:
     rgb = skimage.data.coffee()  # 400 x 600
-    labels = np.full(rgb.shape[:2], 3, dtype=np.uint8)
+    labels = np.full(rgb.shape[:2], 3, dtype=np.uint16)
     labels[:, 300:] = 7
     labels[:20] = IGNORE
     return rgb, labels
@@ -28,6 +32,29 @@ def _pair() -> tuple[np.ndarray, np.ndarray]:
 
 def test_recipe_short_sides_are_half_to_one_and_a_half_of_640():
     assert TRAIN_SHORT_SIDES == (320, 384, 448, 512, 576, 640, 704, 768, 832, 896, 960)
+
+
+def test_recipe_scales_to_other_crop_sizes():
+    assert AugmentConfig.for_crop(640) == AugmentConfig()
+    small = AugmentConfig.for_crop(64, photometric=False)
+    assert small.short_sides == (32, 38, 45, 51, 58, 64, 70, 77, 83, 90, 96)
+    assert small.max_long_side == 256 and small.crop_size == 64 and not small.photometric
+
+
+def _png(values: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(values).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_label_files_keep_their_ids_and_ignore_becomes_one_value():
+    eight = np.array([[1, 2], [255, 0]], dtype=np.uint8)
+    assert read_training_labels(_png(eight)).tolist() == [[1, 2], [IGNORE, 0]]
+    sixteen = np.array([[255, 846], [65535, 0]], dtype=np.uint16)  # 255 is a class in 16-bit maps
+    labels = read_training_labels(_png(sixteen))
+    assert labels.dtype == np.uint16 and labels.tolist() == [[255, 846], [IGNORE, 0]]
+    with pytest.raises(ValueError, match="one channel"):
+        read_training_labels(_png(np.zeros((2, 2, 3), np.uint8)))
 
 
 def test_labels_follow_the_geometry_with_nearest_neighbour():
@@ -67,14 +94,14 @@ def test_flip_and_photometric_jitter():
 
 
 def test_targets_from_label_maps():
-    labels = np.array([[3, 3, 255], [7, 9, 3]], dtype=np.uint8)
+    labels = np.array([[3, 3, IGNORE], [7, 9, 3]], dtype=np.uint16)
     indices, masks = targets_from_labels(labels, {3: 0, 7: 1, 12: 2})  # 9 is not in the taxonomy
     assert indices.tolist() == [0, 1]
     assert masks.tolist() == [
         [[True, True, False], [False, False, True]],
         [[False, False, False], [True, False, False]],
     ]
-    empty_indices, empty_masks = targets_from_labels(np.full((2, 2), 255, np.uint8), {3: 0})
+    empty_indices, empty_masks = targets_from_labels(np.full((2, 2), IGNORE, np.uint16), {3: 0})
     assert empty_indices.shape == (0,) and empty_masks.shape == (0, 2, 2)
     with pytest.raises(ValueError, match="differ in size"):
         augment(np.zeros((4, 4, 3), np.uint8), np.zeros((5, 4), np.uint8), AugmentConfig(), np.random.default_rng())
