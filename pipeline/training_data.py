@@ -284,7 +284,9 @@ class TrainingSampleLoader:
     ) -> None:
         import ray
 
-        self.image_uris, self.label_uris = ray.get(pairs_ref[0])
+        shared = pairs_ref[0]
+        # (image URIs, label URIs): one object-store copy for every loader, or given directly
+        self.image_uris, self.label_uris = ray.get(shared) if isinstance(shared, ray.ObjectRef) else shared
         self.order, self.augment_config = order, augment_config
         self.storage_options, self.max_attempts = storage_options, max_attempts
         self.permutations: dict[int, np.ndarray] = {}

@@ -16,8 +16,10 @@ from training_fixtures import TAXONOMY_YAML, write_detectron2_dataset, write_man
 
 from jobs.finetune import main as finetune_main
 from jobs.label import main as label_main
+from pipeline.finetune import total_steps
 from pipeline.training_data import list_training_pairs
 from san_core.build import load_model
+from schemas.jobs import FinetuneConfig, ModelChoice
 
 
 @pytest.fixture(scope="module")
@@ -166,3 +168,12 @@ def test_bad_flags_and_inputs_fail_before_ray_starts(data, parity_dir, tmp_path,
     assert finetune_main(_args(data, tmp_path / "d", "--init", "san-vit-b16", "--max-steps", "2")) == 1
     err = capsys.readouterr().err
     assert "san_vit_b_16.pth" in err and "--init /path/to/san_vit_b_16.pth" in err
+
+
+def test_run_length_from_steps_or_epochs():
+    def config(**length: int) -> FinetuneConfig:
+        return FinetuneConfig(vocab="v", train="t", init=ModelChoice(model="san-vit-b16"), storage="s", **length)
+
+    assert total_steps(config(max_steps=7), 100) == 7
+    assert total_steps(config(epochs=2, batch_size=4), 10) == 5  # whole global batches
+    assert total_steps(config(epochs=2, max_steps=3), 10) == 3  # the smaller

@@ -1,4 +1,5 @@
-"""The cluster paths: `ray job submit` to a `ray start --head` node, and resume after SIGKILL."""
+"""The cluster paths: `ray job submit` (labeling and fine-tuning) to a `ray start --head` node, and
+resume after SIGKILL."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from image_fixtures import GOOD_PHOTOS, jpeg_bytes, write_image_set
+from training_fixtures import TAXONOMY_YAML, write_manifest_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -73,7 +75,7 @@ def head_node():
         subprocess.run([str(BIN / "ray"), "stop", "--force"], env=_env(), capture_output=True, timeout=120)
 
 
-def test_ray_job_submit_s3_to_s3(head_node, s3_bucket, s3_server, parity_dir, tmp_path):
+def test_ray_job_submit_label_and_finetune_s3_to_s3(head_node, s3_bucket, s3_server, parity_dir, tmp_path):
     import s3fs
 
     fs = s3fs.S3FileSystem(skip_instance_cache=True)
@@ -113,6 +115,29 @@ def test_ray_job_submit_s3_to_s3(head_node, s3_bucket, s3_server, parity_dir, tm
     manifest = json.loads(fs.cat(f"{s3_bucket}/out/_manifest.json"))
     assert manifest["counts"] == {"inputs": 11, "labeled": 7, "failed": 4, "skipped": 0}
     assert manifest["digests"]["checkpoint"] is not None
+
+    # fine-tuning through the same cluster: pairs, checkpoints and the exported model on S3
+    write_manifest_dataset(tmp_path / "pairs", 4)
+    fs.put(str(tmp_path / "pairs" / "images"), f"{s3_bucket}/pairs/", recursive=True)
+    fs.put(str(tmp_path / "pairs" / "labels"), f"{s3_bucket}/pairs/", recursive=True)
+    rows = "".join(f"images/{i:04d}.jpg,labels/{i:04d}.png\n" for i in range(4))
+    fs.pipe(f"{s3_bucket}/pairs/train.csv", ("image_uri,label_uri\n" + rows).encode())
+    fs.pipe(f"{s3_bucket}/taxonomy.yaml", TAXONOMY_YAML.encode())
+    finetune = [
+        *command[: command.index("--") + 1],
+        "python", "jobs/finetune.py",
+        "--vocab", f"{s3_bucket}/taxonomy.yaml",
+        "--train", f"{s3_bucket}/pairs/train.csv",
+        "--init", f"{s3_bucket}/weights/checkpoint.pth", "--init-config", f"{s3_bucket}/weights/config.json",
+        "--storage", f"{s3_bucket}/ft",
+        "--max-steps", "4", "--batch-size", "2", "--crop-size", "64", "--checkpoint-every", "2",
+    ]  # fmt: skip
+    result = subprocess.run(finetune, env=_env(), capture_output=True, text=True, timeout=900, check=False)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "succeeded" in result.stdout
+    summary = json.loads(fs.cat(f"{s3_bucket}/ft/model/training_summary.json"))
+    assert summary["step"] == 4 and [r["step"] for r in summary["losses"]] == [1, 2, 3, 4]
+    assert fs.exists(f"{s3_bucket}/ft/model/model.safetensors")
 
 
 def test_resume_after_sigkill_labels_every_image_exactly_once(tmp_path, tiny_weights):

@@ -13,6 +13,8 @@ from pipeline.training_data import (
     IGNORE,
     TRAIN_SHORT_SIDES,
     AugmentConfig,
+    SampleOrder,
+    TrainingSampleLoader,
     augment,
     photometric_jitter,
     random_crop_pair,
@@ -105,3 +107,34 @@ def test_targets_from_label_maps():
     assert empty_indices.shape == (0,) and empty_masks.shape == (0, 2, 2)
     with pytest.raises(ValueError, match="differ in size"):
         augment(np.zeros((4, 4, 3), np.uint8), np.zeros((5, 4), np.uint8), AugmentConfig(), np.random.default_rng())
+
+
+def test_sample_order_visits_every_pair_once_per_epoch_in_a_new_order():
+    order = SampleOrder(num_pairs=5, seed=3)
+    cache: dict = {}
+    epochs = [[order.pair_index(e * 5 + i, cache) for i in range(5)] for e in range(3)]
+    assert all(sorted(epoch) == [0, 1, 2, 3, 4] for epoch in epochs)
+    assert epochs[0] != epochs[1] or epochs[1] != epochs[2]
+    assert [order.pair_index(7, {})] == [epochs[1][2]]  # the same from a fresh cache (a resumed run)
+
+
+def test_loader_is_deterministic_per_sample_and_replaces_broken_pairs(tmp_path):
+    images, labels = [], []
+    for i in range(3):
+        rgb = skimage.data.astronaut()[i * 50 : i * 50 + 200, :240]
+        ids = np.full(rgb.shape[:2], 1 + i, dtype=np.uint8)
+        images.append(tmp_path / f"{i}.png")
+        labels.append(tmp_path / f"{i}_labels.png")
+        Image.fromarray(rgb).save(images[-1])
+        Image.fromarray(ids).save(labels[-1])
+    images[1].write_bytes(b"")  # 0 bytes
+    pairs = ([str(p) for p in images], [str(p) for p in labels])
+    loader = TrainingSampleLoader([pairs], SampleOrder(3, seed=0), AugmentConfig.for_crop(64))
+    batch = loader({"data": np.arange(6)})
+    assert batch["image"].shape == (6, 64, 64, 3) and batch["labels"].shape == (6, 64, 64)
+    assert batch["sample"].tolist() == list(range(6))
+    broken = [s for s in batch["skipped"] if s]
+    assert len(broken) == 2 and all("1.png" in s and "empty" in s for s in broken)  # once per epoch
+    assert 2 not in np.unique(batch["labels"])  # the broken pair's class never appears
+    again = TrainingSampleLoader([pairs], SampleOrder(3, seed=0), AugmentConfig.for_crop(64))({"data": np.arange(4, 6)})
+    assert np.array_equal(again["image"], batch["image"][4:]) and np.array_equal(again["labels"], batch["labels"][4:])
