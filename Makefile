@@ -29,3 +29,4 @@ test: lint
 
 bench: $(STAMP)
 	$(PY) benchmarks/model_throughput.py
+	$(PY) benchmarks/training_throughput.py

@@ -16,8 +16,8 @@ from training_fixtures import TAXONOMY_YAML, write_detectron2_dataset, write_man
 
 from jobs.finetune import main as finetune_main
 from jobs.label import main as label_main
-from pipeline.finetune import total_steps
-from pipeline.training_data import list_training_pairs
+from pipeline.finetune import TrainDatasetFactory, total_steps
+from pipeline.training_data import AugmentConfig, SampleOrder, list_training_pairs
 from san_core.build import load_model
 from schemas.jobs import FinetuneConfig, ModelChoice
 
@@ -177,3 +177,30 @@ def test_run_length_from_steps_or_epochs():
     assert total_steps(config(max_steps=7), 100) == 7
     assert total_steps(config(epochs=2, batch_size=4), 10) == 5  # whole global batches
     assert total_steps(config(epochs=2, max_steps=3), 10) == 3  # the smaller
+
+
+def test_the_sample_stream_starts_at_the_checkpoint_position(data, tmp_path):
+    import ray
+
+    pairs = list_training_pairs(str(data["manifest"]))
+    factory = TrainDatasetFactory(
+        pairs_ref=[(pairs.image_uris, pairs.label_uris)],
+        order=SampleOrder(len(pairs), seed=0),
+        augment_config=AugmentConfig.for_crop(32, photometric=False),
+        total_samples=20,
+        position_uri=str(tmp_path / "position.json"),
+        storage_options={},
+        loaders=1,
+        batch_size=2,
+    )
+    ray.init(num_cpus=2, include_dashboard=False)
+    try:
+        fresh = factory().take_all()
+        (tmp_path / "position.json").write_text(json.dumps({"step": 4, "samples": 8, "init_digest": None}))
+        resumed = factory().take_all()
+    finally:
+        ray.shutdown()
+    assert [row["sample"] for row in fresh] == list(range(20))
+    assert [row["sample"] for row in resumed] == list(range(8, 20))
+    for before, after in zip(fresh[8:], resumed, strict=True):  # the same crops as the first time
+        assert np.array_equal(before["image"], after["image"]) and np.array_equal(before["labels"], after["labels"])
