@@ -3,7 +3,7 @@ Ray Train workers (DDP; `train_loop.py`) -> checkpoints -> the exported model.
 
 Run folder (`--storage`):
     train/                    Ray Train's run: step_XXXXXXXX/ checkpoints and its own state
-    train/position.json       where the latest checkpoint left the sample stream
+    train/position.json       the latest complete checkpoint and its place in the sample stream
     model/model.safetensors   the exported full model (project format; `jobs/label.py --checkpoint`)
     model/taxonomy.yaml, model/model_config.json, model/training_summary.json, model/validation.md
 
@@ -36,11 +36,11 @@ from .storage import pyarrow_filesystem
 from .train_loop import (
     METRIC_NAMES,
     POSITION_FILE,
-    STATE_FILE,
     TrainLoopSpec,
     TrainState,
     load_trainable,
     read_position,
+    read_train_state,
 )
 from .train_loop import train_loop_per_worker as train_loop
 from .training_data import (
@@ -181,9 +181,11 @@ class TrainDatasetFactory:
 def validation_dataset(pairs: TrainingPairs, config: FinetuneConfig) -> Any:
     import ray
 
-    dataset = ray.data.from_items(
-        [{"image_uri": i, "label_uri": lab} for i, lab in zip(pairs.image_uris, pairs.label_uris, strict=True)]
-    )
+    items = [{"image_uri": i, "label_uri": lab} for i, lab in zip(pairs.image_uris, pairs.label_uris, strict=True)]
+    # Ray Train splits datasets into equal shards, dropping the remainder; empty rows pad the
+    # count to a multiple of the workers so that every pair is scored.
+    items += [{"image_uri": "", "label_uri": ""}] * (-len(items) % config.workers)
+    dataset = ray.data.from_items(items)
     return dataset.map_batches(
         load_validation_pairs,
         fn_kwargs={
@@ -236,6 +238,7 @@ def run_finetune(plan: FinetunePlan, say: Callable[[str], None] = print) -> Fine
         checkpoint_every=config.checkpoint_every,
         log_every=config.log_every,
         seed=config.seed,
+        run_dir=run_dir,
         position_uri=position_uri,
         storage_options=config.storage_options,
     )
@@ -276,12 +279,12 @@ def run_finetune(plan: FinetunePlan, say: Callable[[str], None] = print) -> Fine
     result = trainer.fit()
     if result.error is not None:
         raise result.error
-    if result.checkpoint is None:
-        raise FinetuneError("training finished without a checkpoint")
 
-    with result.checkpoint.as_directory() as directory:
-        state = TrainState.from_json((Path(directory) / STATE_FILE).read_text())
-        load_trainable(plan.driver_model, directory, source=f"checkpoint at step {state.step}")
+    final = read_position(position_uri, config.storage_options)
+    if final is None or final["step"] != plan.total_steps:
+        raise FinetuneError(f"training ended without a checkpoint at step {plan.total_steps} ({final})")
+    state = read_train_state(final["checkpoint"], config.storage_options)
+    load_trainable(plan.driver_model, final["checkpoint"], f"checkpoint at step {state.step}", config.storage_options)
     export_uri = export_model(plan, state, time.time() - started)
     say(f"trained {state.step} steps in {time.time() - started:.1f}s; model exported to {export_uri}")
     if state.validations:

@@ -1,16 +1,20 @@
 """What each Ray Train worker runs: load SAN, freeze CLIP, train on this worker's shard of the
 sample stream, validate, and checkpoint.
 
-A checkpoint (a Ray Train checkpoint directory) holds:
+A checkpoint (a Ray Train checkpoint directory, uploaded by `ray.train.report`) holds:
     trainable.safetensors  the trainable tensors, project format (config in its metadata)
     optimizer.pt           AdamW and LR-schedule state
     train_state.json       step, data position (samples consumed), loss curve, validations
-After a checkpoint is registered, rank 0 also writes POSITION_FILE in the run folder: the dataset
-factory reads it to start the sample stream where the checkpoint left off.
+Once the upload has returned, rank 0 writes POSITION_FILE in the run folder, naming that
+checkpoint and its position. It is the one record a (re)started run continues from: the dataset
+factory starts the sample stream there and the workers load that checkpoint. (Ray Train's own
+latest checkpoint can lag behind it: the controller registers a report asynchronously, so a
+worker killed right after reporting may leave it unregistered.)
 """
 
 from __future__ import annotations
 
+import io
 import json
 import tempfile
 import time
@@ -61,6 +65,7 @@ class TrainLoopSpec:
     checkpoint_every: int
     log_every: int
     seed: int
+    run_dir: str  # Ray Train's run folder (URI): checkpoints land in RUN_DIR/step_XXXXXXXX
     position_uri: str
     storage_options: Mapping[str, Any] = field(default_factory=dict)
 
@@ -83,17 +88,35 @@ class TrainState:
 
 
 def read_position(uri: str, storage_options: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
-    """The latest checkpoint's position ({"step", "samples", "init_digest"}), or None."""
+    """The latest complete checkpoint: {"step", "samples", "init_digest", "checkpoint": its URI}, or None."""
     fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
     if not fs.exists(path):
         return None
     return json.loads(fs.cat_file(path))
 
 
-def load_trainable(san: SAN, checkpoint_dir: str | Path, source: str) -> None:
+def write_position(uri: str, record: dict[str, Any], storage_options: Mapping[str, Any] | None = None) -> None:
+    """Replace the position file in one step: a worker killed while writing leaves the old one."""
+    fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
+    fs.pipe_file(f"{path}.tmp", json.dumps(record).encode())
+    fs.mv(f"{path}.tmp", path)
+
+
+def load_trainable(
+    san: SAN, checkpoint_uri: str, source: str, storage_options: Mapping[str, Any] | None = None
+) -> None:
     """Copy a checkpoint's trainable tensors into a model built from the --init weights."""
-    loaded = read_checkpoint(str(Path(checkpoint_dir) / TRAINABLE_FILE))
+    loaded = read_checkpoint(f"{checkpoint_uri.rstrip('/')}/{TRAINABLE_FILE}", storage_options)
     load_subset(san, loaded.state_dict, set(san.trainable_parameter_names()), source=source)
+
+
+def read_train_state(checkpoint_uri: str, storage_options: Mapping[str, Any] | None = None) -> TrainState:
+    with fsspec.open(f"{checkpoint_uri.rstrip('/')}/{STATE_FILE}", "r", **(storage_options or {})) as f:
+        return TrainState.from_json(f.read())
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step_{step:08d}"
 
 
 def _mean_over_workers(value: float, device: torch.device) -> float:
@@ -135,19 +158,21 @@ def batch_inputs(
 @torch.no_grad()
 def validate(
     san: SAN, embeddings: torch.Tensor, shard: Any, value_to_index: dict[int, int], device: torch.device
-) -> tuple[ConfusionMatrix, int]:
-    """Confusion matrix of this worker's validation shard (summed over workers) and its
-    unreadable-pair count. Predictions run at the labeling job's resolution and are scored at
-    the label map's size."""
+) -> tuple[ConfusionMatrix, int, int]:
+    """Confusion matrix of the validation pairs (every worker scores its shard; summed over
+    workers), the number of images scored and of unreadable pairs. Predictions run at the
+    labeling job's resolution and are scored at the label map's size."""
     num_classes = len(embeddings)
     lookup = np.full(IGNORE + 1, num_classes, dtype=np.int64)  # values outside the map: ignored
     for value, index in value_to_index.items():
         lookup[value] = index
     confusion = ConfusionMatrix.empty(num_classes)
-    errors = 0
+    scored = errors = 0
     san.eval()
     for batch in shard.iter_batches(batch_size=1, batch_format="numpy"):
         for i in range(len(batch["image_uri"])):
+            if not batch["image_uri"][i]:  # padding that keeps the split even
+                continue
             if isinstance(batch["error"][i], str) and batch["error"][i]:  # all-null arrives as NaN
                 errors += 1
                 continue
@@ -160,10 +185,11 @@ def validate(
             confusion = confusion + ConfusionMatrix.from_maps(
                 prediction.cpu().numpy(), truth, num_classes, ignore_label=num_classes
             )
+            scored += 1
     san.train()
     counts = _sum_over_workers(confusion.counts, device)
-    total_errors = int(_sum_over_workers(np.array([errors], dtype=np.int64), device)[0])
-    return ConfusionMatrix(counts), total_errors
+    totals = _sum_over_workers(np.array([scored, errors], dtype=np.int64), device)
+    return ConfusionMatrix(counts), int(totals[0]), int(totals[1])
 
 
 def _save(san: SAN, optimizer: Any, scheduler: Any, state: TrainState, directory: Path) -> None:
@@ -172,15 +198,16 @@ def _save(san: SAN, optimizer: Any, scheduler: Any, state: TrainState, directory
     (directory / STATE_FILE).write_text(json.dumps(asdict(state)))
 
 
-def _restore(san: SAN, optimizer: Any, scheduler: Any, directory: Path, spec: TrainLoopSpec) -> TrainState:
-    state = TrainState.from_json((directory / STATE_FILE).read_text())
+def _restore(san: SAN, optimizer: Any, scheduler: Any, checkpoint_uri: str, spec: TrainLoopSpec) -> TrainState:
+    state = read_train_state(checkpoint_uri, spec.storage_options)
     if state.init_digest != spec.init_digest:
         raise RuntimeError(
             f"the checkpoint was trained from --init weights with sha256 {state.init_digest}, "
             f"but this run starts from {spec.init_digest}; resume with the same --init"
         )
-    load_trainable(san, directory, source=f"checkpoint at step {state.step}")
-    saved = torch.load(directory / OPTIMIZER_FILE, map_location=san.device, weights_only=True)
+    load_trainable(san, checkpoint_uri, f"checkpoint at step {state.step}", spec.storage_options)
+    with fsspec.open(f"{checkpoint_uri.rstrip('/')}/{OPTIMIZER_FILE}", "rb", **spec.storage_options) as f:
+        saved = torch.load(io.BytesIO(f.read()), map_location=san.device, weights_only=True)
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
     return state
@@ -211,13 +238,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     optimizer = build_optimizer(san, spec.lr, spec.weight_decay)
     scheduler = poly_schedule(optimizer, spec.total_steps)
     state = TrainState(init_digest=spec.init_digest)
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            state = _restore(san, optimizer, scheduler, Path(directory), spec)
+    position = read_position(spec.position_uri, spec.storage_options)
+    if position is not None:
+        state = _restore(san, optimizer, scheduler, position["checkpoint"], spec)
         state.resumed_at.append(state.step)
     if lead:
-        where = f"resuming at step {state.step}" if checkpoint else "starting at step 0"
+        where = f"resuming at step {state.step}" if position else "starting at step 0"
         print(
             f"[finetune] {world} worker(s) on {device.type}, {trainable_count:,} trainable parameters, "
             f"{len(embeddings)} classes, {spec.total_steps} steps of {spec.batch_size} images; {where}",
@@ -245,6 +271,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         state.samples += spec.batch_size
         state.losses.append({"step": state.step, "loss": loss, "lr": losses["lr"]})
         for problem in _gather_over_workers([s for s in batch["skipped"] if s]):
+            if problem in state.skipped:  # each epoch meets the same bad pairs again
+                continue
             state.skipped.append(problem)
             if lead:
                 print(f"[finetune] skipped an unreadable pair (replaced by the next one): {problem}", flush=True)
@@ -261,9 +289,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         metrics: dict[str, float] = {}
         last = state.step == spec.total_steps
         if val_shard is not None and (state.step % spec.eval_every == 0 or last):
-            confusion, errors = validate(san, embeddings, val_shard, spec.val_value_to_index, device)
+            confusion, scored, errors = validate(san, embeddings, val_shard, spec.val_value_to_index, device)
             scores = confusion.metrics()
-            row = {"step": state.step, **{name: float(scores[name]) for name in METRIC_NAMES}}
+            row = {"step": state.step, **{name: float(scores[name]) for name in METRIC_NAMES}, "images": scored}
             state.validations.append(row)
             metrics.update({f"val_{name}": row[name] for name in METRIC_NAMES})
             if lead:
@@ -277,10 +305,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if save or metrics:
             metrics.update({"step": state.step, "samples": state.samples, "loss": loss, "lr": losses["lr"]})
             _report(san, optimizer, scheduler, state, metrics, save, lead)
-            if save and lead:
-                position = {"step": state.step, "samples": state.samples, "init_digest": spec.init_digest}
-                with fsspec.open(spec.position_uri, "w", **spec.storage_options) as f:
-                    json.dump(position, f)
+            if save and lead:  # the upload has returned: later (re)starts continue from here
+                record = {
+                    "step": state.step,
+                    "samples": state.samples,
+                    "init_digest": spec.init_digest,
+                    "checkpoint": f"{spec.run_dir.rstrip('/')}/{checkpoint_name(state.step)}",
+                }
+                write_position(spec.position_uri, record, spec.storage_options)
         if last:
             break
     if state.step < spec.total_steps:
@@ -293,7 +325,7 @@ def _report(
     """Report metrics to Ray Train; with `save`, rank 0 attaches a checkpoint (every rank must call)."""
     import ray.train
 
-    name = f"step_{state.step:08d}" if save else None
+    name = checkpoint_name(state.step) if save else None
     if not (save and lead):
         ray.train.report(metrics, checkpoint=None, checkpoint_dir_name=name)
         return

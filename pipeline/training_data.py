@@ -328,7 +328,7 @@ def load_validation_pairs(
     out = load_images(batch, short_side, max_long_side, DEFAULT_MAX_PIXELS, storage_options)
     label_bytes, errors = [], list(out["error"])
     for i, uri in enumerate(batch["label_uri"]):
-        if errors[i] is not None:
+        if errors[i] is not None or not uri:  # unreadable image, or padding
             label_bytes.append(b"")
             continue
         try:

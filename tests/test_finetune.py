@@ -71,7 +71,7 @@ def test_two_workers_train_checkpoint_and_validate(two_worker_run):
     assert summary["resumed_at"] == []
     # validation every 15 steps, as mIoU and the other three metrics, printed as a table too
     assert [row["step"] for row in summary["validations"]] == [15, 30]
-    assert all(0 <= row["mIoU"] <= 100 for row in summary["validations"])
+    assert all(0 <= row["mIoU"] <= 100 and row["images"] == 3 for row in summary["validations"])  # 3 pairs, 2 shards
     table = (storage / "model" / "validation.md").read_text()
     assert table.startswith("| step | mIoU | fwIoU | mACC | pACC |") and "| 30 |" in table
     # the broken pair was reported and replaced, and lost nothing else

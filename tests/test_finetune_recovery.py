@@ -99,7 +99,8 @@ def test_worker_death_and_driver_kill_then_resume_on_s3(s3_bucket, s3_server, pa
     assert len(restarts) == 2, restarts  # the worker death, then --resume
     assert 3 <= restarts[0] < 12 <= restarts[1] < STEPS
     assert fs.exists(f"{storage}/model/model.safetensors")
-    assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls(f"{storage}/train") if "step_" in p) == [
-        "step_00000039",
-        "step_00000040",
-    ]
+    kept = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(f"{storage}/train") if "step_" in p)
+    # Ray Train keeps the last two; a checkpoint uploaded just before a failure, which Ray Train had
+    # not registered yet, may be left over (at most one per failure)
+    assert kept[-2:] == ["step_00000039", "step_00000040"], kept
+    assert len(kept) <= 4 and all(int(name[5:]) <= restarts[1] for name in kept[:-2]), kept
