@@ -115,10 +115,11 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
-    # A local Ray needs a CPU for data loading beside the training workers, even on a small machine.
+    # A Ray started here needs CPUs for data loading beside the training workers; on a machine with
+    # fewer cores than that, declare more (they are shared, not reserved). Never when joining a cluster.
     needed = int(config.workers * config.cpus_per_worker) + 2
-    local = None if os.environ.get("RAY_ADDRESS") else max(os.cpu_count() or 1, needed)
-    ray.init(num_cpus=local, logging_level="WARNING")
+    small = not os.environ.get("RAY_ADDRESS") and (os.cpu_count() or 1) < needed
+    ray.init(num_cpus=needed if small else None, logging_level="WARNING")
     try:
         result = run_finetune(plan)
     except Exception as e:
