@@ -286,10 +286,25 @@ def run_finetune(plan: FinetunePlan, say: Callable[[str], None] = print) -> Fine
     state = read_train_state(final["checkpoint"], config.storage_options)
     load_trainable(plan.driver_model, final["checkpoint"], f"checkpoint at step {state.step}", config.storage_options)
     export_uri = export_model(plan, state, time.time() - started)
+    prune_checkpoints(run_dir, config.checkpoints_to_keep, config.storage_options)
     say(f"trained {state.step} steps in {time.time() - started:.1f}s; model exported to {export_uri}")
     if state.validations:
         say(validation_table(state.validations))
     return FinetuneResult(export_uri, state, time.time() - started)
+
+
+def prune_checkpoints(run_dir: str, keep: int, storage_options: Mapping[str, Any]) -> list[str]:
+    """After a finished run, keep only the `keep` latest step_* checkpoints, as Ray Train's retention
+    does. Older ones can remain after failures: a checkpoint uploaded just before a worker or driver
+    died was never registered with Ray Train, so its retention never deletes it."""
+    fs, path = fsspec.core.url_to_fs(run_dir, **storage_options)
+    fs.invalidate_cache()
+    steps = sorted(
+        p.rstrip("/") for p in fs.ls(path, detail=False) if p.rstrip("/").rsplit("/", 1)[-1].startswith("step_")
+    )
+    for old in steps[:-keep]:
+        fs.rm(old, recursive=True)
+    return steps[:-keep]
 
 
 def validation_table(rows: list[dict[str, float]]) -> str:

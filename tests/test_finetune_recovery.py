@@ -100,7 +100,6 @@ def test_worker_death_and_driver_kill_then_resume_on_s3(s3_bucket, s3_server, pa
     assert 3 <= restarts[0] < 12 <= restarts[1] < STEPS
     assert fs.exists(f"{storage}/model/model.safetensors")
     kept = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(f"{storage}/train") if "step_" in p)
-    # Ray Train keeps the last two; a checkpoint uploaded just before a failure, which Ray Train had
-    # not registered yet, may be left over (at most one per failure)
-    assert kept[-2:] == ["step_00000039", "step_00000040"], kept
-    assert len(kept) <= 4 and all(int(name[5:]) <= restarts[1] for name in kept[:-2]), kept
+    # the last two, as Ray Train keeps them; checkpoints uploaded just before a failure, which Ray
+    # Train never registered, are pruned at the end too
+    assert kept == ["step_00000039", "step_00000040"], kept
