@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -132,6 +133,10 @@ def test_pairs_from_manifests_and_detectron2_folders(data, tmp_path):
     folder = list_training_pairs(str(data["val"]))
     assert len(folder) == 3 and folder.values == "indices"
     assert all("annotations_detectron2/validation" in uri for uri in folder.label_uris)
+    table = pa.table({"image_uri": pairs.image_uris, "label_uri": pairs.label_uris, "extra": range(7)})
+    pq.write_table(table, tmp_path / "pairs.parquet")
+    from_parquet = list_training_pairs(str(tmp_path / "pairs.parquet"))
+    assert from_parquet.image_uris == pairs.image_uris and from_parquet.label_uris == pairs.label_uris
     relative = tmp_path / "relative.csv"  # entries relative to the manifest's folder
     relative.write_text("image_uri,label_uri\na/1.jpg,b/1.png\n")
     assert list_training_pairs(str(relative)).image_uris == [str(tmp_path / "a" / "1.jpg")]
