@@ -12,7 +12,6 @@ of any size evaluates in bounded memory on a cluster.
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 from collections.abc import Mapping
@@ -22,11 +21,11 @@ from typing import Any
 
 import fsspec
 import numpy as np
-import pyarrow.parquet as pq
 from PIL import Image, ImageDraw, ImageFont
 
 from schemas.taxonomy import Taxonomy
 
+from .inputs import read_manifest_rows
 from .metrics import ConfusionMatrix
 from .postprocess import decode_label_png
 from .storage import pyarrow_filesystem, with_protocol
@@ -50,14 +49,8 @@ def list_ground_truth(source: str, storage_options: Mapping[str, Any] | None = N
     fs, path = fsspec.core.url_to_fs(source, **(storage_options or {}))
     if fs.isdir(path):
         return {stem(p): with_protocol(p, source) for p in sorted(fs.find(path)) if p.lower().endswith(GT_EXTENSIONS)}
-    with fs.open(path, "rb") as f:
-        data = f.read()
-    if path.endswith(".parquet"):
-        rows = pq.read_table(io.BytesIO(data)).to_pylist()
-    else:
-        rows = list(csv.DictReader(io.StringIO(data.decode("utf-8-sig"))))
     pairs = {}
-    for row in rows:
+    for row in read_manifest_rows(fs, path):
         image = row.get("image_uri") or row.get("uri")
         if not image or not row.get("label_uri"):
             raise ValueError(f"manifest {source} needs image_uri and label_uri columns")

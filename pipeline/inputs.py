@@ -44,6 +44,15 @@ def explain_read_error(uri: str, error: BaseException) -> str:
     return f"cannot read {uri}: {text}"
 
 
+def read_manifest_rows(fs: fsspec.AbstractFileSystem, path: str) -> list[dict[str, Any]]:
+    """The rows of a .parquet or .csv manifest, as dicts keyed by column name."""
+    with fs.open(path, "rb") as f:
+        data = f.read()
+    if path.endswith(".parquet"):
+        return pq.read_table(io.BytesIO(data)).to_pylist()
+    return list(csv.DictReader(io.StringIO(data.decode("utf-8-sig"))))
+
+
 def _read_manifest(fs: fsspec.AbstractFileSystem, path: str, uri: str) -> list[str]:
     with fs.open(path, "rb") as f:
         data = f.read()

@@ -12,7 +12,6 @@ nearest-neighbour sampling.
 
 from __future__ import annotations
 
-import csv
 import io
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,11 +19,10 @@ from typing import Any
 
 import fsspec
 import numpy as np
-import pyarrow.parquet as pq
 from PIL import Image
 
 from .images import DEFAULT_MAX_PIXELS, decode_rgb, short_side_size
-from .inputs import InputError, explain_read_error
+from .inputs import InputError, explain_read_error, read_manifest_rows
 from .labeling import load_images
 from .storage import with_protocol
 
@@ -165,12 +163,7 @@ class TrainingPairs:
 
 
 def _manifest_pairs(fs: fsspec.AbstractFileSystem, path: str, source: str) -> tuple[list[str], list[str]]:
-    with fs.open(path, "rb") as f:
-        data = f.read()
-    if path.endswith(".parquet"):
-        rows = pq.read_table(io.BytesIO(data)).to_pylist()
-    else:
-        rows = list(csv.DictReader(io.StringIO(data.decode("utf-8-sig"))))
+    rows = read_manifest_rows(fs, path)
     if rows and not {"image_uri", "label_uri"} <= set(rows[0]):
         raise InputError(f"manifest {source} needs image_uri and label_uri columns (it has {sorted(rows[0])})")
     base = with_protocol(path.rsplit("/", 1)[0] if "/" in path else ".", source)
