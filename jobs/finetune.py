@@ -18,11 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as a plain script
 
-from pydantic import ValidationError  # noqa: E402
-
+from jobs.label import config_and_taxonomy  # noqa: E402
 from pipeline.storage import absolute_uri, absolute_vocab  # noqa: E402
 from schemas.jobs import FinetuneConfig, ModelChoice  # noqa: E402
-from schemas.taxonomy import TaxonomyError, load_taxonomy  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,49 +57,48 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def config_from_flags(args: argparse.Namespace) -> FinetuneConfig:
+    init = ModelChoice.from_init(args.init, args.init_config)
+    return FinetuneConfig(  # local paths made absolute: Ray workers run in other directories
+        vocab=absolute_vocab(args.vocab),
+        train=absolute_uri(args.train),
+        val=absolute_uri(args.val) if args.val else None,
+        init=ModelChoice(
+            model=init.model,
+            checkpoint=absolute_uri(init.checkpoint) if init.checkpoint else None,
+            model_config_uri=absolute_uri(init.model_config_uri) if init.model_config_uri else None,
+        ),
+        storage=absolute_uri(args.storage),
+        workers=args.workers,
+        gpus_per_worker=args.gpus_per_worker,
+        cpus_per_worker=args.cpus_per_worker,
+        torch_threads=args.torch_threads,
+        max_steps=args.max_steps,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        grad_clip=args.grad_clip,
+        crop_size=args.crop_size,
+        precision=args.precision,
+        eval_every=args.eval_every,
+        checkpoint_every=args.checkpoint_every,
+        checkpoints_to_keep=args.checkpoints_to_keep,
+        log_every=args.log_every,
+        max_failures=args.max_failures,
+        loaders=args.loaders,
+        seed=args.seed,
+        resume=args.resume,
+        storage_options=args.storage_options,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        init = ModelChoice.from_init(args.init, args.init_config)
-        config = FinetuneConfig(
-            vocab=absolute_vocab(args.vocab),
-            train=absolute_uri(args.train),
-            val=absolute_uri(args.val) if args.val else None,
-            init=ModelChoice(
-                model=init.model,
-                checkpoint=absolute_uri(init.checkpoint) if init.checkpoint else None,
-                model_config_uri=absolute_uri(init.model_config_uri) if init.model_config_uri else None,
-            ),
-            storage=absolute_uri(args.storage),
-            workers=args.workers,
-            gpus_per_worker=args.gpus_per_worker,
-            cpus_per_worker=args.cpus_per_worker,
-            torch_threads=args.torch_threads,
-            max_steps=args.max_steps,
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            weight_decay=args.weight_decay,
-            grad_clip=args.grad_clip,
-            crop_size=args.crop_size,
-            precision=args.precision,
-            eval_every=args.eval_every,
-            checkpoint_every=args.checkpoint_every,
-            checkpoints_to_keep=args.checkpoints_to_keep,
-            log_every=args.log_every,
-            max_failures=args.max_failures,
-            loaders=args.loaders,
-            seed=args.seed,
-            resume=args.resume,
-            storage_options=args.storage_options,
-        )
-        taxonomy = load_taxonomy(config.vocab, config.storage_options)
-    except ValidationError as e:
-        print(f"invalid arguments:\n{e}", file=sys.stderr)
+    checked = config_and_taxonomy(lambda: config_from_flags(args))
+    if checked is None:
         return 2
-    except TaxonomyError as e:
-        print(f"invalid taxonomy:\n{e}", file=sys.stderr)
-        return 2
+    config, taxonomy = checked
 
     from pipeline.finetune import FinetuneError, plan_finetune, run_finetune
     from pipeline.inputs import InputError

@@ -12,15 +12,19 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as a plain script
 
 from pydantic import ValidationError  # noqa: E402
 
 from pipeline.storage import absolute_uri, absolute_vocab  # noqa: E402
-from schemas.jobs import LabelJobConfig, ModelChoice  # noqa: E402
-from schemas.taxonomy import TaxonomyError, load_taxonomy  # noqa: E402
+from schemas.jobs import FinetuneConfig, LabelJobConfig, ModelChoice  # noqa: E402
+from schemas.taxonomy import Taxonomy, TaxonomyError, load_taxonomy  # noqa: E402
+
+JobConfigT = TypeVar("JobConfigT", LabelJobConfig, FinetuneConfig)
 
 
 def parse_concurrency(text: str) -> tuple[int, int]:
@@ -60,37 +64,49 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def config_and_taxonomy(make_config: Callable[[], JobConfigT]) -> tuple[JobConfigT, Taxonomy] | None:
+    """A job's config built from its flags, and its taxonomy loaded. On a problem, print it and
+    return None: the job then exits 2, before Ray starts."""
     try:
-        config = LabelJobConfig(  # local paths made absolute: Ray workers run in other directories
-            vocab=absolute_vocab(args.vocab),
-            input=absolute_uri(args.input),
-            output=absolute_uri(args.output),
-            weights=ModelChoice.from_flags(
-                args.model,
-                absolute_uri(args.checkpoint) if args.checkpoint else None,
-                absolute_uri(args.model_config) if args.model_config else None,
-            ),
-            batch_size=args.batch_size,
-            concurrency=args.concurrency,
-            gpus_per_actor=args.gpus_per_actor,
-            torch_threads=args.torch_threads,
-            short_side=args.short_side,
-            storage_options=args.storage_options,
-            overwrite=args.overwrite,
-            max_error_ratio=args.max_error_ratio,
-            preview=args.preview,
-            rows_per_file=args.rows_per_file,
-            vocab_cache=absolute_uri(args.vocab_cache) if args.vocab_cache else None,
-        )
-        taxonomy = load_taxonomy(config.vocab, config.storage_options)
+        config = make_config()
+        return config, load_taxonomy(config.vocab, config.storage_options)
     except ValidationError as e:
         print(f"invalid arguments:\n{e}", file=sys.stderr)
-        return 2
     except TaxonomyError as e:
         print(f"invalid taxonomy:\n{e}", file=sys.stderr)
+    return None
+
+
+def config_from_flags(args: argparse.Namespace) -> LabelJobConfig:
+    return LabelJobConfig(  # local paths made absolute: Ray workers run in other directories
+        vocab=absolute_vocab(args.vocab),
+        input=absolute_uri(args.input),
+        output=absolute_uri(args.output),
+        weights=ModelChoice.from_flags(
+            args.model,
+            absolute_uri(args.checkpoint) if args.checkpoint else None,
+            absolute_uri(args.model_config) if args.model_config else None,
+        ),
+        batch_size=args.batch_size,
+        concurrency=args.concurrency,
+        gpus_per_actor=args.gpus_per_actor,
+        torch_threads=args.torch_threads,
+        short_side=args.short_side,
+        storage_options=args.storage_options,
+        overwrite=args.overwrite,
+        max_error_ratio=args.max_error_ratio,
+        preview=args.preview,
+        rows_per_file=args.rows_per_file,
+        vocab_cache=absolute_uri(args.vocab_cache) if args.vocab_cache else None,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    checked = config_and_taxonomy(lambda: config_from_flags(args))
+    if checked is None:
         return 2
+    config, taxonomy = checked
 
     from pipeline.inputs import InputError
     from pipeline.job import WeightsError, plan_label_job, run_label_job
