@@ -22,6 +22,7 @@ from typing import Any
 
 import fsspec
 import numpy as np
+import pyarrow.fs as pafs
 import yaml
 
 from san_core.checkpoint import CheckpointError, save_checkpoint
@@ -79,7 +80,6 @@ class FinetunePlan:
     train: TrainingPairs
     val: TrainingPairs | None
     total_steps: int
-    position: dict[str, Any] | None  # the checkpoint a --resume continues from
 
 
 @dataclass
@@ -137,7 +137,7 @@ def plan_finetune(config: FinetuneConfig, taxonomy: Taxonomy, say: Callable[[str
         f"{len(train)} training pairs ({train.values}), {len(val) if val else 0} validation pairs, "
         f"{len(taxonomy.classes)} classes; {steps} steps of {config.batch_size} images on {config.workers} worker(s)"
     )
-    return FinetunePlan(config, taxonomy, weights, init_digest, driver_model, embeddings, train, val, steps, position)
+    return FinetunePlan(config, taxonomy, weights, init_digest, driver_model, embeddings, train, val, steps)
 
 
 @dataclass(frozen=True)
@@ -201,10 +201,10 @@ def validation_dataset(pairs: TrainingPairs, config: FinetuneConfig) -> Any:
 def _storage(config: FinetuneConfig) -> tuple[str, Any]:
     """Ray Train's storage_path and filesystem for --storage."""
     fs, path = fsspec.core.url_to_fs(config.storage, **config.storage_options)
-    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
-    if "file" in protocols or "local" in protocols:
-        return str(Path(path).resolve()), None
-    return path, pyarrow_filesystem(fs)
+    filesystem = pyarrow_filesystem(fs)
+    if isinstance(filesystem, pafs.LocalFileSystem):
+        return str(Path(path).resolve()), None  # Ray Train's own handling of local paths
+    return path, filesystem
 
 
 def run_finetune(plan: FinetunePlan, say: Callable[[str], None] = print) -> FinetuneResult:
