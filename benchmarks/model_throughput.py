@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -37,26 +38,44 @@ def _cpu_peak_mib() -> float:
     return float("nan")
 
 
-def measure(
-    model, classifier, device: str, batch: int, dtype: str, iters: int, size: tuple[int, int]
-) -> tuple[float, float]:
-    images = [torch.rand(3, *size, device=device) * 255 for _ in range(batch)]
-    autocast = torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=dtype == "bf16")
-    with autocast:
-        model.predict_labels(images, classifier)  # warm-up
+def timed(run: Callable[[], object], repeats: int, device: str) -> tuple[float, float]:
+    """Seconds taken by `repeats` calls of `run` after one untimed warm-up, and the peak memory
+    (MiB) during them: the process's peak RSS on the CPU, torch's max allocated on a GPU."""
+    run()
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     else:
         _reset_cpu_peak()
     start = time.perf_counter()
-    with autocast:
-        for _ in range(iters):
-            model.predict_labels(images, classifier)
+    for _ in range(repeats):
+        run()
     if device == "cuda":
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
-    peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else _cpu_peak_mib()
+    return elapsed, torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else _cpu_peak_mib()
+
+
+def device_runs() -> list[tuple[str, str]]:
+    """(device, precision) pairs to measure: fp32 on the CPU; fp32 and bf16 on a GPU if there is one."""
+    return [("cpu", "fp32")] + ([("cuda", "fp32"), ("cuda", "bf16")] if torch.cuda.is_available() else [])
+
+
+def environment() -> str:
+    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads{gpu}"
+
+
+def measure(
+    model, classifier, device: str, batch: int, dtype: str, iters: int, size: tuple[int, int]
+) -> tuple[float, float]:
+    images = [torch.rand(3, *size, device=device) * 255 for _ in range(batch)]
+
+    def run() -> None:
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=dtype == "bf16"):
+            model.predict_labels(images, classifier)
+
+    elapsed, peak = timed(run, iters, device)
     return batch * iters / elapsed, peak
 
 
@@ -70,17 +89,13 @@ def main() -> None:
 
     torch.manual_seed(0)
     config = get_preset(args.model).config
-    runs = [("cpu", "fp32")]
-    if torch.cuda.is_available():
-        runs += [("cuda", "fp32"), ("cuda", "bf16")]
     print(
         f"model {args.model} (random weights), input {args.height}x{args.width}, {len(VOCABULARY)} classes, "
-        f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
-        + (f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "")
+        + environment()
     )
     print(f"| {'device':<6} | {'dtype':<5} | {'batch':>5} | {'images/s':>9} | {'peak memory (MiB)':>17} |")
     print(f"|{'-' * 8}|{'-' * 7}|{'-' * 7}|{'-' * 11}|{'-' * 19}|")
-    for device, dtype in runs:
+    for device, dtype in device_runs():
         model = build_model(config).to(device)
         classifier = model.class_embeddings(VOCABULARY)
         for batch in (1, 4):

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -22,7 +21,7 @@ import numpy as np  # noqa: E402
 import skimage.data  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks.model_throughput import _cpu_peak_mib, _reset_cpu_peak  # noqa: E402
+from benchmarks.model_throughput import device_runs, environment, timed  # noqa: E402
 from pipeline.training_data import AugmentConfig, augment, targets_from_labels  # noqa: E402
 from san_core.build import build_model  # noqa: E402
 from san_core.criterion import SetCriterion, Target  # noqa: E402
@@ -66,19 +65,7 @@ def measure(model_name: str, device: str, dtype: str, batch: int, crop: int, ste
     def step() -> None:
         training_step(network, san, criterion, optimizer, scheduler, images, targets, embeddings, 0.01, autocast_dtype)
 
-    step()  # warm-up
-    if device == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    else:
-        _reset_cpu_peak()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    elapsed = time.perf_counter() - start
-    peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else _cpu_peak_mib()
+    elapsed, peak = timed(step, steps, device)
     return steps / elapsed, peak, trainable
 
 
@@ -91,17 +78,13 @@ def main() -> None:
     parser.add_argument("--cpu-steps", type=int, default=None, help="fewer timed steps on the CPU")
     args = parser.parse_args()
 
-    runs = [("cpu", "fp32")]
-    if torch.cuda.is_available():
-        runs += [("cuda", "fp32"), ("cuda", "bf16")]
     print(
         f"model {args.model} (random weights), {args.crop}x{args.crop} crops, batch {args.batch_size}, "
-        f"{NUM_CLASSES} classes, torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
-        + (f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "")
+        f"{NUM_CLASSES} classes, " + environment()
     )
     print("| device | precision | steps/s | s/step | images/s | peak memory | trainable parameters |")
     print("|---|---|---|---|---|---|---|")
-    for device, dtype in runs:
+    for device, dtype in device_runs():
         steps = args.cpu_steps or args.steps if device == "cpu" else args.steps
         rate, peak, trainable = measure(args.model, device, dtype, args.batch_size, args.crop, steps)
         memory = f"{peak:.0f} MiB " + ("GPU allocated" if device == "cuda" else "RSS")
