@@ -120,11 +120,8 @@ def checkpoint_name(step: int) -> str:
 
 
 def _mean_over_workers(value: float, device: torch.device) -> float:
-    if not (dist.is_available() and dist.is_initialized()):
-        return value
-    tensor = torch.tensor([value], dtype=torch.float64, device=device)
-    dist.all_reduce(tensor)
-    return float(tensor.item()) / dist.get_world_size()
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    return float(_sum_over_workers(np.array([value], dtype=np.float64), device)[0]) / world
 
 
 def _sum_over_workers(counts: np.ndarray, device: torch.device) -> np.ndarray:
@@ -257,6 +254,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     val_shard = ray.train.get_dataset_shard("val") if spec.eval_every else None
     per_worker = spec.batch_size // world
     window: list[float] = []
+    skipped_here: list[str] = []  # this worker's unreadable pairs since the last checkpoint
     window_start = time.perf_counter()
     for batch in shard.iter_batches(batch_size=per_worker, batch_format="numpy", drop_last=True):
         if state.step >= spec.total_steps:
@@ -270,12 +268,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         state.step += 1
         state.samples += spec.batch_size
         state.losses.append({"step": state.step, "loss": loss, "lr": losses["lr"]})
-        for problem in _gather_over_workers([s for s in batch["skipped"] if s]):
-            if problem in state.skipped:  # each epoch meets the same bad pairs again
-                continue
-            state.skipped.append(problem)
-            if lead:
-                print(f"[finetune] skipped an unreadable pair (replaced by the next one): {problem}", flush=True)
+        for problem in batch["skipped"]:
+            if problem and problem not in state.skipped and problem not in skipped_here:  # once, not every epoch
+                skipped_here.append(problem)
+                print(f"[finetune] rank {rank} skipped an unreadable pair (replaced by the next one): {problem}")
         window.append(loss)
         if lead and (state.step % spec.log_every == 0 or state.step == spec.total_steps):
             rate = len(window) / max(time.perf_counter() - window_start, 1e-9)
@@ -302,6 +298,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                     flush=True,
                 )
         save = state.step % spec.checkpoint_every == 0 or last
+        if save:  # every rank's skipped pairs into the checkpointed state (a collective: not every step)
+            state.skipped += [p for p in dict.fromkeys(_gather_over_workers(skipped_here)) if p not in state.skipped]
+            skipped_here = []
         if save or metrics:
             metrics.update({"step": state.step, "samples": state.samples, "loss": loss, "lr": losses["lr"]})
             _report(san, optimizer, scheduler, state, metrics, save, lead)
