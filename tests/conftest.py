@@ -1,26 +1,56 @@
-"""Shared fixtures: the parity fixture directory, a tiny SAN, and a real S3 API server (moto)."""
+"""Shared fixtures: a sandboxed home for the whole session, the vendored parity fixtures, a tiny
+SAN, and a real S3 API server (moto).
+
+Tests leave the machine as they found it. Before anything is imported, HOME, Ray's temp dir,
+the vocabulary cache and the Hugging Face cache are pointed into one temporary sandbox, so
+`ray start` writes its token file there and not into the user's ~/.ray. At the end of the session
+`sandbox_guard` compares the real home and the working tree with what they were at the start and
+fails the run if a test wrote there.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-import torch
+from sandbox import Sandbox
 
-from schemas.model_config import SanModelConfig
+# Before any project or Ray import: module-level defaults (e.g. the vocabulary cache) read these.
+SANDBOX = Sandbox.create(Path(tempfile.mkdtemp(prefix="san-t-")))
+SANDBOX.activate(os.environ)
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from schemas.model_config import SanModelConfig  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-PARITY_DIR = REPO_ROOT.parent / "shared" / "parity"
+PARITY_DIR = Path(__file__).resolve().parent / "fixtures" / "parity"
+_BEFORE = SANDBOX.snapshot_outside(REPO_ROOT)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    changes = SANDBOX.changes_outside(REPO_ROOT, _BEFORE)
+    if changes:
+        print("\ntests wrote outside their sandbox:\n  " + "\n  ".join(changes))
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    shutil.rmtree(SANDBOX.root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def sandbox() -> Sandbox:
+    return SANDBOX
 
 
 @pytest.fixture(scope="session")
 def parity_dir() -> Path:
     tiny = PARITY_DIR / "tiny_a"
     if not (tiny / "expected.pth").exists():
-        pytest.fail(f"parity fixtures missing: expected them at {tiny} (../shared beside the repo)")
+        pytest.fail(f"parity fixtures missing: expected them at {tiny} (they are part of the repository)")
     return PARITY_DIR
 
 

@@ -9,9 +9,11 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
+from processes import kill_run
 from training_fixtures import TAXONOMY_YAML, write_manifest_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,7 +44,7 @@ def _training_worker_pids() -> list[int]:
     return [int(pid) for pid in found.stdout.split()]
 
 
-def test_worker_death_and_driver_kill_then_resume_on_s3(s3_bucket, s3_server, parity_dir, tmp_path):
+def test_worker_death_and_driver_kill_then_resume_on_s3(s3_bucket, s3_server, parity_dir, tmp_path, sandbox):
     import s3fs
 
     fs = s3fs.S3FileSystem(skip_instance_cache=True)
@@ -65,7 +67,8 @@ def test_worker_death_and_driver_kill_then_resume_on_s3(s3_bucket, s3_server, pa
         "--workers", "2", "--batch-size", "2", "--max-steps", str(STEPS), "--crop-size", "64",
         "--checkpoint-every", "3", "--log-every", "1", "--lr", "1e-3",
     ]  # fmt: skip
-    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
+    ray_tmpdir = tempfile.mkdtemp(prefix="kill-", dir=sandbox.root)  # names every process of the run
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_TMPDIR=ray_tmpdir)
     position = f"{storage}/train/position.json"
     log = tmp_path / "first.log"
     with log.open("w") as out:
@@ -79,7 +82,7 @@ def test_worker_death_and_driver_kill_then_resume_on_s3(s3_bucket, s3_server, pa
         finally:
             os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
             driver.wait()
-    time.sleep(3)
+            kill_run("RAY_TMPDIR", ray_tmpdir)
     assert killed_driver_at < STEPS, log.read_text()[-3000:]
 
     again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, check=False)

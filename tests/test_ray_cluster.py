@@ -9,12 +9,14 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 from image_fixtures import GOOD_PHOTOS, jpeg_bytes, write_image_set
+from processes import kill_run
 from training_fixtures import TAXONOMY_YAML, write_manifest_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,6 +49,20 @@ def _readable_rows(directory: Path) -> list[dict]:
     return rows
 
 
+def wait_for_job_agent(address: str, timeout_s: float = 180) -> None:
+    """`ray start --head` returns before its job agent takes jobs ("No available agent to submit
+    job"): submit a no-op job until one is accepted."""
+    deadline = time.monotonic() + timeout_s
+    probe = [str(BIN / "ray"), "job", "submit", "--address", address, "--no-wait", "--", "true"]
+    while True:
+        result = subprocess.run(probe, env=_env(), capture_output=True, text=True, timeout=120, check=False)
+        if result.returncode == 0:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the job agent at {address} took no job in {timeout_s}s: {result.stderr[-2000:]}")
+        time.sleep(0.5)
+
+
 @pytest.fixture()
 def head_node():
     """A real single-node Ray cluster started with `ray start --head`; stopped afterwards."""
@@ -69,8 +85,10 @@ def head_node():
         capture_output=True,
         timeout=180,
     )
+    address = f"http://127.0.0.1:{dashboard_port}"
     try:
-        yield f"http://127.0.0.1:{dashboard_port}"
+        wait_for_job_agent(address)
+        yield address
     finally:
         subprocess.run([str(BIN / "ray"), "stop", "--force"], env=_env(), capture_output=True, timeout=120)
 
@@ -140,7 +158,7 @@ def test_ray_job_submit_label_and_finetune_s3_to_s3(head_node, s3_bucket, s3_ser
     assert fs.exists(f"{s3_bucket}/ft/model/model.safetensors")
 
 
-def test_resume_after_sigkill_labels_every_image_exactly_once(tmp_path, tiny_weights):
+def test_resume_after_sigkill_labels_every_image_exactly_once(tmp_path, tiny_weights, sandbox):
     import skimage.data
 
     images = tmp_path / "images"
@@ -166,14 +184,17 @@ def test_resume_after_sigkill_labels_every_image_exactly_once(tmp_path, tiny_wei
         *tiny_weights,
     ]
 
-    driver = subprocess.Popen(command, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ray_tmpdir = tempfile.mkdtemp(prefix="kill-", dir=sandbox.root)  # names every process of the first run
+    driver = subprocess.Popen(
+        command, env=_env(RAY_TMPDIR=ray_tmpdir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 600
     while len(_readable_rows(output)) < 4 and driver.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
     assert driver.poll() is None, "the first run finished before it could be killed"
     os.kill(driver.pid, signal.SIGKILL)
     driver.wait()
-    time.sleep(5)  # the run's Ray processes share the driver's fate; let them go
+    kill_run("RAY_TMPDIR", ray_tmpdir)  # and the Ray it started, so that nothing writes any more
     after_kill = _readable_rows(output)
     assert 4 <= len(after_kill) < count
     assert not (output / "_manifest.json").exists()  # the killed run never finished
