@@ -26,7 +26,8 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from pipeline.images import decode_rgb, resize_short_side  # noqa: E402
-from pipeline.postprocess import encode_label_png, segments_from_label_map  # noqa: E402
+from pipeline.label_maps import encode_label_png
+from pipeline.labeling.segments import segments_from_label_map  # noqa: E402
 from pipeline.vocabulary import load_or_build_vocabulary  # noqa: E402
 from schemas.jobs import LabelJobConfig, ModelChoice  # noqa: E402
 from schemas.taxonomy import load_taxonomy  # noqa: E402
@@ -65,10 +66,10 @@ def weights_for(name: str, directory: Path) -> ModelChoice:
 
 
 def model_only(config: LabelJobConfig, paths: list[Path]) -> float:
-    from pipeline.job import resolve_weights
+    from pipeline.weights import resolve_weights
 
     taxonomy = load_taxonomy(config.vocab)
-    model, _ = resolve_weights(config.weights, config.storage_options, True, lambda _: None).load("cpu")
+    model, _ = resolve_weights(config.weights, config.storage_options, True).load("cpu")
     table = load_or_build_vocabulary(taxonomy, model, cache_dir=None)
     embeddings = torch.from_numpy(table.embeddings)
     class_ids = torch.from_numpy(table.class_ids.astype(np.int64))
@@ -101,7 +102,7 @@ def pipeline(config: LabelJobConfig) -> tuple[float, float, float]:
     import pyarrow.parquet as pq
     import ray
 
-    from pipeline.job import plan_label_job, run_label_job
+    from pipeline.labeling.job import plan_label_job, run_label_job
 
     plan = plan_label_job(config, load_taxonomy(config.vocab), smoke_if_no_weights=True, say=lambda _: None)
     ray.init(logging_level="ERROR")

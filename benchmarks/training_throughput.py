@@ -22,7 +22,7 @@ import skimage.data  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks.model_throughput import device_runs, environment, timed  # noqa: E402
-from pipeline.training_data import AugmentConfig, augment, targets_from_labels  # noqa: E402
+from pipeline.training.data import AugmentConfig, augment, targets_from_labels  # noqa: E402
 from san_core.build import build_model  # noqa: E402
 from san_core.criterion import SetCriterion, Target  # noqa: E402
 from san_core.optim import build_optimizer, poly_schedule  # noqa: E402

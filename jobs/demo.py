@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as a pl
 from PIL import Image  # noqa: E402
 
 from jobs.label import main as label_main  # noqa: E402
-from pipeline.export import read_output_rows  # noqa: E402
+from pipeline.results import read_output_rows  # noqa: E402
 
 SAMPLE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
 

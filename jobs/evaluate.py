@@ -74,9 +74,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
-    from pipeline.evaluation import evaluate_output, list_ground_truth, stem, write_reports
+    from pipeline.evaluation.scoring import evaluate_output, list_ground_truth, stem, write_reports
     from pipeline.inputs import InputError, list_inputs
-    from pipeline.job import WeightsError, plan_label_job, run_label_job
+    from pipeline.labeling.job import plan_label_job, run_label_job
+    from pipeline.weights import WeightsError
 
     if args.mode == "score":
         try:

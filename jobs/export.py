@@ -14,7 +14,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as a pl
 
 import fsspec  # noqa: E402
 
-from pipeline.export import read_output_rows, to_coco  # noqa: E402
+from pipeline.exports.coco import to_coco
+from pipeline.results import read_output_rows  # noqa: E402
 from schemas.taxonomy import TaxonomyError, load_taxonomy  # noqa: E402
 
 

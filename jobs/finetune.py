@@ -100,9 +100,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     config, taxonomy = checked
 
-    from pipeline.finetune import FinetuneError, plan_finetune, run_finetune
     from pipeline.inputs import InputError
-    from pipeline.job import WeightsError
+    from pipeline.training.job import FinetuneError, plan_finetune, run_finetune
+    from pipeline.weights import WeightsError
 
     try:  # data, storage and weights are checked before Ray starts
         plan = plan_finetune(config, taxonomy)

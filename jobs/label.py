@@ -109,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     config, taxonomy = checked
 
     from pipeline.inputs import InputError
-    from pipeline.job import WeightsError, plan_label_job, run_label_job
+    from pipeline.labeling.job import plan_label_job, run_label_job
+    from pipeline.weights import WeightsError
 
     try:  # input, output and weights are checked before Ray starts
         plan = plan_label_job(config, taxonomy, smoke_if_no_weights=args.smoke_if_no_weights)

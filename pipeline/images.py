@@ -1,11 +1,17 @@
-"""Pure image functions: decode bytes to RGB, and resize to the model's input size."""
+"""Images in: the one list of image extensions, decode bytes to RGB, resize to the model's input
+size, and `load_images`, the Ray Data stage that reads, decodes and resizes a batch of URIs."""
 
 from __future__ import annotations
 
 import io
+from collections.abc import Mapping
+from typing import Any
 
+import fsspec
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 # Pillow's own bomb guard (~179 Mpx) raises on open; the pipeline sets its limit explicitly.
 DEFAULT_MAX_PIXELS = 100_000_000
@@ -45,3 +51,54 @@ def resize_short_side(rgb: np.ndarray, short_side: int = 640, max_long_side: int
     if (new_h, new_w) == (height, width):
         return rgb
     return np.array(Image.fromarray(rgb).resize((new_w, new_h), Image.BILINEAR))
+
+
+def describe_error(error: BaseException) -> str:
+    if isinstance(error, UnidentifiedImageError):
+        return "UnidentifiedImageError: not an image format Pillow can read"
+    return f"{type(error).__name__}: {error}".strip()
+
+
+def load_images(
+    batch: dict[str, np.ndarray],
+    short_side: int,
+    max_long_side: int,
+    max_pixels: int,
+    storage_options: Mapping[str, Any] | None = None,
+) -> dict[str, np.ndarray]:
+    """image_uri -> the decoded image resized for the model, as raw RGB bytes plus sizes.
+
+    A file that cannot be read or decoded gets an `error` and no pixels.
+    """
+    uris = [str(u) for u in batch["image_uri"]]
+    pixels, heights, widths, input_h, input_w, errors = [], [], [], [], [], []
+    for uri in uris:
+        try:
+            with fsspec.open(uri, "rb", **(storage_options or {})) as f:
+                data = f.read()
+            if not data:
+                raise ValueError("file is empty (0 bytes)")
+            rgb = decode_rgb(data, max_pixels)
+            resized = resize_short_side(rgb, short_side, max_long_side)
+            pixels.append(np.ascontiguousarray(resized).tobytes())
+            heights.append(rgb.shape[0])
+            widths.append(rgb.shape[1])
+            input_h.append(resized.shape[0])
+            input_w.append(resized.shape[1])
+            errors.append(None)
+        except Exception as e:  # every failure becomes this image's error row
+            pixels.append(b"")
+            heights.append(-1)
+            widths.append(-1)
+            input_h.append(0)
+            input_w.append(0)
+            errors.append(f"cannot load image: {describe_error(e)}")
+    return {
+        "image_uri": np.array(uris, dtype=object),
+        "pixels": np.array(pixels, dtype=object),
+        "height": np.array(heights, dtype=np.int32),
+        "width": np.array(widths, dtype=np.int32),
+        "input_height": np.array(input_h, dtype=np.int32),
+        "input_width": np.array(input_w, dtype=np.int32),
+        "error": np.array(errors, dtype=object),
+    }

@@ -15,9 +15,9 @@ from typing import Any
 import fsspec
 import pyarrow.parquet as pq
 
+from .images import IMAGE_EXTENSIONS
 from .storage import with_protocol
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 MANIFEST_EXTENSIONS = (".txt", ".csv", ".parquet")
 
 
@@ -44,32 +44,32 @@ def explain_read_error(uri: str, error: BaseException) -> str:
     return f"cannot read {uri}: {text}"
 
 
-def read_manifest_rows(fs: fsspec.AbstractFileSystem, path: str) -> list[dict[str, Any]]:
-    """The rows of a .parquet or .csv manifest, as dicts keyed by column name."""
-    with fs.open(path, "rb") as f:
-        data = f.read()
-    if path.endswith(".parquet"):
-        return pq.read_table(io.BytesIO(data)).to_pylist()
-    return list(csv.DictReader(io.StringIO(data.decode("utf-8-sig"))))
-
-
-def _read_manifest(fs: fsspec.AbstractFileSystem, path: str, uri: str) -> list[str]:
+def read_manifest_rows(
+    fs: fsspec.AbstractFileSystem, path: str, required: tuple[str, ...], source: str | None = None
+) -> list[dict[str, Any]]:
+    """The rows of a manifest as dicts keyed by column: .parquet, .csv (with a header) or .txt (one
+    URI per line, `#` comments; its one column is `uri`). Raises InputError when a `required`
+    column is missing, even from an empty manifest."""
+    source = source or path
     with fs.open(path, "rb") as f:
         data = f.read()
     if path.endswith(".parquet"):
         table = pq.read_table(io.BytesIO(data))
-        if "uri" not in table.column_names:
-            raise InputError(f"manifest {uri} has no 'uri' column (columns: {table.column_names})")
-        uris = [u for u in table.column("uri").to_pylist() if u]
+        columns, rows = table.column_names, table.to_pylist()
     elif path.endswith(".csv"):
         reader = csv.DictReader(io.StringIO(data.decode("utf-8-sig")))
-        if not reader.fieldnames or "uri" not in reader.fieldnames:
-            raise InputError(f"manifest {uri} has no 'uri' column (header: {reader.fieldnames})")
-        uris = [row["uri"].strip() for row in reader if row.get("uri", "").strip()]
+        columns = list(reader.fieldnames or [])
+        rows = [{k: v.strip() if isinstance(v, str) else v for k, v in row.items()} for row in reader]
     else:
-        lines = data.decode("utf-8-sig").splitlines()
-        uris = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
-    return uris
+        columns = ["uri"]
+        lines = (line.strip() for line in data.decode("utf-8-sig").splitlines())
+        rows = [{"uri": line} for line in lines if line and not line.startswith("#")]
+    missing = [c for c in required if c not in columns]
+    if missing:
+        raise InputError(
+            f"manifest {source} has no {' or '.join(repr(c) for c in missing)} column (columns: {columns})"
+        )
+    return rows
 
 
 def list_inputs(uri: str, storage_options: Mapping[str, Any] | None = None) -> list[str]:
@@ -83,7 +83,7 @@ def list_inputs(uri: str, storage_options: Mapping[str, Any] | None = None) -> l
             return sorted(with_protocol(p, uri) for p in found)
         if fs.isfile(path):
             if path.lower().endswith(MANIFEST_EXTENSIONS):
-                return _read_manifest(fs, path, uri)
+                return [row["uri"] for row in read_manifest_rows(fs, path, ("uri",), uri) if row["uri"]]
             if path.lower().endswith(IMAGE_EXTENSIONS):
                 return [uri]
             raise InputError(f"{uri} is neither an image nor a manifest ({', '.join(MANIFEST_EXTENSIONS)})")

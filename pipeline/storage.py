@@ -1,4 +1,5 @@
-"""Small storage helpers shared by the jobs."""
+"""URIs and filesystems, shared by every job: fsspec for listing and reading, pyarrow views of it
+for Ray Data's Parquet reader and writer."""
 
 from __future__ import annotations
 
@@ -13,19 +14,6 @@ def with_protocol(path: str, like: str) -> str:
     if "://" not in like or like.startswith("file://"):
         return path
     return f"{like.split('://', 1)[0]}://{path}"
-
-
-def result_files(fs: fsspec.AbstractFileSystem, root: str) -> list[str]:
-    """The Parquet result files under a labeling output, sorted. Names and folders starting
-    with "_" (manifest, previews, input lists) are not results, as pyarrow's readers also assume."""
-    if not fs.exists(root):
-        return []
-    prefix = root.rstrip("/")
-    return sorted(
-        path
-        for path in fs.find(root)
-        if path.endswith(".parquet") and not any(part.startswith("_") for part in path[len(prefix) :].split("/"))
-    )
 
 
 def pyarrow_filesystem(fs: fsspec.AbstractFileSystem) -> pafs.FileSystem:

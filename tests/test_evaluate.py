@@ -14,9 +14,10 @@ from PIL import Image
 
 from jobs.evaluate import main as evaluate_main
 from jobs.label import main as label_main
-from pipeline.evaluation import ScoringSpec, list_ground_truth, read_label_map
-from pipeline.export import read_output_rows
-from pipeline.postprocess import decode_label_png
+from pipeline.evaluation.scoring import ScoringSpec, list_ground_truth
+from pipeline.inputs import InputError
+from pipeline.label_maps import decode_label_map
+from pipeline.results import read_output_rows
 from schemas.taxonomy import Taxonomy, load_taxonomy
 
 
@@ -42,7 +43,7 @@ def test_unlabeled_predictions_count_as_wrong_and_ignore_is_ignored():
 def test_sixteen_bit_tiff_ground_truth_with_65535_ignore(tmp_path):
     gt = np.array([[0, 1], [65535, 1]], dtype=np.uint16)
     Image.fromarray(gt).save(tmp_path / "x.tif")
-    read = read_label_map((tmp_path / "x.tif").read_bytes())
+    read = decode_label_map((tmp_path / "x.tif").read_bytes()).astype(np.int64)
     assert read.tolist() == [[0, 1], [65535, 1]]
     taxonomy = Taxonomy(name="t", classes=[{"id": 1, "name": "a"}, {"id": 2, "name": "b"}])
     metrics = ScoringSpec.for_taxonomy(taxonomy, 65535).confusion(np.array([[1, 2], [1, 2]]), read).metrics()
@@ -68,7 +69,7 @@ def test_perfect_ground_truth_scores_100_and_reports_are_written(labeled, capsys
     gt_dir = root / "perfect-gt"
     gt_dir.mkdir()
     for row in read_output_rows(str(output)):
-        ids = decode_label_png(row["label_map_png"]).astype(np.int64)
+        ids = decode_label_map(row["label_map_png"]).astype(np.int64)
         gt = (ids - 1).astype(np.uint8)  # voc20 ids are 1..20, ground truth indices 0..19
         gt[:5] = 255  # ignored rows change nothing
         (gt_dir / f"{Path(row['image_uri']).stem}.png").write_bytes(_png(gt))
@@ -172,7 +173,7 @@ def test_ground_truth_manifests(tmp_path):
     assert list_ground_truth(str(tmp_path / "gt.parquet")) == {"img1": "s3://b/y/img1.png"}
     assert list_ground_truth(str(tmp_path / "gt.csv")) == {"a": "/gt/a.png"}
     (tmp_path / "bad.csv").write_text("image_uri\n/data/a.jpg\n")
-    with pytest.raises(ValueError, match="image_uri and label_uri"):
+    with pytest.raises(InputError, match="no 'label_uri' column"):
         list_ground_truth(str(tmp_path / "bad.csv"))
 
 

@@ -17,8 +17,8 @@ from training_fixtures import TAXONOMY_YAML, write_detectron2_dataset, write_man
 
 from jobs.finetune import main as finetune_main
 from jobs.label import main as label_main
-from pipeline.finetune import TrainDatasetFactory, total_steps
-from pipeline.training_data import AugmentConfig, SampleOrder, list_training_pairs
+from pipeline.training.data import AugmentConfig, SampleOrder, list_training_pairs
+from pipeline.training.job import TrainDatasetFactory, total_steps
 from san_core.build import load_model
 from schemas.jobs import FinetuneConfig, ModelChoice
 

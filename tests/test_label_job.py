@@ -18,7 +18,8 @@ from jobs.export import main as export_main
 from jobs.label import main as label_main
 from pipeline.images import decode_rgb, resize_short_side
 from pipeline.inputs import InputError, list_inputs
-from pipeline.postprocess import decode_label_png, rle_to_mask
+from pipeline.label_maps import decode_label_map
+from pipeline.labeling.segments import rle_to_mask
 from pipeline.vocabulary import load_or_build_vocabulary
 from san_core.build import load_model
 from schemas.output import LabelRow
@@ -100,7 +101,7 @@ def test_rle_of_every_segment_decodes_to_exactly_its_label_map_pixels(local_run)
     for row in _rows(str(local_run["output"])):
         if row["error"]:
             continue
-        label_map = decode_label_png(row["label_map_png"])
+        label_map = decode_label_map(row["label_map_png"])
         assert label_map.shape == (row["height"], row["width"])
         present = set(np.unique(label_map).tolist()) - {0}
         assert present == {s["class_id"] for s in row["segments"]}
@@ -127,7 +128,7 @@ def test_labels_equal_calling_san_core_directly(local_run, parity_dir):
         image = torch.from_numpy(resized).permute(2, 0, 1).float()
         ((indices, _),) = model.predict_labels([image], torch.from_numpy(table.embeddings), [rgb.shape[:2]])
         direct = class_ids[indices].numpy().astype(np.uint16)
-        assert np.array_equal(direct, decode_label_png(rows[name]["label_map_png"]))
+        assert np.array_equal(direct, decode_label_map(rows[name]["label_map_png"]))
 
 
 def test_manifest_is_written_with_config_digests_and_counts(local_run):
@@ -162,7 +163,7 @@ def test_export_to_coco_reads_back_with_pycocotools(local_run, tmp_path):
     rows = {r["image_uri"]: r for r in _rows(str(local_run["output"]))}
     for annotation in coco.loadAnns(coco.getAnnIds()):
         image = coco.loadImgs(annotation["image_id"])[0]
-        label_map = decode_label_png(rows[image["file_name"]]["label_map_png"])
+        label_map = decode_label_map(rows[image["file_name"]]["label_map_png"])
         assert np.array_equal(coco.annToMask(annotation).astype(bool), label_map == annotation["category_id"])
 
 

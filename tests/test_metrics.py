@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from pipeline.metrics import ConfusionMatrix
+from pipeline.evaluation.metrics import ConfusionMatrix
 
 
 def test_hand_computed_example_with_ignore_absent_class_and_never_predicted_class():

@@ -9,7 +9,7 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from pipeline.training_data import (
+from pipeline.training.data import (
     IGNORE,
     TRAIN_SHORT_SIDES,
     AugmentConfig,

@@ -1,24 +1,11 @@
-"""Turn a labeling output into formats annotation tools read."""
+"""COCO JSON from a labeling output: categories from the taxonomy, RLE segmentations."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any
 
-import fsspec
-import pyarrow.parquet as pq
-
 from schemas.taxonomy import Taxonomy
-
-from .storage import result_files
-
-
-def read_output_rows(output: str, storage_options: Mapping[str, Any] | None = None) -> Iterable[dict]:
-    """Every row of a labeling output, file by file (files named _* are not results)."""
-    fs, root = fsspec.core.url_to_fs(output, **(storage_options or {}))
-    for path in result_files(fs, root):
-        with fs.open(path, "rb") as f:
-            yield from pq.read_table(f).to_pylist()
 
 
 def to_coco(rows: Iterable[dict], taxonomy: Taxonomy) -> dict[str, Any]:

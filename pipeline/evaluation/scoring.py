@@ -25,22 +25,14 @@ from PIL import Image, ImageDraw, ImageFont
 
 from schemas.taxonomy import Taxonomy
 
-from .inputs import read_manifest_rows
+from ..inputs import read_manifest_rows
+from ..label_maps import LABEL_MAP_EXTENSIONS, decode_label_map
+from ..storage import pyarrow_filesystem, with_protocol
 from .metrics import ConfusionMatrix
-from .postprocess import decode_label_png
-from .storage import pyarrow_filesystem, with_protocol
-
-GT_EXTENSIONS = (".png", ".tif", ".tiff")
 
 
 def stem(uri: str) -> str:
     return PurePosixPath(uri.rstrip("/")).stem
-
-
-def read_label_map(data: bytes) -> np.ndarray:
-    """A ground-truth label map (8/16-bit PNG or TIFF) as int64 [H, W]."""
-    with Image.open(io.BytesIO(data)) as image:
-        return np.asarray(image).astype(np.int64)
 
 
 def list_ground_truth(source: str, storage_options: Mapping[str, Any] | None = None) -> dict[str, str]:
@@ -48,9 +40,11 @@ def list_ground_truth(source: str, storage_options: Mapping[str, Any] | None = N
     with `image_uri` and `label_uri`; a .csv may also use `uri` for the image)."""
     fs, path = fsspec.core.url_to_fs(source, **(storage_options or {}))
     if fs.isdir(path):
-        return {stem(p): with_protocol(p, source) for p in sorted(fs.find(path)) if p.lower().endswith(GT_EXTENSIONS)}
+        return {
+            stem(p): with_protocol(p, source) for p in sorted(fs.find(path)) if p.lower().endswith(LABEL_MAP_EXTENSIONS)
+        }
     pairs = {}
-    for row in read_manifest_rows(fs, path):
+    for row in read_manifest_rows(fs, path, ("label_uri",), source):
         image = row.get("image_uri") or row.get("uri")
         if not image or not row.get("label_uri"):
             raise ValueError(f"manifest {source} needs image_uri and label_uri columns")
@@ -109,8 +103,8 @@ def score_rows(
             errors += 1
             continue
         with fsspec.open(gt_uri, "rb", **(storage_options or {})) as f:
-            gt = read_label_map(f.read())
-        total += spec.confusion(decode_label_png(png).astype(np.int64), gt).counts
+            gt = decode_label_map(f.read()).astype(np.int64)
+        total += spec.confusion(decode_label_map(png).astype(np.int64), gt).counts
         scored += 1
     return {
         "counts": total.reshape(1, -1),

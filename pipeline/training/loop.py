@@ -34,9 +34,9 @@ from san_core.model import SAN
 from san_core.optim import build_optimizer, poly_schedule
 from san_core.training import TrainingForward, training_step
 
-from .labeling import WeightsSpec
-from .metrics import ConfusionMatrix
-from .training_data import IGNORE, targets_from_labels
+from ..evaluation.metrics import ConfusionMatrix
+from ..weights import WeightsSpec
+from .data import IGNORE, targets_from_labels
 
 TRAINABLE_FILE = "trainable.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"

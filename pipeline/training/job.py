@@ -25,16 +25,24 @@ import numpy as np
 import pyarrow.fs as pafs
 import yaml
 
-from san_core.checkpoint import CheckpointError, save_checkpoint
+from san_core.checkpoint import save_checkpoint
 from san_core.model import SAN
 from schemas.jobs import FinetuneConfig
 from schemas.taxonomy import Taxonomy
 
-from .inputs import check_output_writable
-from .job import WeightsError, resolve_weights
-from .labeling import WeightsSpec
-from .storage import pyarrow_filesystem
-from .train_loop import (
+from ..inputs import check_output_writable
+from ..storage import pyarrow_filesystem
+from ..vocabulary import DEFAULT_CACHE_DIR, load_or_build_vocabulary
+from ..weights import WeightsSpec, resolve_weights
+from .data import (
+    AugmentConfig,
+    SampleOrder,
+    TrainingPairs,
+    TrainingSampleLoader,
+    list_training_pairs,
+    load_validation_pairs,
+)
+from .loop import (
     METRIC_NAMES,
     POSITION_FILE,
     TrainLoopSpec,
@@ -43,16 +51,7 @@ from .train_loop import (
     read_position,
     read_train_state,
 )
-from .train_loop import train_loop_per_worker as train_loop
-from .training_data import (
-    AugmentConfig,
-    SampleOrder,
-    TrainingPairs,
-    TrainingSampleLoader,
-    list_training_pairs,
-    load_validation_pairs,
-)
-from .vocabulary import DEFAULT_CACHE_DIR, load_or_build_vocabulary
+from .loop import train_loop_per_worker as train_loop
 
 RUN_NAME = "train"
 EXPORT_DIR = "model"
@@ -116,10 +115,7 @@ def plan_finetune(config: FinetuneConfig, taxonomy: Taxonomy, say: Callable[[str
         )
 
     weights = resolve_weights(config.init, config.storage_options, flags=("--init", "--init"))
-    try:
-        driver_model, init_digest = weights.load("cpu")
-    except CheckpointError as e:
-        raise WeightsError(str(e)) from e
+    driver_model, init_digest = weights.load_checked("cpu")
     if position and position.get("init_digest") != init_digest:
         raise FinetuneError(
             f"the run in {config.storage} was trained from --init weights with sha256 {position.get('init_digest')}, "

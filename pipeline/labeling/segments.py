@@ -1,27 +1,13 @@
-"""Pure functions from a label map to what the output row stores: PNG bytes and segments."""
+"""Pure functions from a label map to the segments an output row stores (COCO RLE), and back."""
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 
 import numpy as np
-from PIL import Image
 from pycocotools import mask as coco_mask
 
 from schemas.output import Segment
-
-
-def encode_label_png(label_map: np.ndarray) -> bytes:
-    """uint16 [H, W] class ids -> 16-bit greyscale PNG."""
-    buffer = io.BytesIO()
-    Image.fromarray(label_map.astype(np.uint16)).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def decode_label_png(data: bytes) -> np.ndarray:
-    with Image.open(io.BytesIO(data)) as image:
-        return np.asarray(image).astype(np.uint16)
 
 
 def segments_from_label_map(label_map: np.ndarray, scores: np.ndarray, class_names: dict[int, str]) -> list[Segment]:

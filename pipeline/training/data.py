@@ -12,7 +12,6 @@ nearest-neighbour sampling.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -21,10 +20,10 @@ import fsspec
 import numpy as np
 from PIL import Image
 
-from .images import DEFAULT_MAX_PIXELS, decode_rgb, short_side_size
-from .inputs import InputError, explain_read_error, read_manifest_rows
-from .labeling import load_images
-from .storage import with_protocol
+from ..images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, decode_rgb, load_images, short_side_size
+from ..inputs import InputError, explain_read_error, read_manifest_rows
+from ..label_maps import LABEL_MAP_EXTENSIONS, decode_label_map
+from ..storage import with_protocol
 
 IGNORE = 65535
 TRAIN_SHORT_SIDES = tuple(int(x * 0.1 * 640) for x in range(5, 16))  # 320 ... 960
@@ -34,17 +33,12 @@ IMAGE_PAD_VALUE = 128
 def read_training_labels(data: bytes) -> np.ndarray:
     """A label map file as uint16 [H, W], its ignore value (255 in 8-bit maps, 65535 in 16-bit
     ones) turned into IGNORE."""
-    with Image.open(io.BytesIO(data)) as image:
-        values = np.asarray(image)
-    if values.ndim != 2:
-        raise ValueError(f"a label map must have one channel, this one has shape {values.shape}")
+    values = decode_label_map(data)
     if values.dtype == np.uint8:
         wide = values.astype(np.uint16)
         wide[values == 255] = IGNORE
         return wide
-    if values.min() < 0 or values.max() > IGNORE:
-        raise ValueError(f"label values must lie in 0..{IGNORE}")
-    return values.astype(np.uint16)
+    return values
 
 
 @dataclass(frozen=True)
@@ -137,9 +131,6 @@ def targets_from_labels(labels: np.ndarray, id_to_index: dict[int, int]) -> tupl
 
 # --- where the pairs come from ---------------------------------------------------------------
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-LABEL_EXTENSIONS = (".png", ".tif", ".tiff")
-
 
 @dataclass(frozen=True)
 class TrainingPairs:
@@ -163,9 +154,7 @@ class TrainingPairs:
 
 
 def _manifest_pairs(fs: fsspec.AbstractFileSystem, path: str, source: str) -> tuple[list[str], list[str]]:
-    rows = read_manifest_rows(fs, path)
-    if rows and not {"image_uri", "label_uri"} <= set(rows[0]):
-        raise InputError(f"manifest {source} needs image_uri and label_uri columns (it has {sorted(rows[0])})")
+    rows = read_manifest_rows(fs, path, ("image_uri", "label_uri"), source)
     base = with_protocol(path.rsplit("/", 1)[0] if "/" in path else ".", source)
 
     def resolve(entry: Any) -> str:  # entries relative to the manifest's folder
@@ -198,7 +187,7 @@ def _folder_pairs(fs: fsspec.AbstractFileSystem, path: str, source: str) -> tupl
         return found
 
     images = by_key(image_root, IMAGE_EXTENSIONS)
-    labels = by_key(label_root, LABEL_EXTENSIONS)
+    labels = by_key(label_root, LABEL_MAP_EXTENSIONS)
     missing = sorted(set(images) - set(labels))
     if missing:
         raise InputError(

@@ -13,7 +13,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -21,29 +21,21 @@ from typing import Any
 import fsspec
 import pyarrow.parquet as pq
 
-from san_core.checkpoint import CheckpointError
-from san_core.hub import WeightsUnavailableError, fetch_published_checkpoint
-from san_core.presets import PRESETS
-from schemas.jobs import LabelJobConfig, ModelChoice
+from schemas.jobs import LabelJobConfig
 from schemas.output import SCHEMA_VERSION, label_row_schema
 from schemas.taxonomy import Taxonomy
 
-from .images import decode_rgb
-from .inputs import check_output_writable, list_inputs
-from .labeling import SanLabeler, WeightsSpec, load_images
-from .postprocess import decode_label_png
+from ..images import decode_rgb, load_images
+from ..inputs import check_output_writable, list_inputs
+from ..label_maps import decode_label_map
+from ..results import MANIFEST_NAME, PREVIEW_DIR, result_files
+from ..storage import pyarrow_filesystem
+from ..vocabulary import DEFAULT_CACHE_DIR, VocabularyTable, load_or_build_vocabulary
+from ..weights import WeightsSpec, resolve_weights
 from .preview import render_overlay
-from .storage import pyarrow_filesystem, result_files
-from .vocabulary import DEFAULT_CACHE_DIR, VocabularyTable, load_or_build_vocabulary
+from .stages import SanLabeler
 
 log = logging.getLogger(__name__)
-
-MANIFEST_NAME = "_manifest.json"
-PREVIEW_DIR = "_previews"
-
-
-class WeightsError(RuntimeError):
-    """The requested weights cannot be used; nothing has been processed."""
 
 
 @dataclass
@@ -61,35 +53,6 @@ class RunSummary:
     def error_ratio(self) -> float:
         processed = self.labeled + self.failed
         return self.failed / processed if processed else 0.0
-
-
-def resolve_weights(
-    choice: ModelChoice,
-    storage_options: Mapping[str, Any],
-    smoke_if_no_weights: bool = False,
-    say: Callable[[str], None] = print,
-    flags: tuple[str, str] = ("--model", "--checkpoint"),
-) -> WeightsSpec:
-    """The weights the workers will load; for a preset, its published file (downloaded once)."""
-    if choice.checkpoint is not None:
-        return WeightsSpec(
-            choice.checkpoint, choice.checkpoint, choice.model_config_uri, storage_options=storage_options
-        )
-    assert choice.model is not None
-    if choice.model not in PRESETS:
-        raise WeightsError(f"unknown model {choice.model!r}; known: {', '.join(PRESETS)}")
-    try:
-        fetch_published_checkpoint(choice.model, flags=flags)  # here, to fail early; each node fetches its own copy
-    except WeightsUnavailableError as e:
-        if not smoke_if_no_weights:
-            raise WeightsError(str(e)) from e
-        say(str(e))
-        say(
-            "*" * 78 + f"\nSMOKE TEST: no published weights for {choice.model}; labeling with RANDOM weights.\n"
-            "The labels are MEANINGLESS; the pipeline is exercised end to end.\n" + "*" * 78
-        )
-        return WeightsSpec(choice.model, random=True)
-    return WeightsSpec(choice.model, preset=choice.model)
 
 
 def _output_fs(config: LabelJobConfig) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -157,7 +120,7 @@ def write_previews(config: LabelJobConfig, taxonomy: Taxonomy, files: list[str])
                 continue
             with fsspec.open(row["image_uri"], "rb", **config.storage_options) as f:
                 rgb = decode_rgb(f.read(), config.max_pixels)
-            overlay = render_overlay(rgb, decode_label_png(row["label_map_png"]), taxonomy)
+            overlay = render_overlay(rgb, decode_label_map(row["label_map_png"]), taxonomy)
             name = row["image_uri"].rstrip("/").rsplit("/", 1)[-1].rsplit(".", 1)[0]
             target = f"{root.rstrip('/')}/{PREVIEW_DIR}/{len(written):04d}_{name}.png"
             fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
@@ -191,14 +154,11 @@ def plan_label_job(
     run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
     inputs = list(dict.fromkeys(list_inputs(config.input, config.storage_options)))
     check_output_writable(config.output, config.storage_options)
-    weights = resolve_weights(config.weights, config.storage_options, smoke_if_no_weights, say)
+    weights = resolve_weights(config.weights, config.storage_options, smoke_if_no_weights)
 
     # The vocabulary table is built (or read from cache) here, once; loading the weights in the
     # driver also proves the checkpoint fits the model before any actor starts.
-    try:
-        driver_model, checkpoint_digest = weights.load("cpu")
-    except CheckpointError as e:
-        raise WeightsError(str(e)) from e
+    driver_model, checkpoint_digest = weights.load_checked("cpu")
     cache = config.vocab_cache or DEFAULT_CACHE_DIR
     vocabulary = load_or_build_vocabulary(taxonomy, driver_model, cache, config.storage_options)
     del driver_model  # the actors load their own
