@@ -32,7 +32,7 @@ from pipeline.vocabulary import load_or_build_vocabulary  # noqa: E402
 from schemas.jobs import LabelJobConfig, ModelChoice  # noqa: E402
 from schemas.taxonomy import load_taxonomy  # noqa: E402
 
-TINY = Path(__file__).resolve().parents[2] / "shared" / "parity" / "tiny_a"
+TINY = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "parity" / "tiny_a"
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
 
 
@@ -104,10 +104,10 @@ def pipeline(config: LabelJobConfig) -> tuple[float, float, float]:
 
     from pipeline.labeling.job import plan_label_job, run_label_job
 
-    plan = plan_label_job(config, load_taxonomy(config.vocab), smoke_if_no_weights=True, say=lambda _: None)
+    plan = plan_label_job(config, load_taxonomy(config.vocab), smoke_if_no_weights=True)
     ray.init(logging_level="ERROR")
     try:
-        summary = run_label_job(plan, say=lambda _: None)
+        summary = run_label_job(plan)
     finally:
         ray.shutdown()
     files = sorted(Path(config.output).glob("*.parquet"), key=lambda p: p.stat().st_mtime)

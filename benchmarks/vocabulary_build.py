@@ -23,7 +23,7 @@ from san_core.presets import get_preset  # noqa: E402
 from schemas.model_config import SanModelConfig  # noqa: E402
 from schemas.taxonomy import Taxonomy  # noqa: E402
 
-TINY_CONFIG = Path(__file__).resolve().parents[2] / "shared" / "parity" / "tiny_a" / "config.json"
+TINY_CONFIG = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "parity" / "tiny_a" / "config.json"
 
 
 def main() -> None:

@@ -1,16 +1,17 @@
 """Quick-start demo: label sample photographs with the labeling job on a local Ray.
 
-    python jobs/demo.py [--output out/demo] [--checkpoint URI] [--vocab coco-stuff-171]
+    san demo [--output out/demo] [--checkpoint URI] [--vocab coco-stuff-171]
 
-Writes four real photographs (shipped with scikit-image) to OUTPUT/images, runs jobs/label.py on
-them and prints the classes it found. Without published weights it runs a random-weight smoke
-model and says so, on screen and in the output's _manifest.json (labels meaningless).
+Writes four real photographs (shipped with scikit-image) to OUTPUT/images, labels them and prints
+the classes found. Without published weights it runs a random-weight smoke model and says so: on
+screen, in the output's _manifest.json and across every preview.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections import Counter
 from pathlib import Path
@@ -18,10 +19,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as a plain script
 
 from PIL import Image  # noqa: E402
+from pydantic import ValidationError  # noqa: E402
 
-from jobs.label import main as label_main  # noqa: E402
-from pipeline.results import read_output_rows  # noqa: E402
+from pipeline.logs import configure_logging  # noqa: E402
+from schemas.cli import add_logging_flags, log_level  # noqa: E402
+from schemas.jobs import LabelJobConfig, ModelChoice  # noqa: E402
+from schemas.taxonomy import TaxonomyError, load_taxonomy  # noqa: E402
 
+log = logging.getLogger("jobs.demo")
+DESCRIPTION = "Quick start: label four sample photographs on a local Ray and print the classes found."
 SAMPLE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
 
 
@@ -35,44 +41,50 @@ def write_sample_images(directory: Path) -> None:
             Image.fromarray(getattr(skimage.data, name)()).save(path, quality=92)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--output", default="out/demo")
-    parser.add_argument("--vocab", default="coco-stuff-171")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--output", default="out/demo", help="demo folder (default: out/demo)")
+    parser.add_argument("--vocab", default="coco-stuff-171", help="taxonomy (default: coco-stuff-171)")
     parser.add_argument("--input", default=None, help="folder of images (default: the sample photographs)")
-    parser.add_argument("--model", default="san-vit-b16")
-    parser.add_argument("--checkpoint", default=None)
-    parser.add_argument("--model-config", default=None)
-    parser.add_argument("--short-side", default="640")
-    args = parser.parse_args(argv)
+    parser.add_argument("--model", default=None, help="preset (default: san-vit-b16)")
+    parser.add_argument("--checkpoint", default=None, help="checkpoint path or URI instead of --model")
+    parser.add_argument("--model-config", default=None, help="JSON model config for a --checkpoint without one")
+    parser.add_argument("--short-side", type=int, default=640, help="model input short side (default: 640)")
+    add_logging_flags(parser)
 
+
+def run(args: argparse.Namespace) -> int:
+    level = log_level(args)
+    configure_logging(level)
     output = Path(args.output)
     images = Path(args.input) if args.input else output / "images"
     if not args.input:
         write_sample_images(images)
-    weights = ["--checkpoint", args.checkpoint] if args.checkpoint else ["--model", args.model]
-    if args.model_config:
-        weights += ["--model-config", args.model_config]
     labels = output / "labels"
-    command = [
-        "--vocab",
-        args.vocab,
-        "--input",
-        str(images),
-        "--output",
-        str(labels),
-        "--preview",
-        "4",
-        "--short-side",
-        args.short_side,
-        "--overwrite",
-        "--smoke-if-no-weights",
-        *weights,
-    ]
-    print("python jobs/label.py " + " ".join(command))
-    rc = label_main(command)
-    if rc != 0:
-        return rc
+    try:
+        config = LabelJobConfig(
+            vocab=args.vocab,
+            input=str(images),
+            output=str(labels),
+            weights=ModelChoice(model=args.model, checkpoint=args.checkpoint, model_config_uri=args.model_config),
+            short_side=args.short_side,
+            preview=4,
+            overwrite=True,
+        )
+        taxonomy = load_taxonomy(config.vocab)
+    except (ValidationError, TaxonomyError) as e:
+        print(f"invalid arguments:\n{e}", file=sys.stderr)
+        return 2
+
+    from pipeline.inputs import InputError
+    from pipeline.labeling.job import label
+    from pipeline.results import read_output_rows
+    from pipeline.weights import SMOKE_BANNER, WeightsError
+
+    try:
+        summary = label(config, taxonomy, smoke_if_no_weights=True, log_level=level)
+    except (InputError, WeightsError) as e:
+        log.error("%s", e)
+        return 1
 
     for row in sorted(read_output_rows(str(labels)), key=lambda r: r["image_uri"]):
         name = Path(row["image_uri"]).name
@@ -84,9 +96,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:<16} " + ", ".join(f"{n} {share:.0%}" for n, share in areas.most_common(5)))
     manifest = json.loads((labels / "_manifest.json").read_text())
     print(f"labels, previews and manifest under {labels} (weights: {manifest['weights']})")
-    if not manifest["labels_meaningful"]:
-        print("SMOKE TEST: random weights; the labels above are meaningless.")
+    if not summary.manifest["labels_meaningful"]:
+        print(f"{SMOKE_BANNER}: the classes above come from random weights.")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="san demo", description=DESCRIPTION)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -1,12 +1,16 @@
 """Export a labeling output for annotation tools.
 
-python jobs/export.py --format coco --input s3://bucket/labels/ --vocab taxonomy.yaml --to labels.coco.json
+    san export --format coco --input s3://bucket/labels/ --vocab taxonomy.yaml --output labels.coco.json \\
+        --image-root s3://bucket/images/
+
+Exit codes: 0 written; 1 the output cannot be read or written; 2 invalid flags or taxonomy.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -14,29 +18,42 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as a pl
 
 import fsspec  # noqa: E402
 
-from pipeline.exports.coco import to_coco
+from pipeline.exports.coco import to_coco  # noqa: E402
+from pipeline.logs import configure_logging  # noqa: E402
 from pipeline.results import read_output_rows  # noqa: E402
-from schemas.taxonomy import TaxonomyError, load_taxonomy  # noqa: E402
+from schemas.cli import add_config_flags, add_logging_flags, config_and_taxonomy, log_level  # noqa: E402
+from schemas.jobs import ExportConfig  # noqa: E402
+
+log = logging.getLogger("jobs.export")
+DESCRIPTION = "Export a labeling output in a format annotation tools read (COCO JSON)."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_flags(parser, ExportConfig)
+    add_logging_flags(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    configure_logging(log_level(args))
+    checked = config_and_taxonomy(args, ExportConfig)
+    if checked is None:
+        return 2
+    config, taxonomy = checked
+    try:
+        coco = to_coco(read_output_rows(config.input, config.storage_options), taxonomy, config.image_root)
+        with fsspec.open(config.output, "w", **config.storage_options) as f:
+            json.dump(coco, f)
+    except (OSError, ValueError) as e:
+        log.error("%s: %s", type(e).__name__, e)
+        return 1
+    log.info("%d images, %d annotations -> %s", len(coco["images"]), len(coco["annotations"]), config.output)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="jobs/export.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--format", choices=["coco"], default="coco")
-    parser.add_argument("--input", required=True, help="the labeling job's --output")
-    parser.add_argument("--vocab", required=True, help="the taxonomy the output was labeled with")
-    parser.add_argument("--to", required=True, help="where to write the JSON (path or URI)")
-    parser.add_argument("--storage-options", type=json.loads, default={})
-    args = parser.parse_args(argv)
-    try:
-        taxonomy = load_taxonomy(args.vocab, args.storage_options)
-    except TaxonomyError as e:
-        print(f"invalid taxonomy:\n{e}", file=sys.stderr)
-        return 2
-    coco = to_coco(read_output_rows(args.input, args.storage_options), taxonomy)
-    with fsspec.open(args.to, "w", **args.storage_options) as f:
-        json.dump(coco, f)
-    print(f"{len(coco['images'])} images, {len(coco['annotations'])} annotations -> {args.to}")
-    return 0
+    parser = argparse.ArgumentParser(prog="san export", description=DESCRIPTION)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -3,8 +3,6 @@ for Ray Data's Parquet reader and writer."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import fsspec
 import pyarrow.fs as pafs
 
@@ -22,15 +20,3 @@ def pyarrow_filesystem(fs: fsspec.AbstractFileSystem) -> pafs.FileSystem:
     if "file" in protocols or "local" in protocols:
         return pafs.LocalFileSystem()
     return pafs.PyFileSystem(pafs.FSSpecHandler(fs))
-
-
-def absolute_uri(uri: str) -> str:
-    """A local path made absolute (Ray workers run in other directories); URIs stay as they are."""
-    if "://" in uri:
-        return uri
-    return str(Path(uri).expanduser().resolve())
-
-
-def absolute_vocab(vocab: str) -> str:
-    """--vocab as a path made absolute, unless it names a shipped vocabulary (no file of that name)."""
-    return absolute_uri(vocab) if "://" in vocab or Path(vocab).exists() or "/" in vocab else vocab

@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,6 +123,25 @@ def _write_cache(
         pq.write_table(table, f)
 
 
+def _embed_with_progress(
+    model: TextEncoder, name: str, prompt_sets: list[list[str]], templates: list[str], report_every_s: float = 10.0
+) -> np.ndarray:
+    """The text encoder over the classes in tenths (each class is embedded on its own, so the
+    parts concatenate to the whole), with a progress line at most every `report_every_s`."""
+    started = last = time.monotonic()
+    step = max(1, -(-len(prompt_sets) // 10))
+    parts = []
+    for start in range(0, len(prompt_sets), step):
+        parts.append(model.class_embeddings(prompt_sets[start : start + step], templates).float().cpu().numpy())
+        done, now = min(start + step, len(prompt_sets)), time.monotonic()
+        if now - last >= report_every_s and done < len(prompt_sets):
+            left = (now - started) / done * (len(prompt_sets) - done)
+            log.info("vocabulary %r: %d/%d classes, about %.0fs left", name, done, len(prompt_sets), left)
+            last = now
+    log.info("vocabulary %r built in %.1fs", name, time.monotonic() - started)
+    return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+
+
 def load_or_build_vocabulary(
     taxonomy: Taxonomy,
     model: TextEncoder,
@@ -138,8 +158,14 @@ def load_or_build_vocabulary(
     if embeddings is not None and embeddings.shape[0] != len(names):
         embeddings = None
     if embeddings is None:
-        log.info("building vocabulary %r: %d classes x %d templates", taxonomy.name, len(names), len(templates))
-        embeddings = model.class_embeddings(prompt_sets, templates).float().cpu().numpy()
+        log.info(
+            "building vocabulary %r: %d classes x %d templates (once; cached as %s)",
+            taxonomy.name,
+            len(names),
+            len(templates),
+            uri or "nothing",
+        )
+        embeddings = _embed_with_progress(model, taxonomy.name, prompt_sets, templates)
         if uri:
             _write_cache(uri, digest, templates, names, prompt_sets, embeddings, storage_options)
     return VocabularyTable(

@@ -151,12 +151,19 @@ def check_manifest(path: str | Path) -> ManifestReport:
     return ManifestReport(preset, len(manifest), len(converted) - len(wrong_dtype), ignored, error)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m san_core.verify", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{parity,manifest}")
     sub.add_parser("parity", help="compare against a reference fixture directory").add_argument("directory")
     sub.add_parser("manifest", help="map a published checkpoint manifest onto its preset").add_argument("file")
-    args = parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="san verify", description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
 
     if args.command == "parity":
         results = run_parity(args.directory)

@@ -1,4 +1,7 @@
-"""Configs of the command-line jobs: what `jobs/label.py` and `jobs/finetune.py` parse flags into."""
+"""Configs of the command-line jobs, the single source of their flags, defaults and help
+(`schemas.cli` derives the flags). One vocabulary across jobs: `--input` is what a job reads,
+`--output` what it writes, `--vocab` the taxonomy, `--model NAME` or `--checkpoint URI` (with
+`--model-config`) the weights, `--storage-options` the fsspec options."""
 
 from __future__ import annotations
 
@@ -6,63 +9,108 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from .uris import Uri, VocabRef
+
+DEFAULT_MODEL = "san-vit-b16"
+
+
+def _cli(**options: Any) -> dict[str, Any]:
+    return {"cli": options}
+
 
 class _JobConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
 
 
+STORAGE_OPTIONS = Field(
+    default_factory=dict,
+    description="JSON object passed to fsspec, e.g. '{\"anon\": false}'",
+    json_schema_extra=_cli(metavar="JSON"),
+)
+VOCAB = Field(
+    description="taxonomy.yaml (path or URI), or a shipped vocabulary: "
+    "ade150, ade847, coco-stuff-171, pc59, pc459, voc20",
+    json_schema_extra=_cli(metavar="TAXONOMY"),
+)
+
+
 class ModelChoice(_JobConfig):
     """Which SAN weights: a preset name, or a checkpoint URI (with an optional config file)."""
 
-    model: str | None = Field(default=None, description="preset: san-vit-b16 or san-vit-l14-336")
-    checkpoint: str | None = Field(default=None, description="checkpoint path or fsspec URI")
-    model_config_uri: str | None = Field(default=None, description="JSON model config for a checkpoint without one")
+    model: str | None = Field(
+        default=None,
+        description=f"preset: san-vit-b16 or san-vit-l14-336; its published checkpoint (default: {DEFAULT_MODEL})",
+        json_schema_extra=_cli(metavar="NAME"),
+    )
+    checkpoint: Uri | None = Field(
+        default=None,
+        description="checkpoint path or URI (.pth or .safetensors), instead of --model",
+        json_schema_extra=_cli(metavar="URI"),
+    )
+    model_config_uri: Uri | None = Field(
+        default=None,
+        description="JSON model config for a --checkpoint that carries none",
+        json_schema_extra=_cli(flag="--model-config", metavar="URI"),
+    )
 
+    @model_validator(mode="before")
     @classmethod
-    def from_flags(cls, model: str | None, checkpoint: str | None, model_config: str | None) -> ModelChoice:
-        """--model / --checkpoint / --model-config as the jobs take them; san-vit-b16 by default."""
-        return cls(
-            model=model or (None if checkpoint else "san-vit-b16"), checkpoint=checkpoint, model_config_uri=model_config
-        )
-
-    @classmethod
-    def from_init(cls, init: str, init_config: str | None) -> ModelChoice:
-        """--init as the fine-tuning job takes it: a preset name (no '/', '.' or ':'), else a checkpoint."""
-        if any(c in init for c in "/.:"):
-            return cls(checkpoint=init, model_config_uri=init_config)
-        return cls(model=init, model_config_uri=init_config)
+    def _default_preset(cls, values: Any) -> Any:
+        if isinstance(values, dict) and values.get("model") is None and values.get("checkpoint") is None:
+            return values | {"model": DEFAULT_MODEL}
+        return values
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelChoice:
-        if self.model is None and self.checkpoint is None:
-            raise ValueError("give --model NAME or --checkpoint URI")
+        if self.model is not None and self.checkpoint is not None:
+            raise ValueError("give --model NAME or --checkpoint URI, not both")
         if self.model_config_uri is not None and self.checkpoint is None:
             raise ValueError("--model-config only applies to --checkpoint")
         return self
 
 
 class LabelJobConfig(_JobConfig):
-    vocab: str = Field(description="taxonomy.yaml path/URI, or a shipped vocabulary name")
-    input: str = Field(description="directory/prefix, glob, or manifest (.txt/.csv/.parquet with a uri column)")
-    output: str = Field(description="output directory/prefix for Parquet, previews and _manifest.json")
-    weights: ModelChoice
-    batch_size: int = Field(default=4, ge=1)
-    concurrency: tuple[int, int] = Field(default=(1, 1), description="actor pool size: min, max (autoscaling)")
-    gpus_per_actor: float | None = Field(
-        default=None, ge=0.0, description="GPUs per actor, fractions allowed; default 1 if the cluster has GPUs, else 0"
+    """`san label`: label images with SAN, streamed through Ray Data into Parquet."""
+
+    vocab: VocabRef = VOCAB
+    input: Uri = Field(
+        description="images: a folder or prefix (searched recursively), a glob, or a manifest "
+        "(.txt, or .csv/.parquet with a uri column)",
+        json_schema_extra=_cli(metavar="URI"),
     )
-    torch_threads: int | None = Field(default=None, ge=1, description="threads per actor; default: node CPUs / actors")
+    output: Uri = Field(
+        description="output folder or prefix: Parquet, previews, _manifest.json", json_schema_extra=_cli(metavar="URI")
+    )
+    weights: ModelChoice = Field(default_factory=ModelChoice)
+    batch_size: int = Field(default=4, ge=1, description="images per model call")
+    concurrency: tuple[int, int] = Field(
+        default=(1, 1),
+        description="labeling actors: N, or MIN,MAX to autoscale",
+        json_schema_extra=_cli(parse="min_max", metavar="MIN[,MAX]"),
+    )
+    gpus_per_actor: float | None = Field(
+        default=None,
+        ge=0.0,
+        description="GPUs per actor, fractions allowed (default: 1 if the cluster has GPUs, else 0)",
+    )
+    torch_threads: int | None = Field(default=None, ge=1, description="threads per actor (default: node CPUs / actors)")
     rows_per_file: int = Field(default=256, ge=1, description="images per output Parquet file (the resume unit)")
     max_pixels: int = Field(default=100_000_000, ge=1, description="larger images become error rows")
-    short_side: int = Field(default=640, ge=32, description="resize short side (the reference test size)")
-    max_long_side: int = Field(default=2560, ge=32)
-    storage_options: dict[str, Any] = Field(default_factory=dict, description="passed to fsspec")
-    overwrite: bool = False
+    short_side: int = Field(default=640, ge=32, description="model input short side (the reference test size)")
+    max_long_side: int = Field(default=2560, ge=32, description="model input long side at most")
+    storage_options: dict[str, Any] = STORAGE_OPTIONS
+    overwrite: bool = Field(default=False, description="discard earlier results in --output")
     max_error_ratio: float = Field(
-        default=1.0, ge=0.0, le=1.0, description="fail the run above this share of bad inputs"
+        default=1.0, ge=0.0, le=1.0, description="exit 1 when more than this share of images fail"
     )
-    preview: int = Field(default=0, ge=0, description="overlay PNGs to write for people to look at")
-    vocab_cache: str | None = Field(default=None, description="vocabulary cache URI (default: local cache dir)")
+    preview: int = Field(
+        default=0, ge=0, description="write N overlay PNGs to OUTPUT/_previews", json_schema_extra=_cli(metavar="N")
+    )
+    vocab_cache: Uri | None = Field(
+        default=None,
+        description="vocabulary embedding cache (default: $SAN_VOCAB_CACHE or ~/.cache/san-labeler/vocabularies)",
+        json_schema_extra=_cli(metavar="URI"),
+    )
 
     @model_validator(mode="after")
     def _check_concurrency(self) -> LabelJobConfig:
@@ -73,34 +121,44 @@ class LabelJobConfig(_JobConfig):
 
 
 class FinetuneConfig(_JobConfig):
-    """What `jobs/finetune.py` runs: data, starting weights, recipe, and where checkpoints go."""
+    """`san finetune`: fine-tune SAN's side adapter with Ray Train; export a model for `san label`."""
 
-    vocab: str = Field(description="taxonomy.yaml path/URI, or a shipped vocabulary name")
-    train: str = Field(description="manifest (.parquet/.csv with image_uri, label_uri) or an .../images/<split> folder")
-    val: str | None = Field(default=None, description="validation pairs, same forms as train")
-    init: ModelChoice = Field(description="weights to start from: a preset or a full checkpoint")
-    storage: str = Field(description="run folder (local or s3://): Ray Train checkpoints and the exported model")
+    vocab: VocabRef = VOCAB
+    train: Uri = Field(
+        description="training pairs: manifest (.parquet/.csv with image_uri, label_uri) or DATASET/images/<split>",
+        json_schema_extra=_cli(metavar="URI"),
+    )
+    val: Uri | None = Field(
+        default=None, description="validation pairs, same forms as --train", json_schema_extra=_cli(metavar="URI")
+    )
+    init: ModelChoice = Field(default_factory=ModelChoice, description="weights to start from")
+    output: Uri = Field(
+        description="run folder (local or s3://): Ray Train checkpoints and the exported model",
+        json_schema_extra=_cli(metavar="URI", deprecated=["--storage"]),
+    )
     workers: int = Field(default=1, ge=1, description="Ray Train workers (DDP ranks)")
     gpus_per_worker: float = Field(default=0.0, ge=0.0)
     cpus_per_worker: float = Field(default=1.0, gt=0.0)
-    torch_threads: int | None = Field(default=None, ge=1, description="threads per CPU worker; default cpus_per_worker")
-    max_steps: int | None = Field(default=None, ge=1)
-    epochs: int | None = Field(default=None, ge=1)
+    torch_threads: int | None = Field(
+        default=None, ge=1, description="threads per CPU worker (default: --cpus-per-worker)"
+    )
+    max_steps: int | None = Field(default=None, ge=1, description="run length in steps (or --epochs)")
+    epochs: int | None = Field(default=None, ge=1, description="run length in passes over --train (or --max-steps)")
     batch_size: int = Field(default=4, ge=1, description="global batch size, split evenly over the workers")
-    lr: float = Field(default=1e-4, gt=0)
+    lr: float = Field(default=1e-4, gt=0, description="AdamW learning rate")
     weight_decay: float = Field(default=1e-4, ge=0)
     grad_clip: float = Field(default=0.01, gt=0, description="full-model gradient-norm clip")
     crop_size: int = Field(default=640, ge=32, description="training crop; validation resizes the short side to it")
     precision: Literal["auto", "fp32", "bf16"] = Field(default="auto", description="auto: bf16 autocast on GPU")
-    eval_every: int | None = Field(default=None, ge=1, description="validation mIoU every N steps (needs val)")
+    eval_every: int | None = Field(default=None, ge=1, description="validation mIoU every N steps (needs --val)")
     checkpoint_every: int = Field(default=500, ge=1)
     checkpoints_to_keep: int = Field(default=2, ge=1)
-    log_every: int = Field(default=10, ge=1)
+    log_every: int = Field(default=10, ge=1, description="print the loss every N steps")
     max_failures: int = Field(default=3, ge=0, description="worker-group restarts Ray Train may make")
     loaders: int = Field(default=2, ge=1, description="data-loading actors (decode + augment)")
     seed: int = 0
-    resume: bool = Field(default=False, description="continue the run already in storage")
-    storage_options: dict[str, Any] = Field(default_factory=dict, description="passed to fsspec")
+    resume: bool = Field(default=False, description="continue the run already in --output")
+    storage_options: dict[str, Any] = STORAGE_OPTIONS
 
     @model_validator(mode="after")
     def _check(self) -> FinetuneConfig:
@@ -115,3 +173,70 @@ class FinetuneConfig(_JobConfig):
     @property
     def per_worker_batch_size(self) -> int:
         return self.batch_size // self.workers
+
+
+class EvaluateRunConfig(_JobConfig):
+    """`san evaluate run`: label a benchmark in its reference layout with the labeling job, then score it."""
+
+    dataset: Literal["ade150", "ade847", "coco-stuff-171", "pc459", "pc59", "voc20"] = Field(
+        description="the benchmark (its shipped vocabulary is used)"
+    )
+    input: Uri = Field(
+        description="the DETECTRON2_DATASETS folder holding the benchmark",
+        json_schema_extra=_cli(metavar="URI", deprecated=["--root"]),
+    )
+    output: Uri = Field(
+        description="report folder: metrics.json, metrics.md, iou.png",
+        json_schema_extra=_cli(metavar="URI", deprecated=["--report"]),
+    )
+    labels: Uri | None = Field(
+        default=None, description="where the labels go (default: OUTPUT/labels)", json_schema_extra=_cli(metavar="URI")
+    )
+    weights: ModelChoice = Field(default_factory=ModelChoice)
+    batch_size: int = Field(default=4, ge=1, description="images per model call")
+    concurrency: tuple[int, int] = Field(
+        default=(1, 1),
+        description="labeling actors: N, or MIN,MAX to autoscale",
+        json_schema_extra=_cli(parse="min_max", metavar="MIN[,MAX]"),
+    )
+    gpus_per_actor: float | None = Field(
+        default=None, ge=0.0, description="GPUs per actor (default: 1 if the cluster has GPUs, else 0)"
+    )
+    storage_options: dict[str, Any] = STORAGE_OPTIONS
+
+
+class EvaluateScoreConfig(_JobConfig):
+    """`san evaluate score`: score an existing labeling output against ground-truth label maps."""
+
+    input: Uri = Field(
+        description="the labeling output to score", json_schema_extra=_cli(metavar="URI", deprecated=["--labels"])
+    )
+    ground_truth: Uri = Field(
+        description="folder of label maps, or a manifest with image_uri (or uri) and label_uri",
+        json_schema_extra=_cli(metavar="URI"),
+    )
+    vocab: VocabRef = VOCAB
+    output: Uri = Field(
+        description="report folder: metrics.json, metrics.md, iou.png",
+        json_schema_extra=_cli(metavar="URI", deprecated=["--report"]),
+    )
+    ignore_label: int = Field(default=255, description="ground-truth value that is not scored")
+    storage_options: dict[str, Any] = STORAGE_OPTIONS
+
+
+class ExportConfig(_JobConfig):
+    """`san export`: a labeling output in a format annotation tools read."""
+
+    format: Literal["coco"] = Field(default="coco", description="coco: COCO JSON with RLE segmentations")
+    input: Uri = Field(description="the labeling output", json_schema_extra=_cli(metavar="URI"))
+    output: Uri = Field(
+        description="the file to write (path or URI)", json_schema_extra=_cli(metavar="URI", deprecated=["--to"])
+    )
+    vocab: VocabRef = VOCAB
+    image_root: Uri | None = Field(
+        default=None,
+        description="write each image's file_name relative to this folder or prefix, as annotation tools expect "
+        "(default: the full URI)",
+        json_schema_extra=_cli(metavar="URI"),
+    )
+    storage_options: dict[str, Any] = STORAGE_OPTIONS

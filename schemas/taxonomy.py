@@ -249,22 +249,27 @@ def load_taxonomy(source: str, storage_options: Mapping[str, Any] | None = None)
     return parse_taxonomy(text, source)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print("usage: python -m schemas.taxonomy TAXONOMY.yaml|NAME", file=sys.stderr)
-        return 2
+def check(source: str) -> int:
+    """`san taxonomy check FILE`: 0 and a summary, or 2 and every problem with its line."""
     try:
-        taxonomy = load_taxonomy(args[0])
+        taxonomy = load_taxonomy(source)
     except TaxonomyError as e:
         print(e, file=sys.stderr)
         return 2
     print(
-        f"{args[0]}: taxonomy {taxonomy.name!r} version {taxonomy.version}: {len(taxonomy.classes)} classes, "
+        f"{source}: taxonomy {taxonomy.name!r} version {taxonomy.version}: {len(taxonomy.classes)} classes, "
         f"{len(taxonomy.template_list())} templates, background {taxonomy.background}, "
         f"{len(taxonomy.distractor_names())} distractors; digest {taxonomy.digest()[:16]}"
     )
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: san taxonomy check TAXONOMY.yaml|NAME", file=sys.stderr)
+        return 2
+    return check(args[0])
 
 
 if __name__ == "__main__":

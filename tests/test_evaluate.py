@@ -78,13 +78,13 @@ def test_perfect_ground_truth_scores_100_and_reports_are_written(labeled, capsys
         evaluate_main(
             [
                 "score",
-                "--labels",
+                "--input",
                 str(output),
                 "--ground-truth",
                 str(gt_dir),
                 "--vocab",
                 "voc20",
-                "--report",
+                "--output",
                 str(report),
             ]
         )
@@ -126,9 +126,9 @@ def test_mode_a_and_mode_b_agree_on_the_same_images(tmp_path, tiny_weights):
                 "run",
                 "--dataset",
                 "voc20",
-                "--root",
+                "--input",
                 str(tmp_path / "datasets"),
-                "--report",
+                "--output",
                 str(report_a),
                 *tiny_weights,
             ]
@@ -145,13 +145,13 @@ def test_mode_a_and_mode_b_agree_on_the_same_images(tmp_path, tiny_weights):
         evaluate_main(
             [
                 "score",
-                "--labels",
+                "--input",
                 str(labels),
                 "--ground-truth",
                 str(voc / "annotations_detectron2" / "val"),
                 "--vocab",
                 "voc20",
-                "--report",
+                "--output",
                 str(report_b),
             ]
         )
@@ -178,7 +178,7 @@ def test_ground_truth_manifests(tmp_path):
 
 
 def test_shipped_benchmark_layouts_use_their_vocabularies():
-    from jobs.evaluate import BENCHMARKS
+    from pipeline.evaluation.benchmarks import BENCHMARKS
 
     for name, (_, _, ignore) in BENCHMARKS.items():
         assert load_taxonomy(name).name == name

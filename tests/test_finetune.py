@@ -45,9 +45,9 @@ def two_worker_run(data, parity_dir, tmp_path_factory) -> dict:
         "--vocab", str(data["taxonomy"]),
         "--train", str(data["manifest"]),
         "--val", str(data["val"]),
-        "--init", str(tiny / "checkpoint.pth"),
-        "--init-config", str(tiny / "config.json"),
-        "--storage", str(storage),
+        "--checkpoint", str(tiny / "checkpoint.pth"),
+        "--model-config", str(tiny / "config.json"),
+        "--output", str(storage),
         "--workers", "2",
         "--batch-size", "4",
         "--max-steps", "30",
@@ -143,14 +143,14 @@ def test_pairs_from_manifests_and_detectron2_folders(data, tmp_path):
 
 
 def _args(data: dict, storage: Path, *extra: str) -> list[str]:
-    return ["--vocab", str(data["taxonomy"]), "--train", str(data["manifest"]), "--storage", str(storage), *extra]
+    return ["--vocab", str(data["taxonomy"]), "--train", str(data["manifest"]), "--output", str(storage), *extra]
 
 
 def test_bad_flags_and_inputs_fail_before_ray_starts(data, parity_dir, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     tiny = parity_dir / "tiny_a"
-    init = ["--init", str(tiny / "checkpoint.pth"), "--init-config", str(tiny / "config.json")]
+    init = ["--checkpoint", str(tiny / "checkpoint.pth"), "--model-config", str(tiny / "config.json")]
     assert finetune_main(_args(data, tmp_path / "a", *init)) == 2
     assert "--max-steps or --epochs" in capsys.readouterr().err
     assert finetune_main(_args(data, tmp_path / "a", *init, "--max-steps", "2", "--workers", "3")) == 2
@@ -158,26 +158,26 @@ def test_bad_flags_and_inputs_fail_before_ray_starts(data, parity_dir, tmp_path,
 
     no_labels = tmp_path / "bad.csv"
     no_labels.write_text("uri\nx.jpg\n")
-    args = ["--vocab", str(data["taxonomy"]), "--train", str(no_labels), "--storage", str(tmp_path / "b")]
+    args = ["--vocab", str(data["taxonomy"]), "--train", str(no_labels), "--output", str(tmp_path / "b")]
     assert finetune_main([*args, *init, "--max-steps", "2"]) == 1
-    assert "needs image_uri and label_uri columns" in capsys.readouterr().err
+    assert "has no 'image_uri' or 'label_uri' column" in capsys.readouterr().err
 
     lonely = tmp_path / "ds" / "images" / "training"
     lonely.mkdir(parents=True)
     (lonely / "x.jpg").write_bytes(b"")
-    args = ["--vocab", str(data["taxonomy"]), "--train", str(lonely), "--storage", str(tmp_path / "c")]
+    args = ["--vocab", str(data["taxonomy"]), "--train", str(lonely), "--output", str(tmp_path / "c")]
     assert finetune_main([*args, *init, "--max-steps", "2"]) == 1
     assert "have no label map in" in capsys.readouterr().err
 
     # an unavailable preset names the file to pre-stage and the flag that takes it
-    assert finetune_main(_args(data, tmp_path / "d", "--init", "san-vit-b16", "--max-steps", "2")) == 1
+    assert finetune_main(_args(data, tmp_path / "d", "--model", "san-vit-b16", "--max-steps", "2")) == 1
     err = capsys.readouterr().err
-    assert "san_vit_b_16.pth" in err and "--init /path/to/san_vit_b_16.pth" in err
+    assert "san_vit_b_16.pth" in err and "--checkpoint /path/to/san_vit_b_16.pth" in err
 
 
 def test_run_length_from_steps_or_epochs():
     def config(**length: int) -> FinetuneConfig:
-        return FinetuneConfig(vocab="v", train="t", init=ModelChoice(model="san-vit-b16"), storage="s", **length)
+        return FinetuneConfig(vocab="v", train="t", init=ModelChoice(model="san-vit-b16"), output="s", **length)
 
     assert total_steps(config(max_steps=7), 100) == 7
     assert total_steps(config(epochs=2, batch_size=4), 10) == 5  # whole global batches

@@ -62,8 +62,8 @@ def test_worker_death_and_driver_kill_then_resume_on_s3(s3_bucket, s3_server, pa
         sys.executable, str(REPO / "jobs" / "finetune.py"),
         "--vocab", f"{s3_bucket}/taxonomy.yaml",
         "--train", f"{s3_bucket}/data/manifest.csv",
-        "--init", str(tiny / "checkpoint.pth"), "--init-config", str(tiny / "config.json"),
-        "--storage", storage,
+        "--checkpoint", str(tiny / "checkpoint.pth"), "--model-config", str(tiny / "config.json"),
+        "--output", storage,
         "--workers", "2", "--batch-size", "2", "--max-steps", str(STEPS), "--crop-size", "64",
         "--checkpoint-every", "3", "--log-every", "1", "--lr", "1e-3",
     ]  # fmt: skip

@@ -154,16 +154,18 @@ def test_previews_show_the_overlay(local_run):
 
 def test_export_to_coco_reads_back_with_pycocotools(local_run, tmp_path):
     target = tmp_path / "coco.json"
-    assert (
-        export_main(["--input", str(local_run["output"]), "--vocab", str(local_run["vocab"]), "--to", str(target)]) == 0
-    )
+    image_root = local_run["root"] / "images"
+    export = ["--input", str(local_run["output"]), "--vocab", str(local_run["vocab"]), "--output", str(target)]
+    assert export_main([*export, "--image-root", str(image_root)]) == 0
     coco = COCO(str(target))
     assert sorted(coco.getCatIds()) == [3, 7, 9, 12]
     assert len(coco.getImgIds()) == 7  # error rows are left out
     rows = {r["image_uri"]: r for r in _rows(str(local_run["output"]))}
     for annotation in coco.loadAnns(coco.getAnnIds()):
         image = coco.loadImgs(annotation["image_id"])[0]
-        label_map = decode_label_map(rows[image["file_name"]]["label_map_png"])
+        assert image["file_name"].startswith("nested/")  # relative, as annotation tools resolve it
+        assert (image_root / image["file_name"]).is_file()
+        label_map = decode_label_map(rows[str(image_root / image["file_name"])]["label_map_png"])
         assert np.array_equal(coco.annToMask(annotation).astype(bool), label_map == annotation["category_id"])
 
 

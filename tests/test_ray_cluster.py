@@ -146,8 +146,8 @@ def test_ray_job_submit_label_and_finetune_s3_to_s3(head_node, s3_bucket, s3_ser
         "python", "jobs/finetune.py",
         "--vocab", f"{s3_bucket}/taxonomy.yaml",
         "--train", f"{s3_bucket}/pairs/train.csv",
-        "--init", f"{s3_bucket}/weights/checkpoint.pth", "--init-config", f"{s3_bucket}/weights/config.json",
-        "--storage", f"{s3_bucket}/ft",
+        "--checkpoint", f"{s3_bucket}/weights/checkpoint.pth", "--model-config", f"{s3_bucket}/weights/config.json",
+        "--output", f"{s3_bucket}/ft",
         "--max-steps", "4", "--batch-size", "2", "--crop-size", "64", "--checkpoint-every", "2",
     ]  # fmt: skip
     result = subprocess.run(finetune, env=_env(), capture_output=True, text=True, timeout=900, check=False)

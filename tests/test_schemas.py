@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 from typing import Annotated
 
 import pyarrow as pa
@@ -94,22 +95,27 @@ def test_job_configs_validate():
     assert config.short_side == 640 and config.batch_size == 4
     with pytest.raises(ValidationError, match="need 1 <= MIN <= MAX"):
         LabelJobConfig(vocab="v", input="i", output="o", weights=weights, concurrency=(4, 2))
-    with pytest.raises(ValidationError, match="--model NAME or --checkpoint URI"):
-        ModelChoice()
+    assert ModelChoice().model == "san-vit-b16"  # the default preset
+    with pytest.raises(ValidationError, match="--model NAME or --checkpoint URI, not both"):
+        ModelChoice(model="san-vit-b16", checkpoint="c.pth")
     with pytest.raises(ValidationError, match="only applies to --checkpoint"):
         ModelChoice(model="san-vit-b16", model_config_uri="cfg.json")
     with pytest.raises(ValidationError, match="batch_sise"):
         LabelJobConfig(vocab="v", input="i", output="o", weights=weights, batch_sise=3)
-    preset = ModelChoice.from_init("san-vit-b16", None)
-    finetune = FinetuneConfig(vocab="v.yaml", train="train.parquet", init=preset, storage="/tmp/ft", max_steps=10)
+    preset = ModelChoice(model="san-vit-b16")
+    finetune = FinetuneConfig(vocab="v.yaml", train="train.parquet", init=preset, output="/tmp/ft", max_steps=10)
     assert (finetune.lr, finetune.weight_decay, finetune.grad_clip) == (1e-4, 1e-4, 0.01)
     assert finetune.init.model == "san-vit-b16" and finetune.per_worker_batch_size == 4
-    local = ModelChoice.from_init("ckpt/model.pth", "cfg.json")
-    assert (local.model, local.checkpoint, local.model_config_uri) == (None, "ckpt/model.pth", "cfg.json")
-    assert ModelChoice.from_init("s3://b/model.safetensors", None).checkpoint == "s3://b/model.safetensors"
+    local = ModelChoice(checkpoint="ckpt/model.pth", model_config_uri="cfg.json")  # local paths made absolute
+    assert (local.model, local.checkpoint, local.model_config_uri) == (
+        None,
+        str(Path("ckpt/model.pth").resolve()),
+        str(Path("cfg.json").resolve()),
+    )
+    assert ModelChoice(checkpoint="s3://b/model.safetensors").checkpoint == "s3://b/model.safetensors"
     with pytest.raises(ValidationError, match="--max-steps or --epochs"):
-        FinetuneConfig(vocab="v.yaml", train="t", init=preset, storage="s")
+        FinetuneConfig(vocab="v.yaml", train="t", init=preset, output="s")
     with pytest.raises(ValidationError, match="multiple of --workers 3"):
-        FinetuneConfig(vocab="v", train="t", init=preset, storage="s", max_steps=1, workers=3)
+        FinetuneConfig(vocab="v", train="t", init=preset, output="s", max_steps=1, workers=3)
     with pytest.raises(ValidationError, match="--eval-every needs --val"):
-        FinetuneConfig(vocab="v", train="t", init=preset, storage="s", max_steps=1, eval_every=5)
+        FinetuneConfig(vocab="v", train="t", init=preset, output="s", max_steps=1, eval_every=5)

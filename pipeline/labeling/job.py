@@ -13,7 +13,6 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -31,7 +30,7 @@ from ..label_maps import decode_label_map
 from ..results import MANIFEST_NAME, PREVIEW_DIR, result_files
 from ..storage import pyarrow_filesystem
 from ..vocabulary import DEFAULT_CACHE_DIR, VocabularyTable, load_or_build_vocabulary
-from ..weights import WeightsSpec, resolve_weights
+from ..weights import SMOKE_BANNER, WeightsSpec, resolve_weights
 from .preview import render_overlay
 from .stages import SanLabeler
 
@@ -106,8 +105,11 @@ def _torch_threads_per_actor(config: LabelJobConfig) -> int:
     return max(1, cpus // nodes // config.concurrency[1])
 
 
-def write_previews(config: LabelJobConfig, taxonomy: Taxonomy, files: list[str]) -> list[str]:
-    """Overlay PNGs for the first `config.preview` labeled images, under OUTPUT/_previews/."""
+def write_previews(
+    config: LabelJobConfig, taxonomy: Taxonomy, files: list[str], banner: str | None = None
+) -> list[str]:
+    """Overlay PNGs for the first `config.preview` labeled images, under OUTPUT/_previews/, each
+    with `banner` across its top if given (smoke-test previews must not pass for real labels)."""
     fs, root = _output_fs(config)
     written: list[str] = []
     for path in files:
@@ -120,7 +122,7 @@ def write_previews(config: LabelJobConfig, taxonomy: Taxonomy, files: list[str])
                 continue
             with fsspec.open(row["image_uri"], "rb", **config.storage_options) as f:
                 rgb = decode_rgb(f.read(), config.max_pixels)
-            overlay = render_overlay(rgb, decode_label_map(row["label_map_png"]), taxonomy)
+            overlay = render_overlay(rgb, decode_label_map(row["label_map_png"]), taxonomy, banner=banner)
             name = row["image_uri"].rstrip("/").rsplit("/", 1)[-1].rsplit(".", 1)[0]
             target = f"{root.rstrip('/')}/{PREVIEW_DIR}/{len(written):04d}_{name}.png"
             fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
@@ -145,9 +147,7 @@ class JobPlan:
     run_id: str
 
 
-def plan_label_job(
-    config: LabelJobConfig, taxonomy: Taxonomy, smoke_if_no_weights: bool = False, say: Callable[[str], None] = print
-) -> JobPlan:
+def plan_label_job(config: LabelJobConfig, taxonomy: Taxonomy, smoke_if_no_weights: bool = False) -> JobPlan:
     """Check input, output and weights (raising InputError / WeightsError) and find the images
     that still need labels. Nothing is labeled here."""
     started = time.time()
@@ -171,13 +171,13 @@ def plan_label_job(
         fs.rm(f"{root.rstrip('/')}/{MANIFEST_NAME}")  # this run is not finished until it writes one
     done, files_before = existing_rows(fs, root)
     todo = [u for u in inputs if u not in done]
-    say(f"{len(inputs)} inputs: {len(inputs) - len(todo)} already labeled, {len(todo)} to label")
+    log.info(f"{len(inputs)} inputs: {len(inputs) - len(todo)} already labeled, {len(todo)} to label")
     return JobPlan(
         config, taxonomy, weights, inputs, todo, files_before, vocabulary, checkpoint_digest, started, run_id
     )
 
 
-def run_label_job(plan: JobPlan, say: Callable[[str], None] = print) -> RunSummary:
+def run_label_job(plan: JobPlan) -> RunSummary:
     """Label the plan's images on the connected Ray cluster; returns what this run did."""
     import ray
 
@@ -239,7 +239,8 @@ def run_label_job(plan: JobPlan, say: Callable[[str], None] = print) -> RunSumma
     files_after = result_files(fs, root)  # listing is enough: earlier files were read in the plan
     new_files = [p for p in files_after if p not in set(plan.files_before)]
     labeled, failed = _count_rows(fs, new_files)
-    previews = write_previews(config, taxonomy, files_after) if config.preview else []
+    banner = SMOKE_BANNER if weights.random else None
+    previews = write_previews(config, taxonomy, files_after, banner) if config.preview else []
     wall = time.time() - plan.started
     uris = plan.inputs
     summary = RunSummary(plan.run_id, len(uris), labeled, failed, len(uris) - len(todo), wall, stream_time)
@@ -263,3 +264,20 @@ def run_label_job(plan: JobPlan, say: Callable[[str], None] = print) -> RunSumma
     fs.pipe(f"{root.rstrip('/')}/{MANIFEST_NAME}", json.dumps(manifest, indent=2).encode())
     summary.manifest = manifest
     return summary
+
+
+def label(
+    config: LabelJobConfig, taxonomy: Taxonomy, smoke_if_no_weights: bool = False, log_level: str = "INFO"
+) -> RunSummary:
+    """The whole job: plan (raising InputError / WeightsError before Ray starts), then label on
+    the Ray cluster this process joins or starts."""
+    import ray
+
+    from ..logs import init_ray
+
+    plan = plan_label_job(config, taxonomy, smoke_if_no_weights)
+    init_ray(log_level)
+    try:
+        return run_label_job(plan)
+    finally:
+        ray.shutdown()

@@ -9,10 +9,14 @@ from PIL import Image, ImageDraw, ImageFont
 
 from schemas.taxonomy import Taxonomy
 
+BANNER_HEIGHT = 22
 
-def render_overlay(rgb: np.ndarray, label_map: np.ndarray, taxonomy: Taxonomy, alpha: float = 0.5) -> bytes:
+
+def render_overlay(
+    rgb: np.ndarray, label_map: np.ndarray, taxonomy: Taxonomy, alpha: float = 0.5, banner: str | None = None
+) -> bytes:
     """PNG bytes: `rgb` [H, W, 3] with each labeled class tinted in its colour, plus a legend
-    (classes by area) on a white strip at the right."""
+    (classes by area) on a white strip at the right, and `banner` in white on red across the top."""
     palette = np.zeros((int(label_map.max(initial=0)) + 1, 3), dtype=np.float32)
     names = {}
     for cls in taxonomy.classes:
@@ -29,15 +33,19 @@ def render_overlay(rgb: np.ndarray, label_map: np.ndarray, taxonomy: Taxonomy, a
     font = ImageFont.load_default()
     row = 16
     legend_w = 200
-    canvas = Image.new("RGB", (image.width + legend_w, max(image.height, row * (len(order) + 1))), "white")
-    canvas.paste(image, (0, 0))
+    head = BANNER_HEIGHT if banner else 0  # the banner sits above the image, hiding nothing
+    canvas = Image.new("RGB", (image.width + legend_w, head + max(image.height, row * (len(order) + 1))), "white")
+    canvas.paste(image, (0, head))
     draw = ImageDraw.Draw(canvas)
     for k, class_id in enumerate(order):
-        top = 4 + k * row
+        top = head + 4 + k * row
         colour = tuple(int(c) for c in palette[class_id])
         draw.rectangle([image.width + 6, top, image.width + 18, top + 12], fill=colour, outline="black")
         share = counts[list(ids).index(class_id)] / label_map.size
         draw.text((image.width + 24, top), f"{names.get(class_id, class_id)} {share:.0%}", fill="black", font=font)
+    if banner:
+        draw.rectangle([0, 0, canvas.width, BANNER_HEIGHT], fill=(200, 0, 0))
+        draw.text((6, 5), banner, fill="white", font=font)
     buffer = io.BytesIO()
     canvas.save(buffer, format="PNG")
     return buffer.getvalue()

@@ -1,7 +1,7 @@
 """Fine-tuning, top to bottom: (image, label map) pairs -> Ray Data (decode, augment) ->
 Ray Train workers (DDP; `train_loop.py`) -> checkpoints -> the exported model.
 
-Run folder (`--storage`):
+Run folder (`--output`):
     train/                    Ray Train's run: step_XXXXXXXX/ checkpoints and its own state
     train/position.json       the latest complete checkpoint and its place in the sample stream
     model/model.safetensors   the exported full model (project format; `jobs/label.py --checkpoint`)
@@ -14,8 +14,9 @@ unavailable weights, a run already there without --resume) is checked before Ray
 from __future__ import annotations
 
 import json
+import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from schemas.jobs import FinetuneConfig
 from schemas.taxonomy import Taxonomy
 
 from ..inputs import check_output_writable
+from ..logs import ray_train_log_level
 from ..storage import pyarrow_filesystem
 from ..vocabulary import DEFAULT_CACHE_DIR, load_or_build_vocabulary
 from ..weights import WeightsSpec, resolve_weights
@@ -53,9 +55,10 @@ from .loop import (
 )
 from .loop import train_loop_per_worker as train_loop
 
+log = logging.getLogger(__name__)
+
 RUN_NAME = "train"
 EXPORT_DIR = "model"
-RAY_SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"  # Ray Train's record of a run's checkpoints
 
 
 class FinetuneError(RuntimeError):
@@ -98,38 +101,40 @@ def total_steps(config: FinetuneConfig, num_pairs: int) -> int:
     return min(candidates)
 
 
-def plan_finetune(config: FinetuneConfig, taxonomy: Taxonomy, say: Callable[[str], None] = print) -> FinetunePlan:
+def plan_finetune(config: FinetuneConfig, taxonomy: Taxonomy) -> FinetunePlan:
     """Check data, storage and weights; raise InputError / WeightsError / FinetuneError."""
     train = list_training_pairs(config.train, config.storage_options)
     val = list_training_pairs(config.val, config.storage_options) if config.val else None
-    check_output_writable(config.storage, config.storage_options)
+    check_output_writable(config.output, config.storage_options)
 
-    run_dir = _join(config.storage, RUN_NAME)
+    run_dir = _join(config.output, RUN_NAME)
     position = read_position(_join(run_dir, POSITION_FILE), config.storage_options)
     fs, run_path = fsspec.core.url_to_fs(run_dir, **config.storage_options)
-    if (position or fs.exists(_join(run_path, RAY_SNAPSHOT_FILE))) and not config.resume:
-        where = f" at step {position['step']}" if position else ""
+    # Our own run folder, not Ray Train's internal files, says whether a run was started here.
+    started = fs.exists(run_path) and bool(fs.ls(run_path, detail=False))
+    if (position or started) and not config.resume:
+        where = f" at step {position['step']}" if position else " (no checkpoint yet)"
         raise FinetuneError(
-            f"{config.storage} already holds a fine-tuning run{where}; pass --resume to continue it, "
-            "or choose another --storage"
+            f"{config.output} already holds a fine-tuning run{where}; pass --resume to continue it, "
+            "or choose another --output"
         )
 
-    weights = resolve_weights(config.init, config.storage_options, flags=("--init", "--init"))
+    weights = resolve_weights(config.init, config.storage_options)
     driver_model, init_digest = weights.load_checked("cpu")
     if position and position.get("init_digest") != init_digest:
         raise FinetuneError(
-            f"the run in {config.storage} was trained from --init weights with sha256 {position.get('init_digest')}, "
-            f"but --init {weights.model_id} has {init_digest}; resume with the same --init"
+            f"the run in {config.output} was trained from weights with sha256 {position.get('init_digest')}, "
+            f"but {weights.model_id} has {init_digest}; resume with the same weights"
         )
     table = load_or_build_vocabulary(taxonomy, driver_model, DEFAULT_CACHE_DIR, config.storage_options)
     embeddings = np.ascontiguousarray(table.embeddings[: len(taxonomy.classes)])  # distractors: labeling only
 
     steps = total_steps(config, len(train))
     if position:
-        say(f"resuming the run in {config.storage} at step {position['step']} of {steps}")
+        log.info(f"resuming the run in {config.output} at step {position['step']} of {steps}")
     elif config.resume:
-        say(f"nothing to resume in {config.storage}: starting at step 0")
-    say(
+        log.info(f"nothing to resume in {config.output}: starting at step 0")
+    log.info(
         f"{len(train)} training pairs ({train.values}), {len(val) if val else 0} validation pairs, "
         f"{len(taxonomy.classes)} classes; {steps} steps of {config.batch_size} images on {config.workers} worker(s)"
     )
@@ -196,27 +201,26 @@ def validation_dataset(pairs: TrainingPairs, config: FinetuneConfig) -> Any:
 
 def _storage(config: FinetuneConfig) -> tuple[str, Any]:
     """Ray Train's storage_path and filesystem for --storage."""
-    fs, path = fsspec.core.url_to_fs(config.storage, **config.storage_options)
+    fs, path = fsspec.core.url_to_fs(config.output, **config.storage_options)
     filesystem = pyarrow_filesystem(fs)
     if isinstance(filesystem, pafs.LocalFileSystem):
         return str(Path(path).resolve()), None  # Ray Train's own handling of local paths
     return path, filesystem
 
 
-def run_finetune(plan: FinetunePlan, say: Callable[[str], None] = print) -> FinetuneResult:
+def run_finetune(plan: FinetunePlan, log_level: str = "INFO") -> FinetuneResult:
     """Train on the connected Ray cluster, then export the trained model into the run folder."""
     import ray
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     started = time.time()
     config, taxonomy = plan.config, plan.taxonomy
     class_ids = [c.id for c in taxonomy.classes]
-    run_dir = _join(config.storage, RUN_NAME)
+    run_dir = _join(config.output, RUN_NAME)
     position_uri = _join(run_dir, POSITION_FILE)
     use_gpu = config.gpus_per_worker > 0
 
-    ray.data.DataContext.get_current().enable_progress_bars = False  # the workers print progress
     spec = TrainLoopSpec(
         weights=plan.weights,
         init_digest=plan.init_digest,
@@ -268,6 +272,7 @@ def run_finetune(plan: FinetunePlan, say: Callable[[str], None] = print) -> Fine
             storage_filesystem=storage_filesystem,
             checkpoint_config=CheckpointConfig(num_to_keep=config.checkpoints_to_keep),
             failure_config=FailureConfig(max_failures=config.max_failures),
+            logging_config=LoggingConfig(log_level=ray_train_log_level(log_level)),
         ),
         datasets=datasets,
         dataset_config=DataConfig(execution_options={"train": ingest}),
@@ -283,9 +288,9 @@ def run_finetune(plan: FinetunePlan, say: Callable[[str], None] = print) -> Fine
     load_trainable(plan.driver_model, final["checkpoint"], f"checkpoint at step {state.step}", config.storage_options)
     export_uri = export_model(plan, state, time.time() - started)
     prune_checkpoints(run_dir, config.checkpoints_to_keep, config.storage_options)
-    say(f"trained {state.step} steps in {time.time() - started:.1f}s; model exported to {export_uri}")
+    log.info(f"trained {state.step} steps in {time.time() - started:.1f}s; model exported to {export_uri}")
     if state.validations:
-        say(validation_table(state.validations))
+        log.info(validation_table(state.validations))
     return FinetuneResult(export_uri, state, time.time() - started)
 
 
@@ -312,7 +317,7 @@ def validation_table(rows: list[dict[str, float]]) -> str:
 def export_model(plan: FinetunePlan, state: TrainState, wall_time_s: float) -> str:
     """Write the trained full model with its config, taxonomy and training summary."""
     config = plan.config
-    root = _join(config.storage, EXPORT_DIR)
+    root = _join(config.output, EXPORT_DIR)
     uri = _join(root, "model.safetensors")
     trainable = set(plan.driver_model.trainable_parameter_names())
     digest = save_checkpoint(plan.driver_model, plan.driver_model.config, uri, config.storage_options)

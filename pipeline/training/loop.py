@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import tempfile
 import time
 from collections.abc import Mapping
@@ -37,6 +38,8 @@ from san_core.training import TrainingForward, training_step
 from ..evaluation.metrics import ConfusionMatrix
 from ..weights import WeightsSpec
 from .data import IGNORE, targets_from_labels
+
+log = logging.getLogger(__name__)
 
 TRAINABLE_FILE = "trainable.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
@@ -241,10 +244,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         state.resumed_at.append(state.step)
     if lead:
         where = f"resuming at step {state.step}" if position else "starting at step 0"
-        print(
-            f"[finetune] {world} worker(s) on {device.type}, {trainable_count:,} trainable parameters, "
-            f"{len(embeddings)} classes, {spec.total_steps} steps of {spec.batch_size} images; {where}",
-            flush=True,
+        log.info(
+            "%d worker(s) on %s, %s trainable parameters, %d classes, %d steps of %d images; %s",
+            world,
+            device.type,
+            f"{trainable_count:,}",
+            len(embeddings),
+            spec.total_steps,
+            spec.batch_size,
+            where,
         )
     network = ray.train.torch.prepare_model(
         TrainingForward(san), parallel_strategy_kwargs={"broadcast_buffers": False, "find_unused_parameters": False}
@@ -271,14 +279,17 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         for problem in batch["skipped"]:
             if problem and problem not in state.skipped and problem not in skipped_here:  # once, not every epoch
                 skipped_here.append(problem)
-                print(f"[finetune] rank {rank} skipped an unreadable pair (replaced by the next one): {problem}")
+                log.warning("rank %d skipped an unreadable pair (replaced by the next one): %s", rank, problem)
         window.append(loss)
         if lead and (state.step % spec.log_every == 0 or state.step == spec.total_steps):
             rate = len(window) / max(time.perf_counter() - window_start, 1e-9)
-            print(
-                f"[finetune] step {state.step}/{spec.total_steps} loss {np.mean(window):.4f} "
-                f"lr {losses['lr']:.3g} {rate:.3f} steps/s",
-                flush=True,
+            log.info(
+                "step %d/%d loss %.4f lr %.3g %.3f steps/s",
+                state.step,
+                spec.total_steps,
+                np.mean(window),
+                losses["lr"],
+                rate,
             )
             window, window_start = [], time.perf_counter()
 
@@ -291,11 +302,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             state.validations.append(row)
             metrics.update({f"val_{name}": row[name] for name in METRIC_NAMES})
             if lead:
-                print(
-                    f"[finetune] validation at step {state.step}: "
-                    + ", ".join(f"{n} {row[n]:.2f}" for n in METRIC_NAMES)
-                    + (f" ({errors} unreadable pairs skipped)" if errors else ""),
-                    flush=True,
+                log.info(
+                    "validation at step %d: %s%s",
+                    state.step,
+                    ", ".join(f"{n} {row[n]:.2f}" for n in METRIC_NAMES),
+                    f" ({errors} unreadable pairs skipped)" if errors else "",
                 )
         save = state.step % spec.checkpoint_every == 0 or last
         if save:  # every rank's skipped pairs into the checkpointed state (a collective: not every step)
