@@ -28,6 +28,22 @@ class _LevelPrefix(logging.Formatter):
         return text
 
 
+class _CurrentStream(logging.StreamHandler):
+    """Writes to whatever sys.stdout / sys.stderr is at the time (Ray and pytest replace them)."""
+
+    def __init__(self, stream_name: str) -> None:
+        self._stream_name = stream_name
+        super().__init__()
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return getattr(sys, self._stream_name)
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
 class _Below(logging.Filter):
     def __init__(self, level: int) -> None:
         super().__init__()
@@ -47,9 +63,9 @@ def configure_logging(level: str | int = "INFO") -> None:
         logger.propagate = False
         for handler in [h for h in logger.handlers if h.get_name() == _HANDLER_NAME]:
             logger.removeHandler(handler)
-        out = logging.StreamHandler(sys.stdout)
+        out = _CurrentStream("stdout")
         out.addFilter(_Below(logging.WARNING))
-        err = logging.StreamHandler(sys.stderr)
+        err = _CurrentStream("stderr")
         err.setLevel(logging.WARNING)
         for handler in (out, err):
             handler.set_name(_HANDLER_NAME)

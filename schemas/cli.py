@@ -111,8 +111,8 @@ def add_config_flags(parser: argparse.ArgumentParser, config: type[BaseModel], s
         annotation = _strip_optional(field.annotation)
         default = field.get_default(call_default_factory=True)
         options: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS, "help": _help(field, default)}
-        if field.is_required():
-            options["required"] = True
+        if field.is_required() and not cli.get("deprecated"):
+            options["required"] = True  # (with old spellings too, the schema reports it missing)
         if annotation is bool:
             options["action"] = "store_true"
         else:
@@ -176,6 +176,28 @@ def build_config(args: argparse.Namespace, config: type[ConfigT], **overrides: A
     return config.model_validate(config_values(args, config) | overrides)
 
 
+def _flag_of(config: type[BaseModel], loc: tuple) -> str | None:
+    """The flag a validation error's location names (a nested config's field has its own flag)."""
+    model: type[BaseModel] | None = config
+    flag = None
+    for part in loc:
+        if model is None or part not in model.model_fields:
+            break
+        field = model.model_fields[part]
+        flag, model = flag_name(str(part), field), _nested_model(field)
+    return flag if model is None else None
+
+
+def explain(error: ValidationError, config: type[BaseModel]) -> str:
+    """One line per problem, named by flag: `--output: required`."""
+    lines = []
+    for item in error.errors():
+        flag = _flag_of(config, tuple(item["loc"]))
+        message = "required" if item["type"] == "missing" else item["msg"].removeprefix("Value error, ")
+        lines.append(f"{flag}: {message}" if flag else message)
+    return "\n".join(lines)
+
+
 def config_and_taxonomy(
     args: argparse.Namespace, config: type[ConfigT], **overrides: Any
 ) -> tuple[ConfigT, Taxonomy] | None:
@@ -185,7 +207,7 @@ def config_and_taxonomy(
         built = build_config(args, config, **overrides)
         return built, load_taxonomy(built.vocab, built.storage_options)  # type: ignore[attr-defined]
     except ValidationError as e:
-        print(f"invalid arguments:\n{e}", file=sys.stderr)
+        print(f"invalid arguments:\n{explain(e, config)}", file=sys.stderr)
     except TaxonomyError as e:
         print(f"invalid taxonomy:\n{e}", file=sys.stderr)
     return None

@@ -33,6 +33,17 @@ VOCAB = Field(
     json_schema_extra=_cli(metavar="TAXONOMY"),
 )
 
+# The labeling actors' resources, shared by the jobs that label.
+BATCH_SIZE = Field(default=4, ge=1, description="images per model call")
+CONCURRENCY = Field(
+    default=(1, 1),
+    description="labeling actors: N, or MIN,MAX to autoscale",
+    json_schema_extra=_cli(parse="min_max", metavar="MIN[,MAX]"),
+)
+GPUS_PER_ACTOR = Field(
+    default=None, ge=0.0, description="GPUs per actor, fractions allowed (default: 1 if the cluster has GPUs, else 0)"
+)
+
 
 class ModelChoice(_JobConfig):
     """Which SAN weights: a preset name, or a checkpoint URI (with an optional config file)."""
@@ -82,17 +93,9 @@ class LabelJobConfig(_JobConfig):
         description="output folder or prefix: Parquet, previews, _manifest.json", json_schema_extra=_cli(metavar="URI")
     )
     weights: ModelChoice = Field(default_factory=ModelChoice)
-    batch_size: int = Field(default=4, ge=1, description="images per model call")
-    concurrency: tuple[int, int] = Field(
-        default=(1, 1),
-        description="labeling actors: N, or MIN,MAX to autoscale",
-        json_schema_extra=_cli(parse="min_max", metavar="MIN[,MAX]"),
-    )
-    gpus_per_actor: float | None = Field(
-        default=None,
-        ge=0.0,
-        description="GPUs per actor, fractions allowed (default: 1 if the cluster has GPUs, else 0)",
-    )
+    batch_size: int = BATCH_SIZE
+    concurrency: tuple[int, int] = CONCURRENCY
+    gpus_per_actor: float | None = GPUS_PER_ACTOR
     torch_threads: int | None = Field(default=None, ge=1, description="threads per actor (default: node CPUs / actors)")
     rows_per_file: int = Field(default=256, ge=1, description="images per output Parquet file (the resume unit)")
     max_pixels: int = Field(default=100_000_000, ge=1, description="larger images become error rows")
@@ -193,15 +196,9 @@ class EvaluateRunConfig(_JobConfig):
         default=None, description="where the labels go (default: OUTPUT/labels)", json_schema_extra=_cli(metavar="URI")
     )
     weights: ModelChoice = Field(default_factory=ModelChoice)
-    batch_size: int = Field(default=4, ge=1, description="images per model call")
-    concurrency: tuple[int, int] = Field(
-        default=(1, 1),
-        description="labeling actors: N, or MIN,MAX to autoscale",
-        json_schema_extra=_cli(parse="min_max", metavar="MIN[,MAX]"),
-    )
-    gpus_per_actor: float | None = Field(
-        default=None, ge=0.0, description="GPUs per actor (default: 1 if the cluster has GPUs, else 0)"
-    )
+    batch_size: int = BATCH_SIZE
+    concurrency: tuple[int, int] = CONCURRENCY
+    gpus_per_actor: float | None = GPUS_PER_ACTOR
     storage_options: dict[str, Any] = STORAGE_OPTIONS
 
 

@@ -46,6 +46,9 @@ def test_demo_with_given_weights_labels_the_sample_photographs(tmp_path, parity_
     manifest = json.loads((out / "labels" / "_manifest.json").read_text())
     assert manifest["weights"] == "checkpoint" and manifest["labels_meaningful"] is True
     assert manifest["counts"]["labeled"] == 4 and len(manifest["previews"]) == 4
+    with Image.open(manifest["previews"][0]) as image:  # real weights: no banner
+        top = np.asarray(image.convert("RGB"))[:20]
+    assert ((top[..., 0] > 150) & (top[..., 1] < 60) & (top[..., 2] < 60)).mean() < 0.5
 
 
 def test_demo_without_weights_says_smoke_test_on_screen_and_in_manifest(tmp_path):
@@ -62,3 +65,8 @@ def test_demo_without_weights_says_smoke_test_on_screen_and_in_manifest(tmp_path
     manifest = json.loads((out / "labels" / "_manifest.json").read_text())
     assert manifest["weights"] == "random (smoke test)" and manifest["labels_meaningful"] is False
     assert manifest["digests"]["checkpoint"] is None and manifest["counts"]["labeled"] == 1
+    (preview,) = manifest["previews"]  # a smoke preview cannot pass for a real one: a red banner on top
+    with Image.open(preview) as image:
+        banner = np.asarray(image.convert("RGB"))[:20]
+    red = (banner[..., 0] > 150) & (banner[..., 1] < 60) & (banner[..., 2] < 60)
+    assert red.mean() > 0.8

@@ -127,8 +127,8 @@ def evaluate_output(
     ground_truth = list_ground_truth(ground_truth_source, storage_options)
     spec = ScoringSpec.for_taxonomy(taxonomy, ignore_label)
     fs, root = fsspec.core.url_to_fs(output, **(storage_options or {}))
-    dataset = ray.data.read_parquet(
-        root, filesystem=pyarrow_filesystem(fs), columns=["image_uri", "label_map_png", "error"]
+    dataset = ray.data.read_parquet(root, filesystem=pyarrow_filesystem(fs)).select_columns(
+        ["image_uri", "label_map_png", "error"]  # pushed down into the read
     )
     partial = dataset.map_batches(
         score_rows,

@@ -1,0 +1,62 @@
+"""What a job prints in a log file: the plan, progress of long steps, a summary; no escape codes,
+no line twice, none of Ray's start-up chatter; -q keeps only warnings and errors."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from image_fixtures import jpeg_bytes
+
+from pipeline.logs import PROJECT_LOGGERS, configure_logging
+
+SAN = Path(sys.executable).parent / "san"
+
+
+def _label(args: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(SAN), "label", *args], capture_output=True, text=True, timeout=900, check=False, env=dict(os.environ)
+    )
+
+
+def test_a_labeling_run_says_what_matters_and_nothing_twice(tmp_path, tiny_weights):
+    import skimage.data
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("astronaut", "coffee"):
+        (images / f"{name}.jpg").write_bytes(jpeg_bytes(getattr(skimage.data, name)()))
+    (images / "broken.jpg").write_bytes(b"not an image")
+    args = ["--vocab", "voc20", "--input", str(images), "--output", str(tmp_path / "out"), *tiny_weights]
+    args += ["--vocab-cache", str(tmp_path / "vocab-cache")]  # a fresh cache: the build is reported
+    run = _label(args)
+    assert run.returncode == 0, run.stderr[-3000:]
+    out, err = run.stdout, run.stderr
+    assert "\x1b" not in out + err  # not a terminal: no colours, no progress bars
+    assert "building vocabulary 'voc20'" in out and "vocabulary 'voc20' built in" in out
+    assert "3 inputs: 0 already labeled, 3 to label" in out
+    assert "2 labeled, 1 failed, 0 skipped" in out and f"results in {tmp_path / 'out'}" in out
+    lines = [line for line in (out + err).splitlines() if line.strip()]
+    assert len(lines) == len(set(lines)), "a line printed twice"
+    for noise in ("Traceback", "Token authentication is enabled", "Progress bars disabled", "Running Dataset"):
+        assert noise not in out + err, noise
+
+    quiet = _label([*args, "-q"])  # nothing new to label; the summary is INFO, so -q prints nothing
+    assert quiet.returncode == 0 and quiet.stdout == "", quiet.stdout
+
+
+def test_logging_is_configured_once_per_process(capsys):
+    configure_logging("INFO")
+    configure_logging("WARNING")  # a second call changes the level, adds no second handler
+    for name in PROJECT_LOGGERS:
+        logger = logging.getLogger(name)
+        assert logger.level == logging.WARNING and len(logger.handlers) == 2 and not logger.propagate
+    logging.getLogger("pipeline.x").info("hidden")
+    logging.getLogger("pipeline.x").warning("shown")
+    captured = capsys.readouterr()
+    assert "hidden" not in captured.out + captured.err
+    assert captured.err.count("warning: shown") == 1
+    configure_logging("INFO")
