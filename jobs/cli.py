@@ -17,8 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as a plain script
 
-from jobs import demo, evaluate, export, finetune, label  # noqa: E402
-from san_core import verify  # noqa: E402
+from jobs import demo, evaluate, export, finetune, label, verify  # noqa: E402
 from schemas import taxonomy  # noqa: E402
 
 
@@ -33,17 +32,18 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="`san COMMAND --help` lists a command's flags.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, module in (("label", label), ("finetune", finetune), ("evaluate", evaluate), ("export", export)):
+    jobs = {
+        "label": label,
+        "finetune": finetune,
+        "evaluate": evaluate,
+        "export": export,
+        "demo": demo,
+        "verify": verify,
+    }
+    for name, module in jobs.items():
         sub = commands.add_parser(name, help=module.DESCRIPTION, description=module.DESCRIPTION)
         module.add_arguments(sub)
         sub.set_defaults(run=module.run)
-    sub = commands.add_parser("demo", help=demo.DESCRIPTION, description=demo.DESCRIPTION)
-    demo.add_arguments(sub)
-    sub.set_defaults(run=demo.run)
-    description = "Check the port against the published SAN's outputs and checkpoint manifests."
-    sub = commands.add_parser("verify", help=description, description=description)
-    verify.add_arguments(sub)
-    sub.set_defaults(run=verify.run)
     description = "Check a taxonomy before renting any GPU (exit 2 with every problem and its line)."
     sub = commands.add_parser("taxonomy", help=description, description=description)
     checks = sub.add_subparsers(dest="action", required=True, metavar="check")

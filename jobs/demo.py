@@ -48,7 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="preset (default: san-vit-b16)")
     parser.add_argument("--checkpoint", default=None, help="checkpoint path or URI instead of --model")
     parser.add_argument("--model-config", default=None, help="JSON model config for a --checkpoint without one")
-    parser.add_argument("--short-side", type=int, default=640, help="model input short side (default: 640)")
+    short_side = LabelJobConfig.model_fields["short_side"]
+    parser.add_argument("--short-side", type=int, default=short_side.default, help=short_side.description)
     add_logging_flags(parser)
 
 

@@ -9,9 +9,23 @@ from typing import Any
 
 import fsspec
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import (  # the decoders of DECODER_FORMATS, registered with Pillow by importing them
+    BmpImagePlugin,  # noqa: F401
+    GifImagePlugin,  # noqa: F401
+    Image,
+    ImageOps,
+    JpegImagePlugin,  # noqa: F401
+    PngImagePlugin,  # noqa: F401
+    TiffImagePlugin,  # noqa: F401
+    UnidentifiedImageError,
+    WebPImagePlugin,  # noqa: F401
+)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+# The only decoders a file reaches, whatever its name says. Pillow knows many more, some of which
+# hand the file to other programs (PostScript/EPS to Ghostscript); none of those is ever tried.
+# (The multi-picture JPEGs some cameras write open through the JPEG decoder.)
+DECODER_FORMATS = ("JPEG", "PNG", "WEBP", "TIFF", "BMP", "GIF")
 
 # Pillow's own bomb guard (~179 Mpx) raises on open; the pipeline sets its limit explicitly.
 DEFAULT_MAX_PIXELS = 100_000_000
@@ -20,7 +34,7 @@ DEFAULT_MAX_PIXELS = 100_000_000
 def decode_rgb(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """JPEG/PNG/... bytes -> uint8 RGB array [H, W, 3], EXIF orientation applied."""
     try:
-        opened = Image.open(io.BytesIO(data))
+        opened = Image.open(io.BytesIO(data), formats=DECODER_FORMATS)
     except Image.DecompressionBombError as e:  # Pillow's own guard fires at open for the largest
         raise ValueError(f"image is over the pixel limit ({e})") from None
     with opened as image:
@@ -55,7 +69,7 @@ def resize_short_side(rgb: np.ndarray, short_side: int = 640, max_long_side: int
 
 def describe_error(error: BaseException) -> str:
     if isinstance(error, UnidentifiedImageError):
-        return "UnidentifiedImageError: not an image format Pillow can read"
+        return f"UnidentifiedImageError: not an image in a format read here ({', '.join(DECODER_FORMATS)})"
     return f"{type(error).__name__}: {error}".strip()
 
 

@@ -18,6 +18,7 @@ import hashlib
 import io
 import json
 import pickle
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +45,11 @@ REFERENCE_PREFIXES: tuple[tuple[str, str], ...] = (
 IGNORED_REFERENCE_KEYS: frozenset[str] = frozenset({"criterion.empty_weight", "ov_classifier.attn_mask"})
 
 FORMAT_TAG = "san-labeler/1"
+# Checked before a file is read whole: the published ViT-L/14 checkpoint is about 1.8 GB.
+MAX_CHECKPOINT_BYTES = 16 * 2**30
+MAX_SAFETENSORS_HEADER_BYTES = 100 * 2**20  # the limit the safetensors library itself applies
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since PyTorch 1.6
+_PICKLE_PROTOCOL = 0x80  # the legacy torch.save format starts with a pickle protocol opcode
 
 
 class CheckpointError(ValueError):
@@ -124,28 +130,58 @@ def load_subset(
                 tensor.copy_(state_dict[name])
 
 
-def _read_bytes(uri: str, storage_options: Mapping[str, Any] | None) -> bytes:
+def _kind_from_header(head: bytes, size: int, uri: str) -> str:
+    """ "safetensors" or "torch", from the first bytes; anything else is refused before the file
+    is read whole."""
+    if len(head) >= 9 and head[8:9] == b"{":
+        header_len = int.from_bytes(head[:8], "little")
+        if header_len > MAX_SAFETENSORS_HEADER_BYTES or header_len > size - 8:
+            raise CheckpointError(
+                f"{uri} is not a valid safetensors file: its header claims {header_len:,} bytes (the file has {size:,})"
+            )
+        return "safetensors"
+    if head.startswith(_ZIP_MAGIC) or (head[:1] and head[0] == _PICKLE_PROTOCOL):
+        return "torch"
+    if uri.endswith(".safetensors"):
+        raise CheckpointError(f"{uri} is not a valid safetensors file (no header: it starts with {head[:8]!r})")
+    raise CheckpointError(
+        f"{uri} is neither a PyTorch checkpoint (.pth: a torch.save zip archive) nor a .safetensors "
+        f"file: it starts with {head[:8]!r}"
+    )
+
+
+def _read_checked(uri: str, storage_options: Mapping[str, Any] | None) -> tuple[bytes, str]:
+    """The file's bytes and its kind, after its size and header were checked."""
     try:
-        with fsspec.open(uri, "rb", **(storage_options or {})) as f:
-            return f.read()
+        fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
+        size = fs.size(path)
+        if size is not None and size > MAX_CHECKPOINT_BYTES:
+            raise CheckpointError(f"{uri} is {size:,} bytes, over the {MAX_CHECKPOINT_BYTES:,}-byte checkpoint limit")
+        with fs.open(path, "rb") as f:
+            head = f.read(16)
+            kind = _kind_from_header(head, size if size is not None else len(head), uri)
+            data = head + f.read()
     except FileNotFoundError as e:
         raise CheckpointError(f"checkpoint not found: {uri}") from e
+    return data, kind
+
+
+_CODE_GLOBAL = re.compile(r"unsupported global:?\s*(?:GLOBAL\s+)?([\w.]+)", re.IGNORECASE)
 
 
 def _torch_load(data: bytes, uri: str) -> Mapping[str, Any]:
     try:
         obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "Unsupported global" not in str(e):
+        code = _CODE_GLOBAL.search(str(e))
+        if code is None:
             raise CheckpointError(
-                f"{uri} is not a readable PyTorch checkpoint (corrupt or not a torch.save file)"
+                f"{uri} is not a readable PyTorch checkpoint (corrupt or not a torch.save file): {e}".split("\n")[0]
             ) from e
-        wanted = next((line.strip() for line in str(e).splitlines() if "Unsupported global" in line), "")
         raise CheckpointError(
-            f"{uri} is a pickle that needs Python code to load ({wanted.split(' was ')[0]}); "
-            "refusing to execute it. Only plain "
-            "tensor checkpoints are read (torch.load weights_only=True). Re-save its state_dict "
-            "with torch.save(state_dict) or as .safetensors on a machine you trust."
+            f"{uri} contains code ({code.group(1)}); refusing to load it. Only plain tensor checkpoints "
+            "are read (torch.load weights_only=True): re-save its state_dict with torch.save(state_dict) "
+            "or as .safetensors on a machine you trust."
         ) from e
     except Exception as e:  # torch raises RuntimeError and others for corrupt archives
         raise CheckpointError(f"{uri} is not a readable PyTorch checkpoint: {e}") from e
@@ -158,10 +194,10 @@ def _torch_load(data: bytes, uri: str) -> Mapping[str, Any]:
 
 def read_checkpoint(uri: str, storage_options: Mapping[str, Any] | None = None) -> LoadedCheckpoint:
     """Read a published `.pth`/`.safetensors` or a project `.safetensors` into this package's layout."""
-    data = _read_bytes(uri, storage_options)
+    data, kind = _read_checked(uri, storage_options)
     digest = hashlib.sha256(data).hexdigest()
     config = None
-    if _looks_like_safetensors(data):
+    if kind == "safetensors":
         try:
             tensors = load_safetensors_bytes(data)
         except Exception as e:
@@ -177,14 +213,6 @@ def read_checkpoint(uri: str, storage_options: Mapping[str, Any] | None = None) 
     if is_reference_layout(tensors):
         return LoadedCheckpoint(from_reference_layout(tensors), config, digest, "reference")
     return LoadedCheckpoint(dict(tensors), config, digest, "project")
-
-
-def _looks_like_safetensors(data: bytes) -> bool:
-    # A safetensors file starts with an 8-byte little-endian header length and then a JSON '{'.
-    if len(data) < 9:
-        return False
-    header_len = int.from_bytes(data[:8], "little")
-    return 0 < header_len <= len(data) - 8 and data[8:9] == b"{"
 
 
 def _safetensors_metadata(data: bytes) -> dict[str, str]:

@@ -1,7 +1,7 @@
 """Prove that this port is SAN.
 
-    python -m san_core.verify parity DIR      # DIR laid out like shared/parity/tiny_a/
-    python -m san_core.verify manifest FILE   # a published checkpoint's tensor manifest (JSON)
+    san verify parity DIR      # DIR laid out like tests/fixtures/parity/tiny_a/
+    san verify manifest FILE   # a published checkpoint's tensor manifest (JSON)
 
 `parity` builds the model from DIR/config.json, loads DIR/checkpoint.pth, runs DIR/inputs.pth and
 compares every tensor of DIR/expected.pth; `manifest` maps every tensor a published checkpoint
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -151,19 +150,8 @@ def check_manifest(path: str | Path) -> ManifestReport:
     return ManifestReport(preset, len(manifest), len(converted) - len(wrong_dtype), ignored, error)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{parity,manifest}")
-    sub.add_parser("parity", help="compare against a reference fixture directory").add_argument("directory")
-    sub.add_parser("manifest", help="map a published checkpoint manifest onto its preset").add_argument("file")
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="san verify", description=__doc__.split("\n\n")[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
 def run(args: argparse.Namespace) -> int:
+    """`san verify` (jobs/verify.py parses the flags): args.command is parity or manifest."""
 
     if args.command == "parity":
         results = run_parity(args.directory)
@@ -183,7 +171,3 @@ def run(args: argparse.Namespace) -> int:
     if report.error:
         print(report.error)
     return 0 if report.ok else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

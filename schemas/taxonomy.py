@@ -41,6 +41,16 @@ BUILTIN_VOCABULARIES: dict[str, str] = {
     "voc20": "voc20.yaml",
 }
 MAX_CLASS_ID = 65535  # label maps are 16-bit PNGs
+# Limits checked before (or while) parsing, each in time linear in the file's size: taxonomies come
+# from other people, and a few hostile lines of YAML must not hang or exhaust a job.
+MAX_TAXONOMY_BYTES = 16 * 2**20
+MAX_CLASSES = 50_000
+MAX_PROMPTS_PER_CLASS = 64
+MAX_TEMPLATES = 256
+MAX_TEXT_CHARS = 1_000  # a class name, prompt or template
+MAX_NESTING = 8  # top level > classes > a class > its prompts is 4
+MAX_ERRORS_SHOWN = 20
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present: the same, ~20x faster
 _HEX_COLOUR = re.compile(r"^#(?:[0-9a-fA-F]{3}|[0-9a-fA-F]{6})$")
 
 
@@ -48,8 +58,10 @@ class TaxonomyClass(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     id: int = Field(ge=1, le=MAX_CLASS_ID, description="label-map value; 0 is reserved for unlabeled")
-    name: str = Field(min_length=1)
-    prompts: list[str] | None = Field(default=None, description="synonyms embedded for this class; default [name]")
+    name: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
+    prompts: list[str] | None = Field(
+        default=None, max_length=MAX_PROMPTS_PER_CLASS, description="synonyms embedded for this class; default [name]"
+    )
     color: str | None = None
 
     @field_validator("name")
@@ -113,6 +125,8 @@ class Taxonomy(BaseModel):
             return value
         if not value:
             raise ValueError("templates is an empty list")
+        if len(value) > MAX_TEMPLATES:
+            raise ValueError(f"{len(value)} templates; at most {MAX_TEMPLATES}")
         for template in value:
             if template.count("{}") != 1:
                 raise ValueError(f"template {template!r} must contain exactly one '{{}}' for the class name")
@@ -201,11 +215,48 @@ def _duplicate_keys(node: yaml.Node | None, path: tuple[Any, ...] = ()) -> list[
     return found
 
 
+def _check_structure(text: str, source: str) -> None:
+    """One pass over the YAML events, before anything is built: no anchors or aliases (an alias
+    bomb expands a few lines into billions of nodes), bounded nesting, at most MAX_CLASSES
+    entries in a top-level list."""
+    depth = entries = 0
+    for event in yaml.parse(text, Loader=_LOADER):
+        line = event.start_mark.line + 1
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise TaxonomyError(f"{source} (line {line}): YAML anchors and aliases (&name, *name) are not allowed")
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            entries += depth == 3  # a class: a mapping in the top-level `classes` list
+            if entries > MAX_CLASSES:
+                raise TaxonomyError(f"{source}: more than {MAX_CLASSES:,} classes, the limit for a taxonomy")
+            if depth > MAX_NESTING:
+                raise TaxonomyError(f"{source} (line {line}): nested deeper than {MAX_NESTING} levels")
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+        elif isinstance(event, yaml.ScalarEvent) and len(event.value) > MAX_TEXT_CHARS * 4:
+            raise TaxonomyError(f"{source} (line {line}): a value of {len(event.value):,} characters")
+
+
+def _limited(lines: list[str]) -> str:
+    """The first MAX_ERRORS_SHOWN problems and a count of the rest."""
+    shown = lines[:MAX_ERRORS_SHOWN]
+    if len(lines) > MAX_ERRORS_SHOWN:
+        shown.append(f"... and {len(lines) - MAX_ERRORS_SHOWN:,} more problems")
+    return "\n".join(shown)
+
+
 def parse_taxonomy(text: str, source: str) -> Taxonomy:
     """Validate taxonomy YAML text; `source` names the file in error messages."""
+    if len(text) > MAX_TAXONOMY_BYTES:
+        raise TaxonomyError(f"{source}: {len(text):,} characters; a taxonomy may have at most {MAX_TAXONOMY_BYTES:,}")
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        _check_structure(text, source)
+        loader = _LOADER(text)
+        try:
+            root = loader.get_single_node()
+            data = loader.construct_document(root) if root is not None else None
+        finally:
+            loader.dispose()
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
@@ -214,7 +265,7 @@ def parse_taxonomy(text: str, source: str) -> Taxonomy:
         raise TaxonomyError(f"{source}: expected a mapping with name, classes, ... at the top level")
     problems = [f"{source}: {_field_path(p)} (line {line}): duplicate key" for p, line in _duplicate_keys(root)]
     if problems:
-        raise TaxonomyError("\n".join(problems))
+        raise TaxonomyError(_limited(problems))
     try:
         return Taxonomy.model_validate(data)
     except ValidationError as e:
@@ -230,7 +281,7 @@ def parse_taxonomy(text: str, source: str) -> Taxonomy:
                 message = f"unknown key {loc[-1]!r} (typo?)"
             line = _line_of(root, loc)
             lines.append(f"{source}: {_field_path(loc)}" + (f" (line {line})" if line else "") + f": {message}")
-        raise TaxonomyError("\n".join(lines)) from None
+        raise TaxonomyError(_limited(lines)) from None
 
 
 def load_taxonomy(source: str, storage_options: Mapping[str, Any] | None = None) -> Taxonomy:
@@ -241,8 +292,13 @@ def load_taxonomy(source: str, storage_options: Mapping[str, Any] | None = None)
     import fsspec
 
     try:
-        with fsspec.open(source, "r", **(storage_options or {})) as f:
-            text = f.read()
+        with fsspec.open(source, "rb", **(storage_options or {})) as f:
+            data = f.read(MAX_TAXONOMY_BYTES + 1)  # never more, whatever the file's size
+        if len(data) > MAX_TAXONOMY_BYTES:
+            raise TaxonomyError(f"{source}: larger than {MAX_TAXONOMY_BYTES:,} bytes, the limit for a taxonomy")
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise TaxonomyError(f"{source}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     except FileNotFoundError:
         known = ", ".join(BUILTIN_VOCABULARIES)
         raise TaxonomyError(f"{source}: no such file (and not a shipped vocabulary: {known})") from None

@@ -60,7 +60,7 @@ def write_image_set(directory: Path) -> dict[str, str | None]:
     (directory / "zero_bytes.jpg").write_bytes(b"")
     expected["zero_bytes.jpg"] = "empty (0 bytes)"
     (directory / "text_renamed.jpg").write_text("this is a text file, not a photograph\n")
-    expected["text_renamed.jpg"] = "not an image format"
+    expected["text_renamed.jpg"] = "not an image in a format read here"
     (directory / "huge_dimensions.png").write_bytes(png_header_only(60_000, 60_000))
     expected["huge_dimensions.png"] = "pixel limit"
     return expected

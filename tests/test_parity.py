@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from jobs.verify import main
 from san_core.build import load_model
-from san_core.verify import PARITY_TOLERANCE, check_manifest, main, run_parity
+from san_core.verify import PARITY_TOLERANCE, check_manifest, run_parity
 
 
 def test_every_reference_tensor_within_tolerance(parity_dir, tiny_expected):

@@ -1,0 +1,57 @@
+"""Image files that name themselves .jpg but are something else reach no decoder outside the
+allowlist: PostScript (Pillow would run Ghostscript on it), PDF, and formats nobody asked for."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.images import DECODER_FORMATS, decode_rgb, describe_error, load_images
+
+POSTSCRIPT = b"""%!PS-Adobe-3.0 EPSF-3.0
+%%BoundingBox: 0 0 64 64
+/Helvetica findfont 12 scalefont setfont 10 10 moveto (hello) show showpage
+"""
+
+
+def _saved(image: Image.Image, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("name", "data"),
+    [
+        ("postscript", POSTSCRIPT),
+        ("pdf", _saved(Image.new("RGB", (32, 32), "red"), "PDF")),
+        ("ico", _saved(Image.new("RGB", (32, 32), "red"), "ICO")),
+        ("tga", _saved(Image.new("RGB", (32, 32), "red"), "TGA")),
+    ],
+)
+def test_formats_outside_the_allowlist_are_refused_before_decoding(name, data):
+    with pytest.raises(Exception) as info:
+        decode_rgb(data)
+    message = describe_error(info.value)
+    assert "not an image in a format read here" in message and "JPEG" in message, message
+    assert "Ghostscript" not in message
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "TIFF", "BMP", "GIF"])
+def test_every_allowed_format_decodes(fmt):
+    rgb = (np.arange(24 * 32 * 3) % 251).astype(np.uint8).reshape(24, 32, 3)
+    assert fmt in DECODER_FORMATS
+    decoded = decode_rgb(_saved(Image.fromarray(rgb).convert("P") if fmt == "GIF" else Image.fromarray(rgb), fmt))
+    assert decoded.shape == (24, 32, 3) and decoded.dtype == np.uint8
+
+
+def test_a_postscript_file_named_jpg_becomes_an_error_row(tmp_path):
+    (tmp_path / "x.jpg").write_bytes(POSTSCRIPT)
+    (tmp_path / "ok.png").write_bytes(_saved(Image.new("RGB", (40, 30), "blue"), "PNG"))
+    uris = np.array([str(tmp_path / "x.jpg"), str(tmp_path / "ok.png")], dtype=object)
+    out = load_images({"image_uri": uris}, short_side=32, max_long_side=128, max_pixels=10**6)
+    assert "not an image in a format read here" in out["error"][0]
+    assert out["error"][1] is None and out["height"][1] == 30

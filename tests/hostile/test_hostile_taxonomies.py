@@ -1,0 +1,100 @@
+"""Hostile taxonomies fail fast with exit 2: an alias bomb, a huge file, deep nesting, a file with
+100,000 bad classes (a bounded error list), binary junk. Each file is made here, none committed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from schemas.taxonomy import MAX_CLASSES, MAX_ERRORS_SHOWN, MAX_TAXONOMY_BYTES, TaxonomyError, load_taxonomy
+
+SAN = Path(sys.executable).parent / "san"
+
+BILLION_LAUGHS = """\
+name: lol
+a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]
+b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]
+c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]
+d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]
+e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]
+f: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]
+g: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f]
+h: &h [*g, *g, *g, *g, *g, *g, *g, *g, *g]
+i: &i [*h, *h, *h, *h, *h, *h, *h, *h, *h]
+classes: [{id: 1, name: *i}]
+"""
+
+
+def _check(path: Path) -> tuple[int, str, float]:
+    started = time.monotonic()
+    result = subprocess.run([str(SAN), "taxonomy", "check", str(path)], capture_output=True, text=True, timeout=60)
+    return result.returncode, result.stderr, time.monotonic() - started
+
+
+def test_alias_bomb_fails_at_once(tmp_path):
+    path = tmp_path / "bomb.yaml"
+    path.write_text(BILLION_LAUGHS)
+    started = time.monotonic()
+    with pytest.raises(TaxonomyError, match="anchors and aliases"):
+        load_taxonomy(str(path))
+    assert time.monotonic() - started < 1.0
+    rc, err, _ = _check(path)
+    assert rc == 2 and "(line 2): YAML anchors and aliases" in err
+
+
+def test_a_file_over_the_size_limit_is_refused_without_reading_it_whole(tmp_path):
+    path = tmp_path / "huge.yaml"
+    with path.open("w") as f:
+        f.write("name: huge\nclasses:\n")
+        line = "  - {id: 1, name: x}\n"
+        f.write(line * (MAX_TAXONOMY_BYTES // len(line) + 10))
+    started = time.monotonic()
+    with pytest.raises(TaxonomyError, match="larger than"):
+        load_taxonomy(str(path))
+    assert time.monotonic() - started < 1.0
+
+
+def test_deep_nesting_is_refused(tmp_path):
+    path = tmp_path / "deep.yaml"
+    path.write_text("name: deep\nclasses: " + "[" * 20 + "]" * 20 + "\n")
+    with pytest.raises(TaxonomyError, match="nested deeper than 8 levels"):
+        load_taxonomy(str(path))
+    path.write_text("name: deep\nclasses: " + "[" * 100_000 + "]" * 100_000 + "\n")  # the parser's own limit
+    with pytest.raises(TaxonomyError):
+        load_taxonomy(str(path))
+
+
+def test_too_many_classes_and_a_bounded_error_list(tmp_path):
+    many = tmp_path / "many.yaml"
+    many.write_text(
+        "name: many\nclasses:\n" + "".join(f"  - {{id: {i}, name: c{i}}}\n" for i in range(MAX_CLASSES + 1))
+    )
+    started = time.monotonic()
+    with pytest.raises(TaxonomyError, match=f"more than {MAX_CLASSES:,} classes"):
+        load_taxonomy(str(many))
+    assert time.monotonic() - started < 1.0
+
+    bad = tmp_path / "bad.yaml"  # 100,000 problems (ids out of range) in a file under the class limit
+    bad.write_text(
+        "name: bad\nclasses:\n" + "".join(f"  - {{id: -{i}, name: c{i}, colour: x}}\n" for i in range(30_000))
+    )
+    rc, err, seconds = _check(bad)
+    assert rc == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == MAX_ERRORS_SHOWN + 1 and lines[-1].startswith("... and ") and "more problems" in lines[-1]
+    assert seconds < 30
+
+
+def test_binary_junk_and_long_values(tmp_path):
+    junk = tmp_path / "junk.yaml"
+    junk.write_bytes(b"\xff\xfe\x00garbage\x00" * 100)
+    rc, err, _ = _check(junk)
+    assert rc == 2 and "not UTF-8" in err
+    long_name = tmp_path / "long.yaml"
+    long_name.write_text("name: t\nclasses:\n  - {id: 1, name: " + "x" * 100_000 + "}\n")
+    rc, err, _ = _check(long_name)
+    assert rc == 2 and "a value of 100,000 characters" in err
