@@ -58,5 +58,23 @@ def main(argv: list[str] | None = None) -> int:
     return args.run(args)
 
 
+def _legacy(command: str) -> int:
+    print(
+        f"warning: san-{command} is deprecated and will be removed in the next release; use `san {command}`",
+        file=sys.stderr,
+    )
+    return main([command, *sys.argv[1:]])
+
+
+def legacy_label() -> int:
+    """The previous release's `san-label` command."""
+    return _legacy("label")
+
+
+def legacy_finetune() -> int:
+    """The previous release's `san-finetune` command."""
+    return _legacy("finetune")
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -39,6 +39,12 @@ def test_san_help_lists_every_subcommand():
     assert taxonomy.returncode == 0 and "20 classes" in taxonomy.stdout
 
 
+def test_previous_commands_still_work_with_a_warning():
+    result = subprocess.run([str(SAN.parent / "san-label"), "--help"], capture_output=True, text=True, check=False)
+    assert result.returncode == 0 and "usage: san label" in result.stdout
+    assert "san-label is deprecated" in result.stderr and "use `san label`" in result.stderr
+
+
 def test_plain_scripts_keep_working_for_ray_job_submit():
     for script in ("label", "finetune", "evaluate", "export", "demo", "cli"):
         result = subprocess.run(

@@ -72,3 +72,17 @@ def test_jobs_import_pipeline_not_each_other():
         if path.name == "cli.py":  # the `san` command composes the jobs
             continue
         assert not {n for n in _imports(path) if n == "jobs" or n.startswith("jobs.")}, path.name
+
+
+def test_each_pipeline_part_says_what_it_owns():
+    import importlib
+
+    parts = [p.parent for p in (REPO / "pipeline").glob("*/__init__.py")] + [REPO / "pipeline"]
+    assert {p.name for p in parts} >= {"pipeline", "labeling", "training", "evaluation", "exports"}
+    for folder in parts:
+        name = "pipeline" if folder.name == "pipeline" else f"pipeline.{folder.name}"
+        doc = importlib.import_module(name).__doc__
+        assert doc and len(doc.strip()) > 40, name
+    for module in (REPO / "pipeline").rglob("*.py"):
+        if module.name != "__init__.py":
+            assert module.read_text().lstrip().startswith('"""'), module.relative_to(REPO)
