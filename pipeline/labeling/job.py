@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import fsspec
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from schemas.jobs import LabelJobConfig
@@ -25,14 +26,14 @@ from schemas.output import SCHEMA_VERSION, label_row_schema
 from schemas.taxonomy import Taxonomy
 
 from ..images import decode_rgb, load_images
-from ..inputs import check_output_writable, list_inputs
+from ..inputs import InputError, check_output_writable, list_inputs
 from ..label_maps import decode_label_map
-from ..results import MANIFEST_NAME, PREVIEW_DIR, result_files
+from ..results import MANIFEST_NAME, PREVIEW_DIR, is_own_result, result_files
 from ..storage import pyarrow_filesystem
 from ..vocabulary import DEFAULT_CACHE_DIR, VocabularyTable, load_or_build_vocabulary
 from ..weights import SMOKE_BANNER, WeightsSpec, resolve_weights
 from .preview import render_overlay
-from .stages import SanLabeler
+from .stages import ResultFileNames, SanLabeler
 
 log = logging.getLogger(__name__)
 
@@ -59,18 +60,27 @@ def _output_fs(config: LabelJobConfig) -> tuple[fsspec.AbstractFileSystem, str]:
 
 
 def existing_rows(fs: fsspec.AbstractFileSystem, root: str) -> tuple[set[str], list[str]]:
-    """Image URIs that already have a row, and the readable files holding them. A file a killed
-    run left half-written cannot be read; it is removed so that its images are labeled again."""
+    """Image URIs that already have a row, and the result files holding them.
+
+    Only the job's own files count (known by name). One of them whose bytes are not a complete
+    Parquet file was left half-written by a killed run: it is removed, so that its images are
+    labeled again. Any other file is left exactly as it is. A file that cannot be read at all
+    (an outage, no permission) stops the job: a read error proves nothing about the file."""
     done: set[str] = set()
     files = []
     for path in result_files(fs, root):
+        if not is_own_result(path):
+            log.warning("ignoring %s: not written by the labeling job (left as it is)", path)
+            continue
         try:
             with fs.open(path, "rb") as f:
                 uris = pq.read_table(f, columns=["image_uri"]).column("image_uri").to_pylist()
-        except Exception as e:
-            log.warning("removing unreadable output file %s left by an interrupted run (%s)", path, e)
+        except pa.ArrowInvalid as e:  # read, and not Parquet: the file a killed writer left
+            log.warning("removing %s, left incomplete by an interrupted run (%s)", path, e)
             fs.rm(path)
             continue
+        except Exception as e:
+            raise InputError(f"cannot read the earlier result {path}: {type(e).__name__}: {e}") from e
         done.update(uris)
         files.append(path)
     return done, files
@@ -87,7 +97,7 @@ def _count_rows(fs: fsspec.AbstractFileSystem, paths: list[str]) -> tuple[int, i
 
 
 def _clear_output(fs: fsspec.AbstractFileSystem, root: str) -> None:
-    for path in result_files(fs, root):
+    for path in filter(is_own_result, result_files(fs, root)):  # nobody else's files
         fs.rm(path)
     for name in (MANIFEST_NAME, PREVIEW_DIR):
         target = f"{root.rstrip('/')}/{name}"
@@ -230,13 +240,15 @@ def run_label_job(plan: JobPlan) -> RunSummary:
             root,
             filesystem=pyarrow_filesystem(fs),
             schema=label_row_schema(),
+            filename_provider=ResultFileNames(),
             ray_remote_args={"num_cpus": 0.25},  # I/O-bound; must not wait for a whole CPU
         )
 
     stream_time = time.time() - stream_start
 
-    # Account, preview, and mark the run finished.
-    files_after = result_files(fs, root)  # listing is enough: earlier files were read in the plan
+    # Account, preview, and mark the run finished. The listing cached while planning is stale now.
+    fs.invalidate_cache()
+    files_after = [p for p in result_files(fs, root) if is_own_result(p)]  # earlier ones were read in the plan
     new_files = [p for p in files_after if p not in set(plan.files_before)]
     labeled, failed = _count_rows(fs, new_files)
     banner = SMOKE_BANNER if weights.random else None

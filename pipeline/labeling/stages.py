@@ -11,11 +11,13 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import torch
+from ray.data.datasource import FilenameProvider
 
 from schemas.output import LabelRow, label_row_schema
 
 from ..images import describe_error
 from ..label_maps import encode_label_png
+from ..results import result_file_name
 from ..weights import WeightsSpec
 from .segments import segments_from_label_map
 
@@ -110,3 +112,13 @@ class SanLabeler:
             )
             rows.append(row.model_dump())
         return pa.Table.from_pylist(rows, schema=label_row_schema())
+
+
+class ResultFileNames(FilenameProvider):
+    """Names the Parquet files the job writes, so that it knows its own files from anyone else's."""
+
+    def __init__(self) -> None:
+        super().__init__(file_format="parquet")
+
+    def get_filename_for_task(self, write_uuid: str, task_index: int) -> str:
+        return result_file_name(write_uuid, task_index)
