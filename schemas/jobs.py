@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -18,8 +19,30 @@ def _cli(**options: Any) -> dict[str, Any]:
     return {"cli": options}
 
 
+_SECRET_KEY = re.compile(r"key|secret|token|pass|session|credential|auth", re.IGNORECASE)
+_USERINFO = re.compile(r"^([a-z][a-z0-9+.-]*://)[^/@]+@", re.IGNORECASE)
+REDACTED = "<redacted>"
+
+
+def redact(value: Any, key: str = "") -> Any:
+    """`value` with every secret-looking entry (by key name) and URI user info replaced."""
+    if isinstance(value, dict):
+        return {k: redact(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(v, key) for v in value]
+    if _SECRET_KEY.search(key) and value not in (None, True, False):
+        return REDACTED
+    if isinstance(value, str):
+        return _USERINFO.sub(rf"\1{REDACTED}@", value)
+    return value
+
+
 class _JobConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+    def for_record(self) -> dict[str, Any]:
+        """The config as JSON for manifests and summaries: credentials never written down."""
+        return redact(self.model_dump(mode="json"))
 
 
 STORAGE_OPTIONS = Field(

@@ -19,12 +19,15 @@ def _photo(name: str) -> bytes:
     return jpeg_bytes(getattr(skimage.data, name)())
 
 
-def test_three_runs_in_a_row_into_s3_each_finish_with_a_manifest(s3_bucket, tiny_weights):
+def test_three_runs_in_a_row_into_s3_each_finish_with_a_manifest(s3_bucket, tiny_weights, capfd):
     import s3fs
 
     fs = s3fs.S3FileSystem(skip_instance_cache=True)
     output = f"{s3_bucket}/labels"
+    secret = "wJalrXUtnFEMI-K7MDENG-NOT-A-REAL-SECRET"  # moto takes any credentials
+    options = json.dumps({"key": "AKIAIOSFODNN7EXAMPLE", "secret": secret})
     args = ["--vocab", "voc20", "--input", f"{s3_bucket}/in/", "--output", output, *tiny_weights]
+    args += ["--storage-options", options]
     for run, name in enumerate(("astronaut", "coffee", "chelsea"), start=1):
         fs.pipe(f"{s3_bucket}/in/{name}.jpg", _photo(name))  # one new image a night
         assert label_main(args) == 0, f"run {run}"
@@ -33,6 +36,9 @@ def test_three_runs_in_a_row_into_s3_each_finish_with_a_manifest(s3_bucket, tiny
     uris = [row["image_uri"] for row in read_output_rows(output)]
     assert sorted(uris) == sorted(f"{s3_bucket}/in/{n}.jpg" for n in ("astronaut", "coffee", "chelsea"))
     assert all(is_own_result(p) for p in fs.find(output) if p.endswith(".parquet"))
+    written = b"".join(fs.cat(p) for p in fs.find(output))  # manifest, Parquet data and metadata
+    captured = capfd.readouterr()
+    assert secret.encode() not in written and secret not in captured.out + captured.err
 
 
 def test_files_the_job_did_not_write_survive_and_its_own_broken_file_is_replaced(tmp_path, tiny_weights):

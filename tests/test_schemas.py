@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -119,3 +120,20 @@ def test_job_configs_validate():
         FinetuneConfig(vocab="v", train="t", init=preset, output="s", max_steps=1, workers=3)
     with pytest.raises(ValidationError, match="--eval-every needs --val"):
         FinetuneConfig(vocab="v", train="t", init=preset, output="s", max_steps=1, eval_every=5)
+
+
+def test_credentials_never_reach_a_record():
+    options = {
+        "key": "AKIAEXAMPLE",
+        "secret": "s3cr3t-value",
+        "anon": False,
+        "client_kwargs": {"region_name": "eu-west-1", "aws_session_token": "tok-123"},
+    }
+    config = LabelJobConfig(
+        vocab="ade150", input="s3://user:hunter2@bucket/in/", output="s3://b/out/", storage_options=options
+    )
+    record = json.dumps(config.for_record())
+    for secret in ("AKIAEXAMPLE", "s3cr3t-value", "tok-123", "hunter2"):
+        assert secret not in record
+    assert '"region_name": "eu-west-1"' in record and '"anon": false' in record
+    assert config.storage_options["secret"] == "s3cr3t-value"  # the job itself still has them

@@ -259,7 +259,7 @@ def run_label_job(plan: JobPlan) -> RunSummary:
     manifest = {
         "run_id": plan.run_id,
         "schema_version": SCHEMA_VERSION,
-        "config": json.loads(config.model_dump_json()),
+        "config": config.for_record(),
         "model_id": weights.model_id,
         "weights": "random (smoke test)" if weights.random else "published" if config.weights.model else "checkpoint",
         "labels_meaningful": not weights.random,

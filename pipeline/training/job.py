@@ -328,7 +328,7 @@ def export_model(plan: FinetunePlan, state: TrainState, wall_time_s: float) -> s
         "init_sha256": plan.init_digest,
         "taxonomy_digest": plan.taxonomy.digest(),
         "trainable_parameters": sum(p.numel() for n, p in plan.driver_model.named_parameters() if n in trainable),
-        "config": json.loads(config.model_dump_json()),
+        "config": config.for_record(),
         "train_pairs": len(plan.train),
         "val_pairs": len(plan.val) if plan.val else 0,
         "wall_time_s": round(wall_time_s, 3),
