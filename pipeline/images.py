@@ -31,22 +31,55 @@ DECODER_FORMATS = ("JPEG", "PNG", "WEBP", "TIFF", "BMP", "GIF")
 DEFAULT_MAX_PIXELS = 100_000_000
 
 
-def decode_rgb(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """JPEG/PNG/... bytes -> uint8 RGB array [H, W, 3], EXIF orientation applied."""
+_ROTATED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+
+
+def _open(data: bytes, max_pixels: int) -> Image.Image:
+    """Open (header only) with an allowed decoder; the pixel limit is checked before decoding."""
     try:
-        opened = Image.open(io.BytesIO(data), formats=DECODER_FORMATS)
+        image = Image.open(io.BytesIO(data), formats=DECODER_FORMATS)
     except Image.DecompressionBombError as e:  # Pillow's own guard fires at open for the largest
         raise ValueError(f"image is over the pixel limit ({e})") from None
-    with opened as image:
-        if image.width * image.height > max_pixels:
-            raise ValueError(f"image is {image.width}x{image.height}, over the {max_pixels:,}-pixel limit")
-        image = ImageOps.exif_transpose(image)
-        if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-            # 16-bit greyscale: scale to 8 bits rather than clip
-            array = np.asarray(image, dtype=np.float32)
-            peak = max(float(array.max()), 1.0)
-            image = Image.fromarray((array / peak * 255.0).astype(np.uint8))
-        return np.array(image.convert("RGB"))  # a writable copy
+    if image.width * image.height > max_pixels:
+        image.close()
+        raise ValueError(f"image is {image.width}x{image.height}, over the {max_pixels:,}-pixel limit")
+    return image
+
+
+def _upright_rgb(image: Image.Image) -> np.ndarray:
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16-bit greyscale: scale to 8 bits rather than clip
+        array = np.asarray(image, dtype=np.float32)
+        peak = max(float(array.max()), 1.0)
+        image = Image.fromarray((array / peak * 255.0).astype(np.uint8))
+    return np.array(image.convert("RGB"))  # a writable copy
+
+
+def decode_rgb(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """JPEG/PNG/... bytes -> uint8 RGB array [H, W, 3] at full size, EXIF orientation applied."""
+    with _open(data, max_pixels) as image:
+        return _upright_rgb(image)
+
+
+def decode_for_model(
+    data: bytes, short_side: int, max_long_side: int, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """The image resized for the model (uint8 RGB) and its full upright (height, width).
+
+    A JPEG at least twice the model's size is decoded straight at 1/2, 1/4 or 1/8 scale (Pillow's
+    `draft`, in the DCT), never smaller than the model's size, then resized: a 12-megapixel photo
+    never exists in memory at full size, and a small file declaring a huge JPEG costs little."""
+    with _open(data, max_pixels) as image:
+        rotated = image.getexif().get(0x0112, 1) in _ROTATED
+        height, width = (image.width, image.height) if rotated else (image.height, image.width)
+        new_h, new_w = short_side_size(height, width, short_side, max_long_side)
+        if image.format == "JPEG":
+            image.draft(None, (new_h, new_w) if rotated else (new_w, new_h))
+        rgb = _upright_rgb(image)
+    if rgb.shape[:2] != (new_h, new_w):
+        rgb = np.array(Image.fromarray(rgb).resize((new_w, new_h), Image.BILINEAR))
+    return rgb, (height, width)
 
 
 def short_side_size(height: int, width: int, short_side: int, max_long_side: int) -> tuple[int, int]:
@@ -92,11 +125,10 @@ def load_images(
                 data = f.read()
             if not data:
                 raise ValueError("file is empty (0 bytes)")
-            rgb = decode_rgb(data, max_pixels)
-            resized = resize_short_side(rgb, short_side, max_long_side)
+            resized, (height, width) = decode_for_model(data, short_side, max_long_side, max_pixels)
             pixels.append(np.ascontiguousarray(resized).tobytes())
-            heights.append(rgb.shape[0])
-            widths.append(rgb.shape[1])
+            heights.append(height)
+            widths.append(width)
             input_h.append(resized.shape[0])
             input_w.append(resized.shape[1])
             errors.append(None)

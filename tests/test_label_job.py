@@ -16,7 +16,7 @@ from pycocotools.coco import COCO
 
 from jobs.export import main as export_main
 from jobs.label import main as label_main
-from pipeline.images import decode_rgb, resize_short_side
+from pipeline.images import decode_for_model, decode_rgb
 from pipeline.inputs import InputError, list_inputs
 from pipeline.label_maps import decode_label_map
 from pipeline.labeling.segments import rle_to_mask
@@ -123,10 +123,10 @@ def test_labels_equal_calling_san_core_directly(local_run, parity_dir):
     class_ids = torch.tensor([c.id for c in taxonomy.classes])
     rows = {Path(r["image_uri"]).name: r for r in _rows(str(local_run["output"]))}
     for name in ("astronaut.jpg", "rotated_exif.jpg"):
-        rgb = decode_rgb(Path(rows[name]["image_uri"]).read_bytes())
-        resized = resize_short_side(rgb, 640)
+        resized, size = decode_for_model(Path(rows[name]["image_uri"]).read_bytes(), 640, 2560)
+        assert size == (decode_rgb(Path(rows[name]["image_uri"]).read_bytes()).shape[:2])
         image = torch.from_numpy(resized).permute(2, 0, 1).float()
-        ((indices, _),) = model.predict_labels([image], torch.from_numpy(table.embeddings), [rgb.shape[:2]])
+        ((indices, _),) = model.predict_labels([image], torch.from_numpy(table.embeddings), [size])
         direct = class_ids[indices].numpy().astype(np.uint16)
         assert np.array_equal(direct, decode_label_map(rows[name]["label_map_png"]))
 

@@ -55,3 +55,51 @@ def test_a_postscript_file_named_jpg_becomes_an_error_row(tmp_path):
     out = load_images({"image_uri": uris}, short_side=32, max_long_side=128, max_pixels=10**6)
     assert "not an image in a format read here" in out["error"][0]
     assert out["error"][1] is None and out["height"][1] == 30
+
+
+MEASURE = """
+import resource, sys
+from pathlib import Path
+from pipeline.images import decode_for_model, decode_rgb
+data = Path(sys.argv[1]).read_bytes()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+result = decode_for_model(data, 640, 2560) if sys.argv[2] == "model" else decode_rgb(data)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)  # MiB
+"""
+
+
+def _peak_mib(path, how: str) -> int:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    out = subprocess.run(
+        [sys.executable, "-c", MEASURE, str(path), how], cwd=repo, capture_output=True, text=True, check=True
+    )
+    return int(out.stdout.strip())
+
+
+def test_a_huge_jpeg_is_decoded_at_reduced_scale_in_little_memory(tmp_path):
+    """A small file declaring 9000x9000 (81 Mpx, 243 MB as RGB) costs a fraction of that."""
+    path = tmp_path / "huge.jpg"
+    Image.new("RGB", (9000, 9000), (90, 140, 230)).save(path, quality=50)
+    assert path.stat().st_size < 2_000_000
+    full, reduced = _peak_mib(path, "full"), _peak_mib(path, "model")
+    assert full > 200 and reduced < full / 4, (full, reduced)
+
+
+def test_reduced_scale_decoding_matches_a_full_decode_and_resize(tmp_path):
+    import skimage.data
+
+    from pipeline.images import decode_for_model, resize_short_side
+
+    photo = np.array(Image.fromarray(skimage.data.astronaut()).resize((2400, 1800), Image.BICUBIC))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored landscape, upright portrait
+    buffer = io.BytesIO()
+    Image.fromarray(photo).save(buffer, format="JPEG", quality=95, exif=exif.tobytes())
+    resized, size = decode_for_model(buffer.getvalue(), 640, 2560)
+    reference = resize_short_side(decode_rgb(buffer.getvalue()), 640, 2560)
+    assert size == (2400, 1800) and resized.shape == reference.shape == (853, 640, 3)
+    assert np.abs(resized.astype(int) - reference.astype(int)).mean() < 3.0
