@@ -132,6 +132,9 @@ class LabelJobConfig(_JobConfig):
     preview: int = Field(
         default=0, ge=0, description="write N overlay PNGs to OUTPUT/_previews", json_schema_extra=_cli(metavar="N")
     )
+    progress_every: float = Field(
+        default=30.0, gt=0, description="seconds between progress lines (done/total, images/s, errors, time left)"
+    )
     vocab_cache: Uri | None = Field(
         default=None,
         description="vocabulary embedding cache (default: $SAN_VOCAB_CACHE or ~/.cache/san-labeler/vocabularies)",

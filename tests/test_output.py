@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -32,6 +33,7 @@ def test_a_labeling_run_says_what_matters_and_nothing_twice(tmp_path, tiny_weigh
     (images / "broken.jpg").write_bytes(b"not an image")
     args = ["--vocab", "voc20", "--input", str(images), "--output", str(tmp_path / "out"), *tiny_weights]
     args += ["--vocab-cache", str(tmp_path / "vocab-cache")]  # a fresh cache: the build is reported
+    args += ["--progress-every", "1"]
     run = _label(args)
     assert run.returncode == 0, run.stderr[-3000:]
     out, err = run.stdout, run.stderr
@@ -39,6 +41,8 @@ def test_a_labeling_run_says_what_matters_and_nothing_twice(tmp_path, tiny_weigh
     assert "building vocabulary 'voc20'" in out and "vocabulary 'voc20' built in" in out
     assert "3 inputs: 0 already labeled, 3 to label" in out
     assert "2 labeled, 1 failed, 0 skipped" in out and f"results in {tmp_path / 'out'}" in out
+    progress = [line for line in out.splitlines() if line.startswith("labeling: ")]
+    assert progress and all(re.match(r"labeling: [0-3]/3 \(\d+%\) after \d+s, [\d.]+ images/s", p) for p in progress)
     lines = [line for line in (out + err).splitlines() if line.strip()]
     assert len(lines) == len(set(lines)), "a line printed twice"
     for noise in ("Traceback", "Token authentication is enabled", "Progress bars disabled", "Running Dataset"):
@@ -61,3 +65,19 @@ def test_logging_is_configured_once_per_process(capsys):
     assert "hidden" not in captured.out + captured.err
     assert captured.err.count("warning: shown") == 1
     configure_logging("INFO")
+
+
+def test_progress_line_says_done_rate_errors_and_time_left():
+    from pipeline.labeling.progress import ProgressCounter, error_kind, progress_line
+
+    counter = ProgressCounter()
+    counter.add(4, ["cannot load image: UnidentifiedImageError: not an image", "labeling failed: OSError: disk"])
+    counter.add(6, ["cannot load image: UnidentifiedImageError: again"])
+    done, errors = counter.snapshot()
+    assert done == 10 and errors == {"UnidentifiedImageError": 2, "OSError": 1}
+    assert error_kind("plain message") == "plain message"
+    line = progress_line(done, 1000, errors, rate=2.5, elapsed_s=65)
+    assert line == (
+        "labeling: 10/1,000 (1%) after 1m05s, 2.50 images/s, 3 errors (UnidentifiedImageError 2, OSError 1), "
+        "about 6m36s left"
+    )

@@ -33,6 +33,7 @@ from ..storage import pyarrow_filesystem
 from ..vocabulary import DEFAULT_CACHE_DIR, VocabularyTable, load_or_build_vocabulary
 from ..weights import SMOKE_BANNER, WeightsSpec, resolve_weights
 from .preview import render_overlay
+from .progress import ProgressCounter, ProgressReporter
 from .stages import ResultFileNames, SanLabeler
 
 log = logging.getLogger(__name__)
@@ -203,6 +204,7 @@ def run_label_job(plan: JobPlan) -> RunSummary:
             if config.gpus_per_actor is not None
             else (1.0 if ray.cluster_resources().get("GPU") else 0.0)
         )
+        progress = ray.remote(num_cpus=0)(ProgressCounter).remote()
         dataset = ray.data.from_items(
             [{"image_uri": u} for u in todo], override_num_blocks=max(1, -(-len(todo) // config.rows_per_file))
         )
@@ -229,6 +231,7 @@ def run_label_job(plan: JobPlan) -> RunSummary:
                 "taxonomy_digest": taxonomy.digest(),
                 "use_gpu": gpus > 0,
                 "torch_threads": _torch_threads_per_actor(config),
+                "progress": progress,
             },
             batch_size=config.batch_size,
             batch_format="numpy",
@@ -236,13 +239,14 @@ def run_label_job(plan: JobPlan) -> RunSummary:
             num_gpus=gpus,
             num_cpus=1,
         )
-        dataset.write_parquet(
-            root,
-            filesystem=pyarrow_filesystem(fs),
-            schema=label_row_schema(),
-            filename_provider=ResultFileNames(),
-            ray_remote_args={"num_cpus": 0.25},  # I/O-bound; must not wait for a whole CPU
-        )
+        with ProgressReporter(progress, len(todo), config.progress_every):
+            dataset.write_parquet(
+                root,
+                filesystem=pyarrow_filesystem(fs),
+                schema=label_row_schema(),
+                filename_provider=ResultFileNames(),
+                ray_remote_args={"num_cpus": 0.25},  # I/O-bound; must not wait for a whole CPU
+            )
 
     stream_time = time.time() - stream_start
 

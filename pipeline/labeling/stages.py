@@ -37,6 +37,7 @@ class SanLabeler:
         taxonomy_digest: str,
         use_gpu: bool,
         torch_threads: int,
+        progress: Any = None,
     ) -> None:
         import ray
 
@@ -49,6 +50,7 @@ class SanLabeler:
             self.embeddings = torch.from_numpy(self.vocabulary.embeddings).to(self.device)
         self.class_ids = torch.from_numpy(self.vocabulary.class_ids.astype(np.int64)).to(self.device)
         self.class_names = class_names
+        self.progress = progress  # a ProgressCounter actor, told of every batch
         self.row_fields = {
             "model_id": model_id,
             "checkpoint_digest": checkpoint_digest,
@@ -111,6 +113,8 @@ class SanLabeler:
                 **self.row_fields,
             )
             rows.append(row.model_dump())
+        if self.progress is not None:  # fire and forget: progress must never slow the labeling
+            self.progress.add.remote(count, [e for e in errors if e is not None])
         return pa.Table.from_pylist(rows, schema=label_row_schema())
 
 
