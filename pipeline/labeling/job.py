@@ -33,7 +33,7 @@ from ..storage import pyarrow_filesystem
 from ..vocabulary import DEFAULT_CACHE_DIR, VocabularyTable, load_or_build_vocabulary
 from ..weights import SMOKE_BANNER, WeightsSpec, resolve_weights
 from .preview import render_overlay
-from .progress import ProgressCounter, ProgressReporter
+from .progress import ProgressCounter, ProgressReporter, peak_rss_mib
 from .stages import ResultFileNames, SanLabeler
 
 log = logging.getLogger(__name__)
@@ -249,6 +249,7 @@ def run_label_job(plan: JobPlan) -> RunSummary:
             )
 
     stream_time = time.time() - stream_start
+    actor_peak = ray.get(progress.peak_memory.remote()) if todo else None
 
     # Account, preview, and mark the run finished. The listing cached while planning is stale now.
     fs.invalidate_cache()
@@ -275,6 +276,10 @@ def run_label_job(plan: JobPlan) -> RunSummary:
         "stream_time_s": round(stream_time, 3),
         "images_per_s": round((labeled + failed) / wall, 3) if wall > 0 else None,
         "error_ratio": round(summary.error_ratio, 4),
+        "peak_memory_mib": {
+            "driver": round(peak_rss_mib(), 1),
+            "labeling_actor": round(actor_peak, 1) if actor_peak else None,  # the largest of any actor
+        },
         "status": "ok" if summary.error_ratio <= config.max_error_ratio else "error ratio exceeded",
     }
     fs.pipe(f"{root.rstrip('/')}/{MANIFEST_NAME}", json.dumps(manifest, indent=2).encode())

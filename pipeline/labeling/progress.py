@@ -24,19 +24,32 @@ def error_kind(error: str) -> str:
     return parts[1] if len(parts) > 2 else parts[0]
 
 
+def peak_rss_mib() -> float:
+    """This process's peak resident memory so far (Linux reports KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 class ProgressCounter:
-    """Ray actor (no CPU): images done and errors by kind, added to by every labeling actor."""
+    """Ray actor (no CPU): images done, errors by kind and the largest peak memory of any labeling
+    actor, added to by every labeling actor after each batch."""
 
     def __init__(self) -> None:
         self.done = 0
         self.errors: Counter[str] = Counter()
+        self.actor_peak_rss_mib = 0.0
 
-    def add(self, done: int, errors: list[str]) -> None:
+    def add(self, done: int, errors: list[str], peak_rss_mib: float = 0.0) -> None:
         self.done += done
         self.errors.update(error_kind(e) for e in errors)
+        self.actor_peak_rss_mib = max(self.actor_peak_rss_mib, peak_rss_mib)
 
     def snapshot(self) -> tuple[int, dict[str, int]]:
         return self.done, dict(self.errors)
+
+    def peak_memory(self) -> float:
+        return self.actor_peak_rss_mib
 
 
 def _duration(seconds: float) -> str:

@@ -19,6 +19,7 @@ from ..images import describe_error
 from ..label_maps import encode_label_png
 from ..results import result_file_name
 from ..weights import WeightsSpec
+from .progress import peak_rss_mib
 from .segments import segments_from_label_map
 
 log = logging.getLogger(__name__)
@@ -114,7 +115,7 @@ class SanLabeler:
             )
             rows.append(row.model_dump())
         if self.progress is not None:  # fire and forget: progress must never slow the labeling
-            self.progress.add.remote(count, [e for e in errors if e is not None])
+            self.progress.add.remote(count, [e for e in errors if e is not None], peak_rss_mib())
         return pa.Table.from_pylist(rows, schema=label_row_schema())
 
 
