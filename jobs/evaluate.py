@@ -59,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
 
     from pipeline.evaluation.scoring import evaluate_output, write_reports
     from pipeline.inputs import InputError
+    from pipeline.results import ProvenanceError, check_taxonomy
     from pipeline.weights import WeightsError
 
     if args.mode == "score":
@@ -66,6 +67,11 @@ def run(args: argparse.Namespace) -> int:
         if checked is None:
             return 2
         score, taxonomy = checked
+        try:
+            check_taxonomy(score.input, taxonomy, score.storage_options)
+        except ProvenanceError as e:
+            log.error("%s", e)
+            return 2
         init_ray(log_level(args))
         try:
             result = evaluate_output(
@@ -87,6 +93,9 @@ def run(args: argparse.Namespace) -> int:
     taxonomy = load_taxonomy(config.dataset)
     try:
         plan = plan_benchmark_labels(config, taxonomy)
+    except ProvenanceError as e:  # labels already there, made with other weights: never score those
+        log.error("%s", e)
+        return 2
     except (InputError, WeightsError) as e:
         log.error("%s", e)
         return 1

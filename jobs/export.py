@@ -20,7 +20,7 @@ import fsspec  # noqa: E402
 
 from pipeline.exports.coco import to_coco  # noqa: E402
 from pipeline.logs import configure_logging  # noqa: E402
-from pipeline.results import read_output_rows  # noqa: E402
+from pipeline.results import ProvenanceError, check_taxonomy, read_output_rows  # noqa: E402
 from schemas.cli import add_config_flags, add_logging_flags, config_and_taxonomy, log_level  # noqa: E402
 from schemas.jobs import ExportConfig  # noqa: E402
 
@@ -39,6 +39,11 @@ def run(args: argparse.Namespace) -> int:
     if checked is None:
         return 2
     config, taxonomy = checked
+    try:
+        check_taxonomy(config.input, taxonomy, config.storage_options)
+    except ProvenanceError as e:
+        log.error("%s", e)
+        return 2
     try:
         coco = to_coco(read_output_rows(config.input, config.storage_options), taxonomy, config.image_root)
         with fsspec.open(config.output, "w", **config.storage_options) as f:

@@ -44,10 +44,14 @@ def run(args: argparse.Namespace) -> int:
 
     from pipeline.inputs import InputError
     from pipeline.labeling.job import label
+    from pipeline.results import ProvenanceError
     from pipeline.weights import WeightsError
 
-    try:  # input, output and weights are checked before Ray starts
+    try:  # input, output, weights and earlier results are checked before Ray starts
         summary = label(config, taxonomy, args.smoke_if_no_weights, log_level(args))
+    except ProvenanceError as e:
+        log.error("%s", e)
+        return 2
     except (InputError, WeightsError) as e:
         log.error("%s", e)
         return 1

@@ -11,6 +11,9 @@ from typing import Any
 import fsspec
 import pyarrow.parquet as pq
 
+from schemas.output import Provenance
+from schemas.taxonomy import Taxonomy
+
 MANIFEST_NAME = "_manifest.json"
 PREVIEW_DIR = "_previews"
 # The labeling job's own result files are known by name: it writes `labels-<write id>_<task>.parquet`
@@ -39,6 +42,31 @@ def result_files(fs: fsspec.AbstractFileSystem, root: str) -> list[str]:
         for path in fs.find(root)
         if path.endswith(".parquet") and not any(part.startswith("_") for part in path[len(prefix) :].split("/"))
     )
+
+
+class ProvenanceError(ValueError):
+    """Labels made by another model, taxonomy or preprocessing than the command names."""
+
+
+def read_provenance(output: str, storage_options: Mapping[str, Any] | None = None) -> Provenance | None:
+    """What made a labeling output, from its first result file's metadata (None if unrecorded)."""
+    fs, root = fsspec.core.url_to_fs(output, **(storage_options or {}))
+    for path in filter(is_own_result, result_files(fs, root)):
+        with fs.open(path, "rb") as f:
+            return Provenance.from_schema(pq.read_schema(f))
+    return None
+
+
+def check_taxonomy(output: str, taxonomy: Taxonomy, storage_options: Mapping[str, Any] | None = None) -> None:
+    """Raise ProvenanceError unless the output was labeled with this taxonomy: its class names and
+    ids are what a reader of the output writes down."""
+    recorded = read_provenance(output, storage_options)
+    if recorded is not None and recorded.taxonomy.digest != taxonomy.digest():
+        raise ProvenanceError(
+            f"{output} was labeled with taxonomy {recorded.taxonomy.name} v{recorded.taxonomy.version} "
+            f"({recorded.taxonomy.digest[:12]}), not {taxonomy.name} v{taxonomy.version} ({taxonomy.digest()[:12]}): "
+            "its class ids would get the wrong names. Pass the taxonomy the labels were made with."
+        )
 
 
 def read_output_rows(output: str, storage_options: Mapping[str, Any] | None = None) -> Iterable[dict]:

@@ -6,7 +6,7 @@ The pyarrow schema is derived from `LabelRow` (see schemas/arrow.py) and carries
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, ClassVar
 
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
@@ -51,5 +51,60 @@ class LabelRow(BaseModel):
     error: str | None = Field(description="null, or why this image has no labels")
 
 
-def label_row_schema() -> pa.Schema:
-    return arrow_schema(LabelRow, metadata={"schema_version": SCHEMA_VERSION})
+PROVENANCE_KEY = "san_labeler.provenance"
+
+
+class TaxonomyRef(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    version: str
+    digest: str
+
+
+class Provenance(BaseModel):
+    """What made a labeling output: in the run manifest and in every Parquet file's metadata, so
+    that a file copied elsewhere still says. Runs into one output must agree on `LABEL_FIELDS`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+    schema_version: str = SCHEMA_VERSION
+    project_version: str
+    model_id: str
+    weights_digest: str | None = Field(description="sha256 of the checkpoint; null for random smoke weights")
+    model_config_digest: str = Field(description="sha256 of the model config JSON")
+    taxonomy: TaxonomyRef
+    short_side: int
+    max_long_side: int
+
+    # What changes the labels of an image; the project version and schema do not.
+    LABEL_FIELDS: ClassVar[tuple[str, ...]] = (
+        "weights_digest",
+        "model_config_digest",
+        "taxonomy",
+        "short_side",
+        "max_long_side",
+    )
+
+    def differences(self, other: Provenance) -> list[str]:
+        """`field: here -> there` for every label-changing field in which `other` differs."""
+        found = []
+        for name in self.LABEL_FIELDS:
+            mine, theirs = getattr(self, name), getattr(other, name)
+            if mine != theirs:
+                show = (lambda v: f"{v.name} v{v.version} ({v.digest[:12]})") if name == "taxonomy" else str
+                found.append(f"{name}: {show(theirs)} in the output, {show(mine)} now")
+        return found
+
+    @classmethod
+    def from_schema(cls, schema: pa.Schema) -> Provenance | None:
+        """The provenance a Parquet file's schema metadata carries (None if it carries none)."""
+        raw = (schema.metadata or {}).get(PROVENANCE_KEY.encode())
+        return cls.model_validate_json(raw) if raw else None
+
+
+def label_row_schema(provenance: Provenance | None = None) -> pa.Schema:
+    metadata = {"schema_version": SCHEMA_VERSION}
+    if provenance is not None:
+        metadata[PROVENANCE_KEY] = provenance.model_dump_json()
+    return arrow_schema(LabelRow, metadata=metadata)

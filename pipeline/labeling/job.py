@@ -8,6 +8,7 @@ marks a finished run.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -22,13 +23,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from schemas.jobs import LabelJobConfig
-from schemas.output import SCHEMA_VERSION, label_row_schema
+from schemas.model_config import SanModelConfig
+from schemas.output import SCHEMA_VERSION, Provenance, TaxonomyRef, label_row_schema
 from schemas.taxonomy import Taxonomy
 
 from ..images import decode_rgb, load_images
 from ..inputs import InputError, check_output_writable, list_inputs
 from ..label_maps import decode_label_map
-from ..results import MANIFEST_NAME, PREVIEW_DIR, is_own_result, result_files
+from ..results import MANIFEST_NAME, PREVIEW_DIR, ProvenanceError, is_own_result, result_files
 from ..storage import pyarrow_filesystem
 from ..vocabulary import DEFAULT_CACHE_DIR, VocabularyTable, load_or_build_vocabulary
 from ..weights import SMOKE_BANNER, WeightsSpec, resolve_weights
@@ -60,31 +62,56 @@ def _output_fs(config: LabelJobConfig) -> tuple[fsspec.AbstractFileSystem, str]:
     return fsspec.core.url_to_fs(config.output, **config.storage_options)
 
 
-def existing_rows(fs: fsspec.AbstractFileSystem, root: str) -> tuple[set[str], list[str]]:
-    """Image URIs that already have a row, and the result files holding them.
+@dataclass
+class ResultScan:
+    """What an output folder already holds, read without changing anything."""
 
-    Only the job's own files count (known by name). One of them whose bytes are not a complete
-    Parquet file was left half-written by a killed run: it is removed, so that its images are
-    labeled again. Any other file is left exactly as it is. A file that cannot be read at all
-    (an outage, no permission) stops the job: a read error proves nothing about the file."""
-    done: set[str] = set()
-    files = []
+    done: set[str]  # image URIs that have a row
+    files: list[str]  # the job's own complete result files
+    incomplete: list[str]  # its own files a killed run left half-written
+    provenances: dict[str, Provenance | None]  # per file; None for a previous release's files
+
+
+def scan_results(fs: fsspec.AbstractFileSystem, root: str) -> ResultScan:
+    """The job's own result files (known by name) and the image URIs they hold. One whose bytes are
+    not a complete Parquet file was left half-written by a killed run. Any other file is ignored.
+    A file that cannot be read at all (an outage, no permission) stops the job: a read error
+    proves nothing about the file."""
+    scan = ResultScan(set(), [], [], {})
     for path in result_files(fs, root):
         if not is_own_result(path):
             log.warning("ignoring %s: not written by the labeling job (left as it is)", path)
             continue
         try:
             with fs.open(path, "rb") as f:
-                uris = pq.read_table(f, columns=["image_uri"]).column("image_uri").to_pylist()
-        except pa.ArrowInvalid as e:  # read, and not Parquet: the file a killed writer left
-            log.warning("removing %s, left incomplete by an interrupted run (%s)", path, e)
-            fs.rm(path)
+                parquet = pq.ParquetFile(f)
+                provenance = Provenance.from_schema(parquet.schema_arrow)
+                uris = parquet.read(columns=["image_uri"]).column("image_uri").to_pylist()
+        except pa.ArrowInvalid:  # read, and not Parquet: the file a killed writer left
+            scan.incomplete.append(path)
             continue
         except Exception as e:
             raise InputError(f"cannot read the earlier result {path}: {type(e).__name__}: {e}") from e
-        done.update(uris)
-        files.append(path)
-    return done, files
+        scan.done.update(uris)
+        scan.files.append(path)
+        scan.provenances[path] = provenance
+    return scan
+
+
+def check_provenance(scan: ResultScan, current: Provenance, output: str) -> None:
+    """Raise ProvenanceError if any earlier result was made with something that changes labels."""
+    for path, recorded in scan.provenances.items():
+        if recorded is None:
+            log.warning("%s records no provenance (an earlier release wrote it); its rows are kept", path)
+            continue
+        differences = current.differences(recorded)
+        if differences:
+            raise ProvenanceError(
+                f"{output} holds labels made differently ({path}):\n  "
+                + "\n  ".join(differences)
+                + "\nmixing them would give one folder two meanings. Label into a new --output, or pass "
+                "--overwrite to replace the earlier labels."
+            )
 
 
 def _count_rows(fs: fsspec.AbstractFileSystem, paths: list[str]) -> tuple[int, int]:
@@ -154,8 +181,36 @@ class JobPlan:
     files_before: list[str]
     vocabulary: VocabularyTable
     checkpoint_digest: str | None
+    provenance: Provenance
     started: float
     run_id: str
+
+
+def make_provenance(
+    config: LabelJobConfig,
+    taxonomy: Taxonomy,
+    weights: WeightsSpec,
+    checkpoint_digest: str | None,
+    model_config: SanModelConfig,
+) -> Provenance:
+    return Provenance(
+        project_version=project_version(),
+        model_id=weights.model_id,
+        weights_digest=checkpoint_digest,
+        model_config_digest=hashlib.sha256(model_config.model_dump_json().encode()).hexdigest(),
+        taxonomy=TaxonomyRef(name=taxonomy.name, version=str(taxonomy.version), digest=taxonomy.digest()),
+        short_side=config.short_side,
+        max_long_side=config.max_long_side,
+    )
+
+
+def project_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("san-labeler")
+    except PackageNotFoundError:  # run from a checkout without installing
+        return "unknown"
 
 
 def plan_label_job(config: LabelJobConfig, taxonomy: Taxonomy, smoke_if_no_weights: bool = False) -> JobPlan:
@@ -172,19 +227,35 @@ def plan_label_job(config: LabelJobConfig, taxonomy: Taxonomy, smoke_if_no_weigh
     driver_model, checkpoint_digest = weights.load_checked("cpu")
     cache = config.vocab_cache or DEFAULT_CACHE_DIR
     vocabulary = load_or_build_vocabulary(taxonomy, driver_model, cache, config.storage_options)
+    provenance = make_provenance(config, taxonomy, weights, checkpoint_digest, driver_model.config)
     del driver_model  # the actors load their own
 
-    # Only now, with everything checked, touch earlier results.
     fs, root = _output_fs(config)
     if config.overwrite:
         _clear_output(fs, root)
-    elif fs.exists(f"{root.rstrip('/')}/{MANIFEST_NAME}"):
+    scan = scan_results(fs, root)
+    check_provenance(scan, provenance, config.output)
+    # Only now, with everything checked, change the output.
+    for path in scan.incomplete:
+        log.warning("removing %s, left incomplete by an interrupted run", path)
+        fs.rm(path)
+    if fs.exists(f"{root.rstrip('/')}/{MANIFEST_NAME}"):
         fs.rm(f"{root.rstrip('/')}/{MANIFEST_NAME}")  # this run is not finished until it writes one
-    done, files_before = existing_rows(fs, root)
+    done, files_before = scan.done, scan.files
     todo = [u for u in inputs if u not in done]
     log.info(f"{len(inputs)} inputs: {len(inputs) - len(todo)} already labeled, {len(todo)} to label")
     return JobPlan(
-        config, taxonomy, weights, inputs, todo, files_before, vocabulary, checkpoint_digest, started, run_id
+        config,
+        taxonomy,
+        weights,
+        inputs,
+        todo,
+        files_before,
+        vocabulary,
+        checkpoint_digest,
+        provenance,
+        started,
+        run_id,
     )
 
 
@@ -232,6 +303,7 @@ def run_label_job(plan: JobPlan) -> RunSummary:
                 "use_gpu": gpus > 0,
                 "torch_threads": _torch_threads_per_actor(config),
                 "progress": progress,
+                "provenance": plan.provenance,
             },
             batch_size=config.batch_size,
             batch_format="numpy",
@@ -243,7 +315,7 @@ def run_label_job(plan: JobPlan) -> RunSummary:
             dataset.write_parquet(
                 root,
                 filesystem=pyarrow_filesystem(fs),
-                schema=label_row_schema(),
+                schema=label_row_schema(plan.provenance),
                 filename_provider=ResultFileNames(),
                 ray_remote_args={"num_cpus": 0.25},  # I/O-bound; must not wait for a whole CPU
             )
@@ -264,6 +336,7 @@ def run_label_job(plan: JobPlan) -> RunSummary:
     manifest = {
         "run_id": plan.run_id,
         "schema_version": SCHEMA_VERSION,
+        "provenance": plan.provenance.model_dump(mode="json"),
         "config": config.for_record(),
         "model_id": weights.model_id,
         "weights": "random (smoke test)" if weights.random else "published" if config.weights.model else "checkpoint",

@@ -13,7 +13,7 @@ import pyarrow as pa
 import torch
 from ray.data.datasource import FilenameProvider
 
-from schemas.output import LabelRow, label_row_schema
+from schemas.output import LabelRow, Provenance, label_row_schema
 
 from ..images import describe_error
 from ..label_maps import encode_label_png
@@ -39,6 +39,7 @@ class SanLabeler:
         use_gpu: bool,
         torch_threads: int,
         progress: Any = None,
+        provenance: Provenance | None = None,
     ) -> None:
         import ray
 
@@ -52,6 +53,7 @@ class SanLabeler:
         self.class_ids = torch.from_numpy(self.vocabulary.class_ids.astype(np.int64)).to(self.device)
         self.class_names = class_names
         self.progress = progress  # a ProgressCounter actor, told of every batch
+        self.schema = label_row_schema(provenance)
         self.row_fields = {
             "model_id": model_id,
             "checkpoint_digest": checkpoint_digest,
@@ -116,7 +118,7 @@ class SanLabeler:
             rows.append(row.model_dump())
         if self.progress is not None:  # fire and forget: progress must never slow the labeling
             self.progress.add.remote(count, [e for e in errors if e is not None], peak_rss_mib())
-        return pa.Table.from_pylist(rows, schema=label_row_schema())
+        return pa.Table.from_pylist(rows, schema=self.schema)
 
 
 class ResultFileNames(FilenameProvider):
