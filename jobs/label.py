@@ -55,21 +55,22 @@ def run(args: argparse.Namespace) -> int:
     except (InputError, WeightsError) as e:
         log.error("%s", e)
         return 1
-    counts = summary.manifest["counts"]
-    log.info(
-        "run %s: %d labeled, %d failed, %d skipped in %.1fs; results in %s",
-        summary.run_id,
-        counts["labeled"],
-        counts["failed"],
-        counts["skipped"],
-        summary.wall_time_s,
-        config.output,
-    )
     if not summary.manifest["labels_meaningful"]:
         log.warning("smoke test: random weights, the labels are meaningless")
+    counts = summary.manifest["counts"]
+    line = (  # the run in one line, always the last one: what a scheduler's log shows
+        f"run {summary.run_id}: {counts['labeled']} labeled, {counts['failed']} failed, {counts['skipped']} skipped "
+        f"in {summary.wall_time_s:.1f}s; results in {config.output}"
+    )
     if summary.error_ratio > config.max_error_ratio:
-        log.error("%.1f%% of images failed (max %.1f%%)", 100 * summary.error_ratio, 100 * config.max_error_ratio)
+        log.error(
+            "%s; %.1f%% of this run's images failed, over --max-error-ratio %.1f%%: exit 1",
+            line,
+            100 * summary.error_ratio,
+            100 * config.max_error_ratio,
+        )
         return 1
+    log.info("%s", line)
     return 0
 
 

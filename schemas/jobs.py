@@ -127,7 +127,10 @@ class LabelJobConfig(_JobConfig):
     storage_options: dict[str, Any] = STORAGE_OPTIONS
     overwrite: bool = Field(default=False, description="discard earlier results in --output")
     max_error_ratio: float = Field(
-        default=1.0, ge=0.0, le=1.0, description="exit 1 when more than this share of images fail"
+        default=0.01,
+        ge=0.0,
+        le=1.0,
+        description="exit 1 when more than this share of this run's images fail (the run still writes them all)",
     )
     preview: int = Field(
         default=0, ge=0, description="write N overlay PNGs to OUTPUT/_previews", json_schema_extra=_cli(metavar="N")

@@ -116,7 +116,7 @@ def test_export_keeps_clip_frozen_and_labels_through_the_label_job(two_worker_ru
     images = data["root"] / "train" / "images"
     rc = label_main(
         ["--vocab", str(storage / "model" / "taxonomy.yaml"), "--input", str(images), "--output", str(output),
-         "--checkpoint", str(export), "--vocab-cache", str(tmp_path / "cache")]
+         "--checkpoint", str(export), "--vocab-cache", str(tmp_path / "cache"), "--max-error-ratio", "0.2"]
     )  # fmt: skip
     assert rc == 0
     rows = pq.read_table(output).to_pylist()

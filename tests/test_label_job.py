@@ -72,6 +72,8 @@ def local_run(tmp_path_factory, tiny_weights):
         str(root / "vocab-cache"),
         "--rows-per-file",
         "4",
+        "--max-error-ratio",
+        "0.5",  # 4 of the 11 are broken on purpose
         *tiny_weights,
     ]
     rc = label_main(args)
@@ -189,7 +191,7 @@ def test_rerun_labels_nothing_new_and_overwrite_starts_fresh(local_run):
     assert len(_rows(str(local_run["output"]))) == 12
 
 
-def test_too_many_failures_exit_non_zero(tmp_path, tiny_weights, local_run):
+def test_too_many_failures_exit_non_zero(tmp_path, tiny_weights, local_run, capsys):
     images = tmp_path / "images"
     images.mkdir()
     (images / "a.jpg").write_bytes(b"")
@@ -203,14 +205,15 @@ def test_too_many_failures_exit_non_zero(tmp_path, tiny_weights, local_run):
             str(images),
             "--output",
             str(tmp_path / "out"),
-            "--max-error-ratio",
-            "0.5",
             *tiny_weights,
         ]
-    )
+    )  # the default --max-error-ratio: 1% of this run's images
     assert rc == 1
     manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
     assert manifest["status"] == "error ratio exceeded" and manifest["counts"]["failed"] == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # the run in one line, last
+    assert last.startswith("error: run ") and "1 labeled, 2 failed, 0 skipped" in last
+    assert "66.7% of this run's images failed, over --max-error-ratio 1.0%: exit 1" in last
 
 
 def test_s3_manifest_input_to_s3_output(s3_bucket, tiny_weights, tmp_path):

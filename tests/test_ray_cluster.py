@@ -126,6 +126,8 @@ def test_ray_job_submit_label_and_finetune_s3_to_s3(head_node, s3_bucket, s3_ser
         f"{s3_bucket}/weights/checkpoint.pth",
         "--model-config",
         f"{s3_bucket}/weights/config.json",
+        "--max-error-ratio",
+        "0.5",
     ]
     result = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=900, check=False)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

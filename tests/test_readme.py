@@ -50,7 +50,8 @@ def workdir(tmp_path_factory, tiny_weights, parity_dir) -> Path:
     for name in ("astronaut", "chelsea"):
         (images / f"{name}.jpg").write_bytes(jpeg_bytes(getattr(skimage.data, name)()))
     (images / "broken.jpg").write_bytes(b"not a photograph")
-    rc = label_main(["--vocab", "voc20", "--input", str(images), "--output", str(root / "labels"), *tiny_weights])
+    labels = ["--output", str(root / "labels"), "--max-error-ratio", "0.5"]  # broken.jpg on purpose
+    rc = label_main(["--vocab", "voc20", "--input", str(images), *labels, *tiny_weights])
     assert rc == 0
     tiny = parity_dir / "tiny_a"
     loaded = load_model(checkpoint=str(tiny / "checkpoint.pth"), model_config=str(tiny / "config.json"))
