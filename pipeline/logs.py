@@ -71,7 +71,6 @@ def configure_logging(level: str | int = "INFO") -> None:
             handler.set_name(_HANDLER_NAME)
             handler.setFormatter(formatter)
             logger.addHandler(handler)
-    os.environ["SAN_LOG_LEVEL"] = logging.getLevelName(numeric)  # for processes started from here
 
 
 def quiet_ray_libraries(verbose: bool, terminal: bool) -> None:
@@ -86,9 +85,18 @@ def quiet_ray_libraries(verbose: bool, terminal: bool) -> None:
         log_once("ray_data_progress_manager_disabled")  # "Progress bars disabled": we know, on purpose
     if not verbose:
         os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")
-        for name in ("ray.data", "ray.train", "ray.tune"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+        _quiet_ray_loggers()
         warnings.filterwarnings("ignore", module=r"ray\.")
+
+
+def _quiet_ray_loggers() -> None:
+    for name in ("ray.data", "ray.train", "ray.tune"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _not_token_notice(record: logging.LogRecord) -> bool:
+    # Said on every local start, and not the user's business when Ray is started in-process.
+    return "Token authentication is enabled" not in record.getMessage()
 
 
 def worker_setup_hook(level: str) -> Callable[[], None]:
@@ -110,10 +118,7 @@ def init_ray(level: str = "INFO", **init_kwargs: Any) -> None:
     terminal = sys.stdout.isatty()
     quiet_ray_libraries(verbose, terminal)
     if not verbose:
-        # Said on every local start, and not the user's business when Ray is started in-process.
-        logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(
-            lambda record: "Token authentication is enabled" not in record.getMessage()
-        )
+        logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(_not_token_notice)
     ray.init(
         logging_level=logging.INFO if verbose else logging.WARNING,
         runtime_env={"worker_process_setup_hook": worker_setup_hook(level)},
@@ -121,8 +126,7 @@ def init_ray(level: str = "INFO", **init_kwargs: Any) -> None:
     )
     ray.data.DataContext.get_current().enable_progress_bars = terminal
     if not verbose:
-        for name in ("ray.data", "ray.train", "ray.tune"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+        _quiet_ray_loggers()  # ray.init set Ray's logging up anew
 
 
 def ray_train_log_level(level: str) -> str:

@@ -245,6 +245,8 @@ def test_s3_manifest_input_to_s3_output(s3_bucket, tiny_weights, tmp_path):
             output,
             "--vocab-cache",
             f"{s3_bucket}/vocab-cache",
+            "--max-error-ratio",
+            "0.5",  # truncated.jpg on purpose
             *tiny_weights,
         ]
     )
