@@ -28,22 +28,19 @@ def _hub_reachable(timeout_s: float = 5.0) -> bool:
         return False
 
 
-def offline_message(model_name: str, flags: tuple[str, str] = ("--model", "--checkpoint")) -> str:
-    """Names the file to pre-stage and the flag that takes it (`flags`: the job's model flag and file flag)."""
+def offline_message(model_name: str) -> str:
+    """Names the file to pre-stage and the flag that takes it (every job has --model and --checkpoint)."""
     filename = get_preset(model_name).filename
     url = f"{HUB_ENDPOINT}/{HUB_REPO}/resolve/main/{filename}"
-    model_flag, file_flag = flags
     return (
-        f"{model_flag} {model_name} needs the published checkpoint {filename}, which is not in the local "
+        f"--model {model_name} needs the published checkpoint {filename}, which is not in the local "
         f"cache and cannot be downloaded here (no network). Download {url} on a machine with a "
         f"network, copy it to this one (or to object storage) and pass it with "
-        f"{file_flag} /path/to/{filename} (any fsspec URI works, e.g. s3://bucket/{filename})."
+        f"--checkpoint /path/to/{filename} (any fsspec URI works, e.g. s3://bucket/{filename})."
     )
 
 
-def fetch_published_checkpoint(
-    model_name: str, cache_dir: str | None = None, flags: tuple[str, str] = ("--model", "--checkpoint")
-) -> str:
+def fetch_published_checkpoint(model_name: str, cache_dir: str | None = None) -> str:
     """Local path of the preset's published checkpoint, downloading it on first use."""
     from huggingface_hub import hf_hub_download
 
@@ -53,8 +50,8 @@ def fetch_published_checkpoint(
     except Exception:  # not cached yet
         pass
     if not _hub_reachable():
-        raise WeightsUnavailableError(offline_message(model_name, flags))
+        raise WeightsUnavailableError(offline_message(model_name))
     try:
         return hf_hub_download(HUB_REPO, filename, cache_dir=cache_dir)
     except Exception as e:
-        raise WeightsUnavailableError(f"{offline_message(model_name, flags)}\n(download failed: {e})") from e
+        raise WeightsUnavailableError(f"{offline_message(model_name)}\n(download failed: {e})") from e

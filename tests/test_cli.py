@@ -54,7 +54,7 @@ def test_plain_scripts_keep_working_for_ray_job_submit():
 
 
 @pytest.mark.parametrize(
-    ("path", "shared"),
+    ("path", "common"),
     [
         (("label",), {"--input", "--output", "--vocab", "--model", "--checkpoint", "--model-config"}),
         (("finetune",), {"--train", "--output", "--vocab", "--model", "--checkpoint", "--model-config"}),
@@ -63,9 +63,9 @@ def test_plain_scripts_keep_working_for_ray_job_submit():
         (("export",), {"--input", "--output", "--vocab"}),
     ],
 )
-def test_one_vocabulary_of_flags(path, shared):
+def test_one_vocabulary_of_flags(path, common):
     flags = _flags(_subparser(*path))
-    assert shared | {"--storage-options", "--log-level", "-v", "-q"} <= flags
+    assert common | {"--storage-options", "--log-level", "-v", "-q"} <= flags
     assert not flags & {"--storage", "--to", "--report", "--root", "--labels-folder", "--init", "--init-config"}
 
 
