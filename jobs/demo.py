@@ -22,7 +22,7 @@ from PIL import Image  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
 
 from pipeline.logs import configure_logging  # noqa: E402
-from schemas.cli import add_logging_flags, log_level  # noqa: E402
+from schemas.cli import add_logging_flags, explain, log_level  # noqa: E402
 from schemas.jobs import LabelJobConfig, ModelChoice  # noqa: E402
 from schemas.taxonomy import TaxonomyError, load_taxonomy  # noqa: E402
 
@@ -72,8 +72,11 @@ def run(args: argparse.Namespace) -> int:
             overwrite=True,
         )
         taxonomy = load_taxonomy(config.vocab)
-    except (ValidationError, TaxonomyError) as e:
-        print(f"invalid arguments:\n{e}", file=sys.stderr)
+    except ValidationError as e:
+        print(f"invalid arguments:\n{explain(e, LabelJobConfig)}", file=sys.stderr)
+        return 2
+    except TaxonomyError as e:
+        print(f"invalid taxonomy:\n{e}", file=sys.stderr)
         return 2
 
     from pipeline.inputs import InputError

@@ -22,7 +22,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as a pl
 from pydantic import ValidationError  # noqa: E402
 
 from pipeline.logs import configure_logging, init_ray  # noqa: E402
-from schemas.cli import add_config_flags, add_logging_flags, build_config, config_and_taxonomy, log_level  # noqa: E402
+from schemas.cli import (  # noqa: E402
+    add_config_flags,
+    add_logging_flags,
+    build_config,
+    config_and_taxonomy,
+    explain,
+    log_level,
+)
 from schemas.jobs import EvaluateRunConfig, EvaluateScoreConfig  # noqa: E402
 from schemas.taxonomy import load_taxonomy  # noqa: E402
 
@@ -88,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = build_config(args, EvaluateRunConfig)
     except ValidationError as e:
-        print(f"invalid arguments:\n{e}", file=sys.stderr)
+        print(f"invalid arguments:\n{explain(e, EvaluateRunConfig)}", file=sys.stderr)
         return 2
     taxonomy = load_taxonomy(config.dataset)
     try:

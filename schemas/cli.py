@@ -172,8 +172,8 @@ def log_level(args: argparse.Namespace) -> str:
     return "INFO"
 
 
-def build_config(args: argparse.Namespace, config: type[ConfigT], **overrides: Any) -> ConfigT:
-    return config.model_validate(config_values(args, config) | overrides)
+def build_config(args: argparse.Namespace, config: type[ConfigT]) -> ConfigT:
+    return config.model_validate(config_values(args, config))
 
 
 def _flag_of(config: type[BaseModel], loc: tuple) -> str | None:
@@ -198,13 +198,11 @@ def explain(error: ValidationError, config: type[BaseModel]) -> str:
     return "\n".join(lines)
 
 
-def config_and_taxonomy(
-    args: argparse.Namespace, config: type[ConfigT], **overrides: Any
-) -> tuple[ConfigT, Taxonomy] | None:
+def config_and_taxonomy(args: argparse.Namespace, config: type[ConfigT]) -> tuple[ConfigT, Taxonomy] | None:
     """A job's config from its flags, and its taxonomy (`config.vocab`) loaded. On a problem, print
     it and return None: the job then exits 2, before Ray starts."""
     try:
-        built = build_config(args, config, **overrides)
+        built = build_config(args, config)
         return built, load_taxonomy(built.vocab, built.storage_options)  # type: ignore[attr-defined]
     except ValidationError as e:
         print(f"invalid arguments:\n{explain(e, config)}", file=sys.stderr)

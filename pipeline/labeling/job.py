@@ -67,9 +67,12 @@ class ResultScan:
     """What an output folder already holds, read without changing anything."""
 
     done: set[str]  # image URIs that have a row
-    files: list[str]  # the job's own complete result files
+    provenances: dict[str, Provenance | None]  # per own complete result file; None: a previous release's
     incomplete: list[str]  # its own files a killed run left half-written
-    provenances: dict[str, Provenance | None]  # per file; None for a previous release's files
+
+    @property
+    def files(self) -> list[str]:
+        return list(self.provenances)
 
 
 def scan_results(fs: fsspec.AbstractFileSystem, root: str) -> ResultScan:
@@ -77,7 +80,7 @@ def scan_results(fs: fsspec.AbstractFileSystem, root: str) -> ResultScan:
     not a complete Parquet file was left half-written by a killed run. Any other file is ignored.
     A file that cannot be read at all (an outage, no permission) stops the job: a read error
     proves nothing about the file."""
-    scan = ResultScan(set(), [], [], {})
+    scan = ResultScan(set(), {}, [])
     for path in result_files(fs, root):
         if not is_own_result(path):
             log.warning("ignoring %s: not written by the labeling job (left as it is)", path)
@@ -93,7 +96,6 @@ def scan_results(fs: fsspec.AbstractFileSystem, root: str) -> ResultScan:
         except Exception as e:
             raise InputError(f"cannot read the earlier result {path}: {type(e).__name__}: {e}") from e
         scan.done.update(uris)
-        scan.files.append(path)
         scan.provenances[path] = provenance
     return scan
 
@@ -180,8 +182,7 @@ class JobPlan:
     todo: list[str]
     files_before: list[str]
     vocabulary: VocabularyTable
-    checkpoint_digest: str | None
-    provenance: Provenance
+    provenance: Provenance  # what makes these labels, checkpoint digest included
     started: float
     run_id: str
 
@@ -252,7 +253,6 @@ def plan_label_job(config: LabelJobConfig, taxonomy: Taxonomy, smoke_if_no_weigh
         todo,
         files_before,
         vocabulary,
-        checkpoint_digest,
         provenance,
         started,
         run_id,
@@ -264,7 +264,7 @@ def run_label_job(plan: JobPlan) -> RunSummary:
     import ray
 
     config, taxonomy, weights, todo = plan.config, plan.taxonomy, plan.weights, plan.todo
-    table, checkpoint_digest = plan.vocabulary, plan.checkpoint_digest
+    table = plan.vocabulary
     fs, root = _output_fs(config)
 
     # The stream: URIs -> load, decode, resize (CPU tasks) -> SAN actor pool -> Parquet.
@@ -297,13 +297,10 @@ def run_label_job(plan: JobPlan) -> RunSummary:
                 "weights": weights,
                 "vocabulary_ref": [ray.put(table)],
                 "class_names": {c.id: c.name for c in taxonomy.classes},
-                "model_id": weights.model_id,
-                "checkpoint_digest": checkpoint_digest,
-                "taxonomy_digest": taxonomy.digest(),
+                "provenance": plan.provenance,
                 "use_gpu": gpus > 0,
                 "torch_threads": _torch_threads_per_actor(config),
                 "progress": progress,
-                "provenance": plan.provenance,
             },
             batch_size=config.batch_size,
             batch_format="numpy",
@@ -341,7 +338,11 @@ def run_label_job(plan: JobPlan) -> RunSummary:
         "model_id": weights.model_id,
         "weights": "random (smoke test)" if weights.random else "published" if config.weights.model else "checkpoint",
         "labels_meaningful": not weights.random,
-        "digests": {"checkpoint": checkpoint_digest, "taxonomy": taxonomy.digest(), "vocabulary": table.digest},
+        "digests": {
+            "checkpoint": plan.provenance.weights_digest,
+            "taxonomy": plan.provenance.taxonomy.digest,
+            "vocabulary": table.digest,
+        },
         "counts": {"inputs": len(uris), "labeled": labeled, "failed": failed, "skipped": summary.skipped},
         "previews": previews,
         "started_at": datetime.fromtimestamp(plan.started, timezone.utc).isoformat(),

@@ -33,13 +33,10 @@ class SanLabeler:
         weights: WeightsSpec,
         vocabulary_ref: list,
         class_names: dict[int, str],
-        model_id: str,
-        checkpoint_digest: str | None,
-        taxonomy_digest: str,
+        provenance: Provenance,
         use_gpu: bool,
         torch_threads: int,
         progress: Any = None,
-        provenance: Provenance | None = None,
     ) -> None:
         import ray
 
@@ -54,10 +51,10 @@ class SanLabeler:
         self.class_names = class_names
         self.progress = progress  # a ProgressCounter actor, told of every batch
         self.schema = label_row_schema(provenance)
-        self.row_fields = {
-            "model_id": model_id,
-            "checkpoint_digest": checkpoint_digest,
-            "taxonomy_digest": taxonomy_digest,
+        self.row_fields = {  # every row says which weights and taxonomy made it
+            "model_id": provenance.model_id,
+            "checkpoint_digest": provenance.weights_digest,
+            "taxonomy_digest": provenance.taxonomy.digest,
         }
 
     def _label(
