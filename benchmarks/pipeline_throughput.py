@@ -26,8 +26,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from pipeline.images import decode_rgb, resize_short_side  # noqa: E402
-from pipeline.label_maps import encode_label_png
-from pipeline.labeling.segments import segments_from_label_map  # noqa: E402
+from pipeline.labeling.inference import label_images  # noqa: E402
 from pipeline.vocabulary import load_or_build_vocabulary  # noqa: E402
 from schemas.jobs import LabelJobConfig, ModelChoice  # noqa: E402
 from schemas.taxonomy import load_taxonomy  # noqa: E402
@@ -75,16 +74,10 @@ def model_only(config: LabelJobConfig, paths: list[Path]) -> float:
     class_ids = torch.from_numpy(table.class_ids.astype(np.int64))
     names = {c.id: c.name for c in taxonomy.classes}
     decoded = [decode_rgb(p.read_bytes()) for p in paths]
-    inputs = [
-        (torch.from_numpy(resize_short_side(rgb, config.short_side)).permute(2, 0, 1).float(), rgb.shape[:2])
-        for rgb in decoded
-    ]
+    inputs = [(resize_short_side(rgb, config.short_side), rgb.shape[:2]) for rgb in decoded]
 
-    def run(image: torch.Tensor, size: tuple[int, int]) -> None:
-        ((indices, scores),) = model.predict_labels([image], embeddings, [size])
-        label_map = class_ids[indices].numpy().astype(np.uint16)
-        encode_label_png(label_map)
-        segments_from_label_map(label_map, scores.numpy(), names)
+    def run(image: np.ndarray, size: tuple[int, int]) -> None:
+        label_images(model, [image], [size], embeddings, class_ids, names, table.background)
 
     run(*inputs[0])  # warm-up
     start = time.perf_counter()

@@ -4,6 +4,7 @@ size, and `load_images`, the Ray Data stage that reads, decodes and resizes a ba
 from __future__ import annotations
 
 import io
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,65 +22,138 @@ from PIL import (  # the decoders of DECODER_FORMATS, registered with Pillow by 
     WebPImagePlugin,  # noqa: F401
 )
 
+from schemas.jobs import MAX_IMAGE_MIB, MAX_PIXELS
+
+from .image_integrity import CorruptImageError, check_jpeg, check_jpeg_fill, check_png
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 # The only decoders a file reaches, whatever its name says. Pillow knows many more, some of which
 # hand the file to other programs (PostScript/EPS to Ghostscript); none of those is ever tried.
 # (The multi-picture JPEGs some cameras write open through the JPEG decoder.)
 DECODER_FORMATS = ("JPEG", "PNG", "WEBP", "TIFF", "BMP", "GIF")
 
-# Pillow's own bomb guard (~179 Mpx) raises on open; the pipeline sets its limit explicitly.
-DEFAULT_MAX_PIXELS = 100_000_000
-
+DEFAULT_MAX_PIXELS = MAX_PIXELS
+DEFAULT_MAX_IMAGE_MIB = MAX_IMAGE_MIB
 
 _ROTATED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+_SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I")
+# Bytes per pixel in Pillow's own storage (it pads 2- and 3-band modes to 4 bytes).
+_STORAGE_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2}
+_RESIZED_AS_IS = ("RGB", "L")  # modes resized before conversion: the result is the same
 
 
 def _open(data: bytes, max_pixels: int) -> Image.Image:
-    """Open (header only) with an allowed decoder; the pixel limit is checked before decoding."""
+    """Open (header only) with an allowed decoder; the pixel limit is checked before decoding,
+    and the file's structure (`image_integrity`) before the decoder can paper over damage."""
+    # Pillow refuses at open anything over twice its MAX_IMAGE_PIXELS (about 179 Mpx by default):
+    # raised to the caller's limit, which is checked from the same header below.
+    if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < max_pixels:
+        Image.MAX_IMAGE_PIXELS = max_pixels
     try:
-        image = Image.open(io.BytesIO(data), formats=DECODER_FORMATS)
+        with warnings.catch_warnings():  # Pillow's warning at half its limit: ours is checked below
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=DECODER_FORMATS)
     except Image.DecompressionBombError as e:  # Pillow's own guard fires at open for the largest
         raise ValueError(f"image is over the pixel limit ({e})") from None
     if image.width * image.height > max_pixels:
         image.close()
         raise ValueError(f"image is {image.width}x{image.height}, over the {max_pixels:,}-pixel limit")
+    try:
+        if image.format == "PNG":
+            check_png(data)
+        elif image.format == "JPEG":
+            check_jpeg(data)
+    except CorruptImageError:
+        image.close()
+        raise
     return image
 
 
-def _upright_rgb(image: Image.Image) -> np.ndarray:
+def decode_memory_mib(image: Image.Image, rotated: bool) -> float:
+    """What decoding `image` (opened, not loaded; after any `draft`) to RGB will hold at once."""
+    pixels = image.width * image.height
+    held = _STORAGE_BYTES.get(image.mode, 4)
+    if image.mode in _SIXTEEN_BIT:
+        held += 4 + 1  # float32 rescale, then 8 bits
+    if image.mode == "1":
+        held += 1  # the greyscale conversion
+    elif image.mode not in _RESIZED_AS_IS:
+        held += 4  # the RGB conversion
+    if rotated:
+        held += 4  # the upright copy
+    return pixels * held / 2**20
+
+
+def _check_memory(image: Image.Image, rotated: bool, max_image_mib: int) -> None:
+    needed = decode_memory_mib(image, rotated)
+    if needed > max_image_mib:
+        raise ValueError(
+            f"decoding this {image.width}x{image.height} {image.mode} image needs about {needed:,.0f} MiB, "
+            f"over the {max_image_mib:,} MiB budget per image (--max-image-mib)"
+        )
+
+
+def _load_checked(image: Image.Image, declared_height: int) -> None:
+    """Decode the pixels; a JPEG that ends in decoder fill is an error, not a picture."""
+    image.load()
+    if image.format == "JPEG":
+        check_jpeg_fill(image, declared_height)
+
+
+def _upright_rgb(image: Image.Image) -> Image.Image:
+    """Loaded image in any allowed mode -> upright RGB (or L, for the caller to resize first)."""
     image = ImageOps.exif_transpose(image)
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+    if image.mode == "1":  # bilevel: resized as 8-bit greyscale, never as RGB at full size
+        image = image.convert("L")
+    if image.mode in _SIXTEEN_BIT:
         # 16-bit greyscale: scale to 8 bits rather than clip
         array = np.asarray(image, dtype=np.float32)
         peak = max(float(array.max()), 1.0)
         image = Image.fromarray((array / peak * 255.0).astype(np.uint8))
-    return np.array(image.convert("RGB"))  # a writable copy
+    return image if image.mode in _RESIZED_AS_IS else image.convert("RGB")
 
 
-def decode_rgb(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def _rgb_array(image: Image.Image) -> np.ndarray:
+    return np.array(image if image.mode == "RGB" else image.convert("RGB"))  # a writable copy
+
+
+def decode_rgb(
+    data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, max_image_mib: int = DEFAULT_MAX_IMAGE_MIB
+) -> np.ndarray:
     """JPEG/PNG/... bytes -> uint8 RGB array [H, W, 3] at full size, EXIF orientation applied."""
     with _open(data, max_pixels) as image:
-        return _upright_rgb(image)
+        _check_memory(image, image.getexif().get(0x0112, 1) in _ROTATED, max_image_mib)
+        _load_checked(image, image.height)
+        return _rgb_array(_upright_rgb(image))
 
 
 def decode_for_model(
-    data: bytes, short_side: int, max_long_side: int, max_pixels: int = DEFAULT_MAX_PIXELS
+    data: bytes,
+    short_side: int,
+    max_long_side: int,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_image_mib: int = DEFAULT_MAX_IMAGE_MIB,
 ) -> tuple[np.ndarray, tuple[int, int]]:
     """The image resized for the model (uint8 RGB) and its full upright (height, width).
 
     A JPEG at least twice the model's size is decoded straight at 1/2, 1/4 or 1/8 scale (Pillow's
     `draft`, in the DCT), never smaller than the model's size, then resized: a 12-megapixel photo
-    never exists in memory at full size, and a small file declaring a huge JPEG costs little."""
+    never exists in memory at full size, and a small file declaring a huge JPEG costs little.
+    RGB and greyscale images are resized before any conversion (the result is the same), so a
+    large greyscale image is never held as RGB at full size."""
     with _open(data, max_pixels) as image:
+        declared_height = image.height
         rotated = image.getexif().get(0x0112, 1) in _ROTATED
         height, width = (image.width, image.height) if rotated else (image.height, image.width)
         new_h, new_w = short_side_size(height, width, short_side, max_long_side)
         if image.format == "JPEG":
             image.draft(None, (new_h, new_w) if rotated else (new_w, new_h))
-        rgb = _upright_rgb(image)
-    if rgb.shape[:2] != (new_h, new_w):
-        rgb = np.array(Image.fromarray(rgb).resize((new_w, new_h), Image.BILINEAR))
-    return rgb, (height, width)
+        _check_memory(image, rotated, max_image_mib)
+        _load_checked(image, declared_height)
+        upright = _upright_rgb(image)
+        if upright.size != (new_w, new_h):
+            upright = upright.resize((new_w, new_h), Image.BILINEAR)
+        return _rgb_array(upright), (height, width)
 
 
 def short_side_size(height: int, width: int, short_side: int, max_long_side: int) -> tuple[int, int]:
@@ -112,6 +186,7 @@ def load_images(
     max_long_side: int,
     max_pixels: int,
     storage_options: Mapping[str, Any] | None = None,
+    max_image_mib: int = DEFAULT_MAX_IMAGE_MIB,
 ) -> dict[str, np.ndarray]:
     """image_uri -> the decoded image resized for the model, as raw RGB bytes plus sizes.
 
@@ -125,7 +200,7 @@ def load_images(
                 data = f.read()
             if not data:
                 raise ValueError("file is empty (0 bytes)")
-            resized, (height, width) = decode_for_model(data, short_side, max_long_side, max_pixels)
+            resized, (height, width) = decode_for_model(data, short_side, max_long_side, max_pixels, max_image_mib)
             pixels.append(np.ascontiguousarray(resized).tobytes())
             heights.append(height)
             widths.append(width)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -28,7 +28,7 @@ from schemas.model_config import SanModelConfig
 
 from .clip_backbone import build_clip
 from .clip_features import ClipFeatureExtractor, ClipFeatures
-from .postprocess import semantic_labels, semantic_scores
+from .postprocess import MAX_CHUNK_ELEMENTS, LabelTile, semantic_label_tiles, semantic_labels, semantic_scores
 from .recognition_head import RecognitionHead
 from .side_adapter import SideAdapter
 from .text_classifier import TextClassifier
@@ -227,12 +227,26 @@ class SAN(nn.Module):
         class_embeddings: torch.Tensor,
         output_sizes: Sequence[tuple[int, int]] | None = None,
         background: bool = True,
-        max_chunk_elements: int = 1 << 25,
+        max_chunk_elements: int = MAX_CHUNK_ELEMENTS,
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per image (labels [H_out, W_out] as class indices, their scores): the argmax of
         `predict`'s score maps, computed in row chunks so no [C, H, W] map is ever materialised."""
         labels = partial(semantic_labels, background=background, max_chunk_elements=max_chunk_elements)
         return self._per_image(images, class_embeddings, output_sizes, background, labels)
+
+    @torch.no_grad()
+    def predict_label_tiles(
+        self,
+        images: Sequence[torch.Tensor],
+        class_embeddings: torch.Tensor,
+        output_sizes: Sequence[tuple[int, int]] | None = None,
+        background: bool = True,
+        max_chunk_elements: int = MAX_CHUNK_ELEMENTS,
+    ) -> list[Iterator[LabelTile]]:
+        """Per image, `predict_labels`' result as an iterator of tiles: a caller that consumes
+        them as they come (encoding, counting) labels any output size in bounded memory."""
+        tiles = partial(semantic_label_tiles, background=background, max_chunk_elements=max_chunk_elements)
+        return self._per_image(images, class_embeddings, output_sizes, background, tiles)
 
 
 def _sizes(images: Sequence[torch.Tensor], output_sizes: Sequence[tuple[int, int]] | None) -> list[tuple[int, int]]:

@@ -7,8 +7,15 @@ probabilities (background dropped) times mask probabilities over queries.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
+
 import torch
 from torch.nn import functional as F
+
+# Elements of the largest tensor one label tile computes ([classes or queries, tile pixels]):
+# 8M float32 is 32 MiB, so a tile's working set stays near 100 MiB at any output size.
+MAX_CHUNK_ELEMENTS = 1 << 23
 
 
 def semantic_scores(
@@ -43,6 +50,68 @@ def composite_resize_matrix(grid: int, padded: int, valid: int, output: int) -> 
     return resize_matrix(valid, output) @ resize_matrix(grid, padded)[:valid]
 
 
+@dataclass
+class LabelTile:
+    """One rectangle of a label map: rows top:bottom, columns left:right of the output."""
+
+    top: int
+    left: int
+    labels: torch.Tensor  # [rows, cols] int64 class indices
+    scores: torch.Tensor  # [rows, cols] the winning class's score
+
+
+@torch.no_grad()  # also while a caller iterates, outside the model's own no_grad
+def semantic_label_tiles(
+    class_logits: torch.Tensor,
+    mask_logits: torch.Tensor,
+    padded_size: tuple[int, int],
+    input_size: tuple[int, int],
+    output_size: tuple[int, int],
+    background: bool = True,
+    max_chunk_elements: int = MAX_CHUNK_ELEMENTS,
+) -> Iterator[LabelTile]:
+    """The argmax of `semantic_scores` and its value, tile by tile, never materialising
+    [C, H_out, W_out]: memory is bounded by `max_chunk_elements` whatever the output size.
+
+    Both bilinear resizes are linear maps per axis, so the mask logits at the output size are
+    A_y @ M_q @ A_x^T with small composite matrices; tiles are produced column block by column
+    block, row block by row block.
+
+    Large vocabularies are pruned exactly: a class's score at any pixel is at most the sum of its
+    probabilities over queries (masks are <= 1), so in each tile only classes whose sum reaches
+    the best score the queries' own top classes already achieve everywhere in the tile can win.
+    """
+    queries, grid_h, grid_w = mask_logits.shape
+    out_h, out_w = output_size
+    dtype, device = mask_logits.dtype, mask_logits.device
+    a_y = composite_resize_matrix(grid_h, padded_size[0], input_size[0], out_h).to(device, dtype)
+    a_x = composite_resize_matrix(grid_w, padded_size[1], input_size[1], out_w).to(device, dtype)
+    probs_t = _class_probs(class_logits, background).to(dtype).T.contiguous()  # [C, Q]
+    num_classes = probs_t.shape[0]
+    upper_bound = probs_t.sum(dim=1)  # [C] score can never exceed this
+    anchors = torch.unique(probs_t.argmax(dim=0))  # each query's most likely class
+    # the widest column block whose half-resized masks [Q, h, cols] fit the budget
+    cols = max(1, min(out_w, max_chunk_elements // max(1, queries * grid_h)))
+    for left in range(0, out_w, cols):
+        right = min(out_w, left + cols)
+        half = torch.einsum("qhw,xw->qhx", mask_logits, a_x[left:right])  # [Q, h, cols]
+        width = right - left
+        rows = max(1, max_chunk_elements // max(1, max(num_classes, queries) * width))
+        for top in range(0, out_h, rows):
+            bottom = min(out_h, top + rows)
+            masks = torch.einsum("yh,qhx->qyx", a_y[top:bottom], half).sigmoid_().reshape(queries, -1)
+            floor = (probs_t[anchors] @ masks).max(dim=0).values.min()  # every pixel scores at least this
+            # the slack covers float rounding of the bound; it only ever keeps more classes
+            candidates = torch.nonzero(upper_bound >= floor - 1e-5).squeeze(1)
+            best, index = (probs_t[candidates] @ masks).max(dim=0)
+            yield LabelTile(
+                top=top,
+                left=left,
+                labels=candidates[index].view(bottom - top, width),
+                scores=best.view(bottom - top, width),
+            )
+
+
 def semantic_labels(
     class_logits: torch.Tensor,
     mask_logits: torch.Tensor,
@@ -50,39 +119,16 @@ def semantic_labels(
     input_size: tuple[int, int],
     output_size: tuple[int, int],
     background: bool = True,
-    max_chunk_elements: int = 1 << 25,
+    max_chunk_elements: int = MAX_CHUNK_ELEMENTS,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The argmax of `semantic_scores` and its value, without materialising [C, H_out, W_out].
-
-    Both bilinear resizes are linear maps per axis, so the mask logits at the output size are
-    A_y @ M_q @ A_x^T with small composite matrices; rows are produced in chunks.
-
-    Large vocabularies are pruned exactly: a class's score at any pixel is at most the sum of its
-    probabilities over queries (masks are <= 1), so in each chunk only classes whose sum reaches
-    the best score the queries' own top classes already achieve everywhere in the chunk can win.
-
-    Returns labels [H_out, W_out] (int64 class indices) and their scores [H_out, W_out].
-    """
-    queries, grid_h, grid_w = mask_logits.shape
-    out_h, out_w = output_size
-    dtype, device = mask_logits.dtype, mask_logits.device
-    a_y = composite_resize_matrix(grid_h, padded_size[0], input_size[0], out_h).to(device, dtype)
-    a_x = composite_resize_matrix(grid_w, padded_size[1], input_size[1], out_w).to(device, dtype)
-    half = torch.einsum("qhw,xw->qhx", mask_logits, a_x)  # [Q, h, W_out]
-    probs_t = _class_probs(class_logits, background).to(dtype).T.contiguous()  # [C, Q]
-    num_classes = probs_t.shape[0]
-    upper_bound = probs_t.sum(dim=1)  # [C] score can never exceed this
-    anchors = torch.unique(probs_t.argmax(dim=0))  # each query's most likely class
-    rows = max(1, max_chunk_elements // max(1, num_classes * out_w))
-    labels = torch.empty(out_h, out_w, dtype=torch.int64, device=device)
-    scores = torch.empty(out_h, out_w, dtype=dtype, device=device)
-    for top in range(0, out_h, rows):
-        bottom = min(out_h, top + rows)
-        masks = torch.einsum("yh,qhx->qyx", a_y[top:bottom], half).sigmoid().reshape(queries, -1)
-        floor = (probs_t[anchors] @ masks).max(dim=0).values.min()  # every pixel scores at least this
-        # the slack covers float rounding of the bound; it only ever keeps more classes
-        candidates = torch.nonzero(upper_bound >= floor - 1e-5).squeeze(1)
-        best, index = (probs_t[candidates] @ masks).max(dim=0)
-        labels[top:bottom] = candidates[index].view(bottom - top, out_w)
-        scores[top:bottom] = best.view(bottom - top, out_w)
+    """`semantic_label_tiles` assembled: labels [H_out, W_out] (int64 class indices) and their
+    scores [H_out, W_out]."""
+    labels = torch.empty(output_size, dtype=torch.int64, device=mask_logits.device)
+    scores = torch.empty(output_size, dtype=mask_logits.dtype, device=mask_logits.device)
+    for tile in semantic_label_tiles(
+        class_logits, mask_logits, padded_size, input_size, output_size, background, max_chunk_elements
+    ):
+        rows, cols = tile.labels.shape
+        labels[tile.top : tile.top + rows, tile.left : tile.left + cols] = tile.labels
+        scores[tile.top : tile.top + rows, tile.left : tile.left + cols] = tile.scores
     return labels, scores

@@ -13,6 +13,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from .uris import Uri, VocabRef
 
 DEFAULT_MODEL = "san-vit-b16"
+# Per-image limits for untrusted input, both checked from the file's header before decoding.
+MAX_PIXELS = 100_000_000  # Pillow's own bomb guard (~179 Mpx) would fire only at open
+# Enough for a 100-megapixel RGB image (Pillow holds 4 bytes per RGB pixel) and its conversions.
+MAX_IMAGE_MIB = 1024
 
 
 def _cli(**options: Any) -> dict[str, Any]:
@@ -121,7 +125,12 @@ class LabelJobConfig(_JobConfig):
     gpus_per_actor: float | None = GPUS_PER_ACTOR
     torch_threads: int | None = Field(default=None, ge=1, description="threads per actor (default: node CPUs / actors)")
     rows_per_file: int = Field(default=256, ge=1, description="images per output Parquet file (the resume unit)")
-    max_pixels: int = Field(default=100_000_000, ge=1, description="larger images become error rows")
+    max_pixels: int = Field(default=MAX_PIXELS, ge=1, description="larger images become error rows")
+    max_image_mib: int = Field(
+        default=MAX_IMAGE_MIB,
+        ge=1,
+        description="memory one image may take to decode, estimated from its header; more becomes an error row",
+    )
     short_side: int = Field(default=640, ge=32, description="model input short side (the reference test size)")
     max_long_side: int = Field(default=2560, ge=32, description="model input long side at most")
     storage_options: dict[str, Any] = STORAGE_OPTIONS

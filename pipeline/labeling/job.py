@@ -161,7 +161,7 @@ def write_previews(
             if row["error"] is not None:
                 continue
             with fsspec.open(row["image_uri"], "rb", **config.storage_options) as f:
-                rgb = decode_rgb(f.read(), config.max_pixels)
+                rgb = decode_rgb(f.read(), config.max_pixels, config.max_image_mib)
             overlay = render_overlay(rgb, decode_label_map(row["label_map_png"]), taxonomy, banner=banner)
             name = row["image_uri"].rstrip("/").rsplit("/", 1)[-1].rsplit(".", 1)[0]
             target = f"{root.rstrip('/')}/{PREVIEW_DIR}/{len(written):04d}_{name}.png"
@@ -285,6 +285,7 @@ def run_label_job(plan: JobPlan) -> RunSummary:
                 "short_side": config.short_side,
                 "max_long_side": config.max_long_side,
                 "max_pixels": config.max_pixels,
+                "max_image_mib": config.max_image_mib,
                 "storage_options": config.storage_options,
             },
             batch_size=config.batch_size,

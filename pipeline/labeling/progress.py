@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -25,10 +26,15 @@ def error_kind(error: str) -> str:
 
 
 def peak_rss_mib() -> float:
-    """This process's peak resident memory so far (Linux reports KiB)."""
-    import resource
+    """This process's own peak resident memory so far. Linux's VmHWM; not getrusage's ru_maxrss,
+    which a process started by exec inherits from its parent (a Ray worker, the raylet's)."""
+    try:
+        status = Path("/proc/self/status").read_text().splitlines()
+        return int(next(line for line in status if line.startswith("VmHWM:")).split()[1]) / 1024
+    except (OSError, StopIteration):  # not Linux
+        import resource
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 class ProgressCounter:

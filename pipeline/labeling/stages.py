@@ -16,11 +16,10 @@ from ray.data.datasource import FilenameProvider
 from schemas.output import LabelRow, Provenance, label_row_schema
 
 from ..images import describe_error
-from ..label_maps import encode_label_png
 from ..results import result_file_name
 from ..weights import WeightsSpec
+from .inference import label_images
 from .progress import peak_rss_mib
-from .segments import segments_from_label_map
 
 log = logging.getLogger(__name__)
 
@@ -61,23 +60,11 @@ class SanLabeler:
         self, pixels: list[bytes], input_sizes: list[tuple[int, int]], sizes: list[tuple[int, int]]
     ) -> list[dict]:
         """Label images in one call: the model batches those of equal padded size together."""
-        images = [
-            torch.from_numpy(np.frombuffer(p, dtype=np.uint8).reshape(*hw, 3).copy()).to(self.device).permute(2, 0, 1)
-            for p, hw in zip(pixels, input_sizes, strict=True)
-        ]
-        results = self.model.predict_labels(
-            [i.float() for i in images], self.embeddings, sizes, background=self.vocabulary.background
+        images = [np.frombuffer(p, dtype=np.uint8).reshape(*hw, 3) for p, hw in zip(pixels, input_sizes, strict=True)]
+        labeled = label_images(
+            self.model, images, sizes, self.embeddings, self.class_ids, self.class_names, self.vocabulary.background
         )
-        labeled = []
-        for indices, scores in results:
-            label_map = self.class_ids[indices].cpu().numpy().astype(np.uint16)  # distractors map to 0
-            labeled.append(
-                {
-                    "label_map_png": encode_label_png(label_map),
-                    "segments": segments_from_label_map(label_map, scores.float().cpu().numpy(), self.class_names),
-                }
-            )
-        return labeled
+        return [{"label_map_png": r.label_map_png, "segments": r.segments} for r in labeled]
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         count = len(batch["image_uri"])

@@ -1,0 +1,115 @@
+"""Label maps at full resolution in bounded memory: the tiles of `semantic_label_tiles` are the
+argmax of the reference's full score maps (847 classes, sizes that need padding), and the
+segments found in one pass over the map are those pycocotools gives for each class's mask."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from pycocotools import mask as coco_mask
+
+from pipeline.label_maps import decode_label_map
+from pipeline.labeling.inference import label_images
+from pipeline.labeling.segments import class_rles, label_runs, score_sums, segments_from_label_map
+from san_core.build import load_model
+from san_core.postprocess import semantic_label_tiles, semantic_labels, semantic_scores
+
+
+@pytest.fixture(scope="module")
+def tiny(parity_dir):
+    tiny_dir = parity_dir / "tiny_a"
+    return load_model(checkpoint=str(tiny_dir / "checkpoint.pth"), model_config=str(tiny_dir / "config.json")).model
+
+
+def _blobs(height: int, width: int, classes: int, seed: int) -> np.ndarray:
+    """A label map of smooth regions, like a segmentation's, with ids 0..classes-1."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, classes, size=(max(1, height // 7), max(1, width // 5)))
+    rows = np.minimum(np.arange(height) * coarse.shape[0] // height, coarse.shape[0] - 1)
+    cols = np.minimum(np.arange(width) * coarse.shape[1] // width, coarse.shape[1] - 1)
+    return coarse[rows][:, cols].astype(np.uint16)
+
+
+@pytest.mark.parametrize(("height", "width", "block"), [(37, 53, 1 << 23), (37, 53, 40), (64, 1, 3), (1, 90, 7)])
+def test_runs_of_all_classes_in_one_pass_equal_pycocotools_per_class(height, width, block):
+    label_map = _blobs(height, width, classes=6, seed=height * width)
+    label_map[-1, -1] = 9  # a class found only in the last pixel
+    values, lengths = label_runs(label_map, block_pixels=block)
+    assert lengths.sum() == height * width and (values[1:] != values[:-1]).all()
+    assert (np.repeat(values, lengths) == label_map.T.ravel()).all()
+    rles = class_rles(label_map)
+    assert sorted(rles) == np.unique(label_map).tolist()
+    for class_id, rle in rles.items():
+        expected = coco_mask.encode(np.asfortranarray((label_map == class_id).astype(np.uint8)))
+        assert rle["counts"] == expected["counts"] and list(rle["size"]) == list(expected["size"])
+
+
+def test_segments_carry_area_bbox_and_mean_score():
+    label_map = _blobs(40, 60, classes=4, seed=1)
+    scores = np.random.default_rng(2).random((40, 60)).astype(np.float32)
+    names = {i: f"class {i}" for i in range(4)}
+    segments = segments_from_label_map(label_map, score_sums(label_map, scores), names)
+    assert [s.class_id for s in segments] == [i for i in range(1, 4) if (label_map == i).any()]
+    for segment in segments:
+        mask = label_map == segment.class_id
+        assert segment.area == mask.sum() and segment.class_name == f"class {segment.class_id}"
+        ys, xs = np.nonzero(mask)
+        assert segment.bbox == [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]
+        assert segment.score == pytest.approx(float(scores[mask].mean()), rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("classes", "padded", "valid", "output", "chunk"),
+    [
+        (847, (48, 64), (48, 64), (96, 128), 1 << 25),  # ADE-847, one tile
+        (847, (48, 64), (41, 57), (123, 171), 5000),  # padding cropped, many row and column tiles
+        (150, (32, 48), (30, 45), (301, 451), 20000),
+        (5, (16, 16), (13, 9), (7, 5), 10),  # output smaller than the input, tiny tiles
+    ],
+)
+def test_label_tiles_are_the_argmax_of_the_full_score_maps(classes, padded, valid, output, chunk):
+    generator = torch.Generator().manual_seed(classes + output[0])
+    queries = 20
+    class_logits = torch.randn(queries, classes + 1, generator=generator) * 3
+    mask_logits = torch.randn(queries, padded[0] // 4, padded[1] // 4, generator=generator) * 4
+    scores = semantic_scores(class_logits, mask_logits, padded, valid, output)
+    best, index = scores.max(dim=0)
+    labels = torch.full(output, -1, dtype=torch.int64)
+    tiles = list(semantic_label_tiles(class_logits, mask_logits, padded, valid, output, max_chunk_elements=chunk))
+    for tile in tiles:
+        rows, cols = tile.labels.shape
+        assert (labels[tile.top : tile.top + rows, tile.left : tile.left + cols] == -1).all()  # no overlap
+        labels[tile.top : tile.top + rows, tile.left : tile.left + cols] = tile.labels
+        assert torch.allclose(tile.scores, best[tile.top : tile.top + rows, tile.left : tile.left + cols], atol=1e-6)
+    assert (labels >= 0).all()  # every pixel covered
+    if chunk < 1 << 25:
+        assert len(tiles) > 1
+    # identical up to exact float ties between classes
+    disagree = labels != index
+    if disagree.any():
+        tie = scores.gather(0, labels[None])[0] - best
+        assert tie[disagree].abs().max() <= 1e-6
+    assembled, _ = semantic_labels(class_logits, mask_logits, padded, valid, output, max_chunk_elements=chunk)
+    assert (assembled == labels).all()
+
+
+def test_the_job_path_equals_the_argmax_of_the_models_score_maps(tiny, tiny_inputs):
+    vocabulary = tiny_inputs["vocabulary"]
+    embeddings = tiny.class_embeddings(vocabulary)
+    class_ids = torch.arange(1, len(vocabulary) + 1)  # taxonomy ids 1..C
+    names = {i + 1: name for i, name in enumerate(vocabulary)}
+    images = [(np.random.default_rng(i).random((45 + 7 * i, 61, 3)) * 255).astype(np.uint8) for i in range(2)]
+    sizes = [(90, 122), (413, 300)]
+    labeled = label_images(tiny, images, sizes, embeddings, class_ids, names)
+    for image, size, result in zip(images, sizes, labeled, strict=True):
+        (scores,) = tiny.predict([torch.from_numpy(image).permute(2, 0, 1).float()], embeddings, [size])
+        best, index = scores.max(dim=0)
+        expected = (index + 1).numpy().astype(np.uint16)
+        label_map = decode_label_map(result.label_map_png)
+        assert label_map.shape == size and (label_map == expected).all()
+        assert [s.class_id for s in result.segments] == np.unique(expected).tolist()
+        for segment in result.segments:
+            mask = expected == segment.class_id
+            assert segment.area == mask.sum()
+            assert segment.score == pytest.approx(float(best.numpy()[mask].mean()), rel=1e-5)
