@@ -8,7 +8,6 @@ import warnings
 from collections.abc import Mapping
 from typing import Any
 
-import fsspec
 import numpy as np
 from PIL import (  # the decoders of DECODER_FORMATS, registered with Pillow by importing them
     BmpImagePlugin,  # noqa: F401
@@ -25,6 +24,7 @@ from PIL import (  # the decoders of DECODER_FORMATS, registered with Pillow by 
 from schemas.jobs import MAX_IMAGE_MIB, MAX_PIXELS
 
 from .image_integrity import CorruptImageError, check_jpeg, check_jpeg_fill, check_png
+from .retries import error_kind, read_bytes
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 # The only decoders a file reaches, whatever its name says. Pillow knows many more, some of which
@@ -187,17 +187,18 @@ def load_images(
     max_pixels: int,
     storage_options: Mapping[str, Any] | None = None,
     max_image_mib: int = DEFAULT_MAX_IMAGE_MIB,
+    io_attempts: int = 4,
 ) -> dict[str, np.ndarray]:
     """image_uri -> the decoded image resized for the model, as raw RGB bytes plus sizes.
 
-    A file that cannot be read or decoded gets an `error` and no pixels.
+    Reading is retried through transient failures (`retries.read_bytes`). A file that cannot be
+    read or decoded gets an `error`, and an `error_kind` saying whether trying again may help.
     """
     uris = [str(u) for u in batch["image_uri"]]
-    pixels, heights, widths, input_h, input_w, errors = [], [], [], [], [], []
+    pixels, heights, widths, input_h, input_w, errors, kinds = [], [], [], [], [], [], []
     for uri in uris:
         try:
-            with fsspec.open(uri, "rb", **(storage_options or {})) as f:
-                data = f.read()
+            data = read_bytes(uri, storage_options, attempts=io_attempts)
             if not data:
                 raise ValueError("file is empty (0 bytes)")
             resized, (height, width) = decode_for_model(data, short_side, max_long_side, max_pixels, max_image_mib)
@@ -207,6 +208,7 @@ def load_images(
             input_h.append(resized.shape[0])
             input_w.append(resized.shape[1])
             errors.append(None)
+            kinds.append(None)
         except Exception as e:  # every failure becomes this image's error row
             pixels.append(b"")
             heights.append(-1)
@@ -214,6 +216,7 @@ def load_images(
             input_h.append(0)
             input_w.append(0)
             errors.append(f"cannot load image: {describe_error(e)}")
+            kinds.append(error_kind(e))
     return {
         "image_uri": np.array(uris, dtype=object),
         "pixels": np.array(pixels, dtype=object),
@@ -222,4 +225,5 @@ def load_images(
         "input_height": np.array(input_h, dtype=np.int32),
         "input_width": np.array(input_w, dtype=np.int32),
         "error": np.array(errors, dtype=object),
+        "error_kind": np.array(kinds, dtype=object),
     }

@@ -50,6 +50,10 @@ def _arrow_type(annotation: Any) -> tuple[pa.DataType, bool]:
         (item,) = typing.get_args(annotation)
         inner, nullable = _arrow_type(item)
         return pa.list_(pa.field("item", inner, nullable=nullable)), False
+    if origin is typing.Literal:  # a closed set of strings: stored as strings
+        if not all(isinstance(v, str) for v in typing.get_args(annotation)):
+            raise TypeError(f"only string literals map to Arrow, not {annotation}")
+        return pa.string(), False
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return pa.struct(arrow_fields(annotation)), False
     if annotation in _SCALARS:

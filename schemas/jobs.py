@@ -135,6 +135,16 @@ class LabelJobConfig(_JobConfig):
     max_long_side: int = Field(default=2560, ge=32, description="model input long side at most")
     storage_options: dict[str, Any] = STORAGE_OPTIONS
     overwrite: bool = Field(default=False, description="discard earlier results in --output")
+    io_attempts: int = Field(
+        default=4,
+        ge=1,
+        description="tries to read an input through transient failures (timeouts, throttling, 5xx, dropped "
+        "connections), with exponential backoff from 0.5 s; what persists becomes a transient error row",
+    )
+    retry_errors: Literal["none", "transient", "all"] = Field(
+        default="none",
+        description="re-attempt earlier error rows of this kind (transient: I/O failures) and replace them",
+    )
     max_error_ratio: float = Field(
         default=0.01,
         ge=0.0,

@@ -6,14 +6,15 @@ The pyarrow schema is derived from `LabelRow` (see schemas/arrow.py) and carries
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar
+from typing import Annotated, ClassVar, Literal
 
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
 from .arrow import ArrowType, arrow_schema
 
-SCHEMA_VERSION = "1"
+# 2: error_kind; each file's metadata names the run that wrote it (RUN_ID_KEY)
+SCHEMA_VERSION = "2"
 
 Int32 = Annotated[int, ArrowType(pa.int32())]
 Float32 = Annotated[float, ArrowType(pa.float32())]
@@ -49,9 +50,17 @@ class LabelRow(BaseModel):
     checkpoint_digest: str | None = Field(description="sha256 of the checkpoint file; null for random weights")
     taxonomy_digest: str
     error: str | None = Field(description="null, or why this image has no labels")
+    error_kind: Literal["transient", "permanent"] | None = Field(
+        default=None,
+        description="null, or whether the error may pass if tried again (I/O: timeouts, throttling, 5xx, "
+        "connections) or not (a bad image, a missing file): `--retry-errors` re-attempts by kind",
+    )
 
 
 PROVENANCE_KEY = "san_labeler.provenance"
+# The run that wrote a file (runs are named by start time, so they sort): when two files hold a
+# row for one image, the later run's row is the one that counts.
+RUN_ID_KEY = "san_labeler.run_id"
 
 
 class TaxonomyRef(BaseModel):
@@ -103,8 +112,10 @@ class Provenance(BaseModel):
         return cls.model_validate_json(raw) if raw else None
 
 
-def label_row_schema(provenance: Provenance | None = None) -> pa.Schema:
+def label_row_schema(provenance: Provenance | None = None, run_id: str | None = None) -> pa.Schema:
     metadata = {"schema_version": SCHEMA_VERSION}
     if provenance is not None:
         metadata[PROVENANCE_KEY] = provenance.model_dump_json()
+    if run_id is not None:
+        metadata[RUN_ID_KEY] = run_id
     return arrow_schema(LabelRow, metadata=metadata)

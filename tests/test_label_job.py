@@ -22,7 +22,7 @@ from pipeline.label_maps import decode_label_map
 from pipeline.labeling.segments import rle_to_mask
 from pipeline.vocabulary import load_or_build_vocabulary
 from san_core.build import load_model
-from schemas.output import LabelRow
+from schemas.output import SCHEMA_VERSION, LabelRow
 from schemas.taxonomy import load_taxonomy
 
 TAXONOMY = """\
@@ -46,7 +46,7 @@ def _rows(output: str) -> list[dict]:
         if path.endswith(".parquet") and "/_" not in path[len(root) :]:
             with fs.open(path, "rb") as f:
                 table = pq.read_table(f)
-            assert table.schema.metadata[b"schema_version"] == b"1"
+            assert table.schema.metadata[b"schema_version"] == SCHEMA_VERSION.encode()
             rows.extend(table.to_pylist())
     return rows
 

@@ -71,7 +71,7 @@ def test_rows_round_trip_through_parquet():
     buffer = io.BytesIO()
     pq.write_table(table, buffer)
     back = pq.read_table(io.BytesIO(buffer.getvalue()))
-    assert back.schema.metadata[b"schema_version"] == b"1"
+    assert back.schema.metadata[b"schema_version"] == SCHEMA_VERSION.encode()
     assert [LabelRow.model_validate(r) for r in back.to_pylist()] == rows
 
 

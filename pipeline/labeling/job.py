@@ -19,7 +19,6 @@ from datetime import datetime, timezone
 from typing import Any
 
 import fsspec
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from schemas.jobs import LabelJobConfig
@@ -28,12 +27,13 @@ from schemas.output import SCHEMA_VERSION, Provenance, TaxonomyRef, label_row_sc
 from schemas.taxonomy import Taxonomy
 
 from ..images import decode_rgb, load_images
-from ..inputs import InputError, check_output_writable, list_inputs
+from ..inputs import check_output_writable, list_inputs
 from ..label_maps import decode_label_map
 from ..results import MANIFEST_NAME, PREVIEW_DIR, ProvenanceError, is_own_result, result_files
 from ..storage import pyarrow_filesystem
 from ..vocabulary import DEFAULT_CACHE_DIR, VocabularyTable, load_or_build_vocabulary
 from ..weights import SMOKE_BANNER, WeightsSpec, resolve_weights
+from .output_state import ResultScan, count_rows, drop_superseded, scan_results
 from .preview import render_overlay
 from .progress import ProgressCounter, ProgressReporter, peak_rss_mib
 from .stages import ResultFileNames, SanLabeler
@@ -62,44 +62,6 @@ def _output_fs(config: LabelJobConfig) -> tuple[fsspec.AbstractFileSystem, str]:
     return fsspec.core.url_to_fs(config.output, **config.storage_options)
 
 
-@dataclass
-class ResultScan:
-    """What an output folder already holds, read without changing anything."""
-
-    done: set[str]  # image URIs that have a row
-    provenances: dict[str, Provenance | None]  # per own complete result file; None: a previous release's
-    incomplete: list[str]  # its own files a killed run left half-written
-
-    @property
-    def files(self) -> list[str]:
-        return list(self.provenances)
-
-
-def scan_results(fs: fsspec.AbstractFileSystem, root: str) -> ResultScan:
-    """The job's own result files (known by name) and the image URIs they hold. One whose bytes are
-    not a complete Parquet file was left half-written by a killed run. Any other file is ignored.
-    A file that cannot be read at all (an outage, no permission) stops the job: a read error
-    proves nothing about the file."""
-    scan = ResultScan(set(), {}, [])
-    for path in result_files(fs, root):
-        if not is_own_result(path):
-            log.warning("ignoring %s: not written by the labeling job (left as it is)", path)
-            continue
-        try:
-            with fs.open(path, "rb") as f:
-                parquet = pq.ParquetFile(f)
-                provenance = Provenance.from_schema(parquet.schema_arrow)
-                uris = parquet.read(columns=["image_uri"]).column("image_uri").to_pylist()
-        except pa.ArrowInvalid:  # read, and not Parquet: the file a killed writer left
-            scan.incomplete.append(path)
-            continue
-        except Exception as e:
-            raise InputError(f"cannot read the earlier result {path}: {type(e).__name__}: {e}") from e
-        scan.done.update(uris)
-        scan.provenances[path] = provenance
-    return scan
-
-
 def check_provenance(scan: ResultScan, current: Provenance, output: str) -> None:
     """Raise ProvenanceError if any earlier result was made with something that changes labels."""
     for path, recorded in scan.provenances.items():
@@ -114,16 +76,6 @@ def check_provenance(scan: ResultScan, current: Provenance, output: str) -> None
                 + "\nmixing them would give one folder two meanings. Label into a new --output, or pass "
                 "--overwrite to replace the earlier labels."
             )
-
-
-def _count_rows(fs: fsspec.AbstractFileSystem, paths: list[str]) -> tuple[int, int]:
-    ok = failed = 0
-    for path in paths:
-        with fs.open(path, "rb") as f:
-            errors = pq.read_table(f, columns=["error"]).column("error")
-        ok += errors.null_count
-        failed += len(errors) - errors.null_count
-    return ok, failed
 
 
 def _clear_output(fs: fsspec.AbstractFileSystem, root: str) -> None:
@@ -242,9 +194,13 @@ def plan_label_job(config: LabelJobConfig, taxonomy: Taxonomy, smoke_if_no_weigh
         fs.rm(path)
     if fs.exists(f"{root.rstrip('/')}/{MANIFEST_NAME}"):
         fs.rm(f"{root.rstrip('/')}/{MANIFEST_NAME}")  # this run is not finished until it writes one
-    done, files_before = scan.done, scan.files
+    if scan.superseded:  # a run killed while tidying up left two rows for some images
+        drop_superseded(fs, scan, run_id)
+    done, files_before = scan.done(config.retry_errors), scan.files
     todo = [u for u in inputs if u not in done]
-    log.info(f"{len(inputs)} inputs: {len(inputs) - len(todo)} already labeled, {len(todo)} to label")
+    retried = sum(1 for u in todo if u in scan.latest)
+    again = f" ({retried:,} of them error rows tried again)" if retried else ""
+    log.info(f"{len(inputs)} inputs: {len(inputs) - len(todo)} already labeled, {len(todo)} to label{again}")
     return JobPlan(
         config,
         taxonomy,
@@ -287,6 +243,7 @@ def run_label_job(plan: JobPlan) -> RunSummary:
                 "max_pixels": config.max_pixels,
                 "max_image_mib": config.max_image_mib,
                 "storage_options": config.storage_options,
+                "io_attempts": config.io_attempts,
             },
             batch_size=config.batch_size,
             # decoding is light next to inference; a fractional CPU lets it overlap the actors
@@ -299,6 +256,7 @@ def run_label_job(plan: JobPlan) -> RunSummary:
                 "vocabulary_ref": [ray.put(table)],
                 "class_names": {c.id: c.name for c in taxonomy.classes},
                 "provenance": plan.provenance,
+                "run_id": plan.run_id,
                 "use_gpu": gpus > 0,
                 "torch_threads": _torch_threads_per_actor(config),
                 "progress": progress,
@@ -313,7 +271,7 @@ def run_label_job(plan: JobPlan) -> RunSummary:
             dataset.write_parquet(
                 root,
                 filesystem=pyarrow_filesystem(fs),
-                schema=label_row_schema(plan.provenance),
+                schema=label_row_schema(plan.provenance, plan.run_id),
                 filename_provider=ResultFileNames(),
                 ray_remote_args={"num_cpus": 0.25},  # I/O-bound; must not wait for a whole CPU
             )
@@ -325,7 +283,14 @@ def run_label_job(plan: JobPlan) -> RunSummary:
     fs.invalidate_cache()
     files_after = [p for p in result_files(fs, root) if is_own_result(p)]  # earlier ones were read in the plan
     new_files = [p for p in files_after if p not in set(plan.files_before)]
-    labeled, failed = _count_rows(fs, new_files)
+    labeled, failed = count_rows(fs, new_files)
+    # Rows this run replaced (--retry-errors) are superseded: gone before the run counts as done.
+    after = scan_results(fs, root)
+    if after.superseded:
+        dropped = drop_superseded(fs, after, plan.run_id)
+        log.info(f"{dropped} earlier rows replaced by this run's")
+        fs.invalidate_cache()
+        files_after = [p for p in result_files(fs, root) if is_own_result(p)]
     banner = SMOKE_BANNER if weights.random else None
     previews = write_previews(config, taxonomy, files_after, banner) if config.preview else []
     wall = time.time() - plan.started

@@ -17,6 +17,7 @@ from schemas.output import LabelRow, Provenance, label_row_schema
 
 from ..images import describe_error
 from ..results import result_file_name
+from ..retries import PERMANENT
 from ..weights import WeightsSpec
 from .inference import label_images
 from .progress import peak_rss_mib
@@ -33,6 +34,7 @@ class SanLabeler:
         vocabulary_ref: list,
         class_names: dict[int, str],
         provenance: Provenance,
+        run_id: str,
         use_gpu: bool,
         torch_threads: int,
         progress: Any = None,
@@ -49,7 +51,7 @@ class SanLabeler:
         self.class_ids = torch.from_numpy(self.vocabulary.class_ids.astype(np.int64)).to(self.device)
         self.class_names = class_names
         self.progress = progress  # a ProgressCounter actor, told of every batch
-        self.schema = label_row_schema(provenance)
+        self.schema = label_row_schema(provenance, run_id)
         self.row_fields = {  # every row says which weights and taxonomy made it
             "model_id": provenance.model_id,
             "checkpoint_digest": provenance.weights_digest,
@@ -69,6 +71,7 @@ class SanLabeler:
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         count = len(batch["image_uri"])
         errors = [e if isinstance(e, str) and e else None for e in batch["error"]]  # all-null arrives as NaN
+        kinds = [k if isinstance(k, str) and k else None for k in batch["error_kind"]]
         results: list[dict[str, Any]] = [{"label_map_png": None, "segments": []} for _ in range(count)]
         valid = [i for i in range(count) if errors[i] is None]
         input_sizes = {i: (int(batch["input_height"][i]), int(batch["input_width"][i])) for i in valid}
@@ -86,6 +89,7 @@ class SanLabeler:
                 except Exception as e:  # e.g. out of memory on one huge image
                     log.exception("labeling %s failed", batch["image_uri"][i])
                     errors[i] = f"labeling failed: {describe_error(e)}"
+                    kinds[i] = PERMANENT  # the same image fails the same way; --retry-errors all tries it again
         for i, result in results_by_index.items():
             results[i] = result
         rows = []
@@ -96,6 +100,7 @@ class SanLabeler:
                 width=width if height > 0 else None,
                 height=height if height > 0 else None,
                 error=errors[i],
+                error_kind=kinds[i],
                 **results[i],
                 **self.row_fields,
             )
