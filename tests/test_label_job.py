@@ -140,6 +140,8 @@ def test_manifest_is_written_with_config_digests_and_counts(local_run):
     assert len(manifest["digests"]["checkpoint"]) == 64 and len(manifest["digests"]["taxonomy"]) == 64
     assert manifest["config"]["rows_per_file"] == 4 and manifest["status"] == "ok"
     assert manifest["images_per_s"] > 0 and manifest["wall_time_s"] > 0
+    # start-up (actors loading, first batch through) is reported apart from the steady state
+    assert 0 < manifest["startup_s"] < manifest["stream_time_s"] and manifest["steady_images_per_s"] > 0
     peak = manifest["peak_memory_mib"]  # a model and its vocabulary: some hundreds of MiB in each
     assert 100 < peak["driver"] < 8192 and 100 < peak["labeling_actor"] < 8192
     parquet_files = list(local_run["output"].glob("*.parquet"))

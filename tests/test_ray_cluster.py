@@ -11,6 +11,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -49,6 +51,31 @@ def _readable_rows(directory: Path) -> list[dict]:
     return rows
 
 
+def _scrape_until(url: str, needle: str, timeout_s: float = 60) -> str:
+    deadline = time.monotonic() + timeout_s
+    text = ""
+    while time.monotonic() < deadline:
+        try:
+            text = urllib.request.urlopen(url, timeout=10).read().decode()
+        except OSError:
+            pass
+        if needle in text:
+            return text
+        time.sleep(0.5)
+    raise AssertionError(f"{needle} never appeared at {url}:\n{text[-3000:]}")
+
+
+def _metric_values(text: str, name: str) -> dict[str, float]:
+    """Sum of a metric's samples by each label pair they carry (outcome="labeled" -> 7)."""
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith(name + "{"):
+            labels, value = line[len(name) + 1 :].rsplit("} ", 1)
+            for pair in labels.split(","):
+                values[pair] = values.get(pair, 0) + float(value)
+    return values
+
+
 def wait_for_job_agent(address: str, timeout_s: float = 180) -> None:
     """`ray start --head` returns before its job agent takes jobs ("No available agent to submit
     job"): submit a no-op job until one is accepted."""
@@ -63,10 +90,16 @@ def wait_for_job_agent(address: str, timeout_s: float = 180) -> None:
         time.sleep(0.5)
 
 
+@dataclass
+class HeadNode:
+    address: str  # the dashboard's, for `ray job submit`
+    metrics_url: str  # Prometheus metrics of the node's agent
+
+
 @pytest.fixture()
 def head_node():
     """A real single-node Ray cluster started with `ray start --head`; stopped afterwards."""
-    gcs_port, dashboard_port = _free_port(), _free_port()
+    gcs_port, dashboard_port, metrics_port = _free_port(), _free_port(), _free_port()
     # creates ~/.ray/auth_token only when there is none
     subprocess.run([str(BIN / "ray"), "get-auth-token", "--generate"], env=_env(), check=True, capture_output=True)
     subprocess.run(
@@ -79,8 +112,9 @@ def head_node():
             "--dashboard-host=127.0.0.1",
             "--num-cpus=2",
             "--disable-usage-stats",
+            f"--metrics-export-port={metrics_port}",
         ],
-        env=_env(),
+        env=_env(RAY_metrics_report_interval_ms="500"),  # workers report their metrics twice a second
         check=True,
         capture_output=True,
         timeout=180,
@@ -88,7 +122,7 @@ def head_node():
     address = f"http://127.0.0.1:{dashboard_port}"
     try:
         wait_for_job_agent(address)
-        yield address
+        yield HeadNode(address, f"http://127.0.0.1:{metrics_port}/metrics")
     finally:
         subprocess.run([str(BIN / "ray"), "stop", "--force"], env=_env(), capture_output=True, timeout=120)
 
@@ -108,7 +142,7 @@ def test_ray_job_submit_label_and_finetune_s3_to_s3(head_node, s3_bucket, s3_ser
         "job",
         "submit",
         "--address",
-        head_node,
+        head_node.address,
         "--working-dir",
         str(REPO),
         "--runtime-env-json",
@@ -135,6 +169,12 @@ def test_ray_job_submit_label_and_finetune_s3_to_s3(head_node, s3_bucket, s3_ser
     manifest = json.loads(fs.cat(f"{s3_bucket}/out/_manifest.json"))
     assert manifest["counts"] == {"inputs": 11, "labeled": 7, "failed": 4, "skipped": 0}
     assert manifest["digests"]["checkpoint"] is not None
+    # the labeling actors' Ray metrics, as Prometheus scrapes them from the node
+    metrics = _scrape_until(head_node.metrics_url, "ray_san_batch_seconds")
+    labeled = _metric_values(metrics, "ray_san_images_total")
+    assert labeled.get('outcome="labeled"') == 7 and labeled.get('outcome="error"') == 4, labeled
+    errors = _metric_values(metrics, "ray_san_image_errors_total")
+    assert errors.get('kind="permanent"') == 4 and 'kind="transient"' not in errors, errors  # broken files
 
     # fine-tuning through the same cluster: pairs, checkpoints and the exported model on S3
     write_manifest_dataset(tmp_path / "pairs", 4)

@@ -278,6 +278,7 @@ def run_label_job(plan: JobPlan) -> RunSummary:
 
     stream_time = time.time() - stream_start
     actor_peak = ray.get(progress.peak_memory.remote()) if todo else None
+    timing = ray.get(progress.timing.remote(stream_start)) if todo else {"startup_s": None, "steady_images_per_s": None}
 
     # Account, preview, and mark the run finished. The listing cached while planning is stale now.
     fs.invalidate_cache()
@@ -314,7 +315,8 @@ def run_label_job(plan: JobPlan) -> RunSummary:
         "started_at": datetime.fromtimestamp(plan.started, timezone.utc).isoformat(),
         "wall_time_s": round(wall, 3),
         "stream_time_s": round(stream_time, 3),
-        "images_per_s": round((labeled + failed) / wall, 3) if wall > 0 else None,
+        "images_per_s": round((labeled + failed) / wall, 3) if wall > 0 else None,  # start-up included
+        **timing,  # startup_s: stream start to the first batch done; steady_images_per_s: after that
         "error_ratio": round(summary.error_ratio, 4),
         "peak_memory_mib": {
             "driver": round(peak_rss_mib(), 1),

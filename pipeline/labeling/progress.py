@@ -38,15 +38,22 @@ def peak_rss_mib() -> float:
 
 
 class ProgressCounter:
-    """Ray actor (no CPU): images done, errors by kind and the largest peak memory of any labeling
-    actor, added to by every labeling actor after each batch."""
+    """Ray actor (no CPU): images done, errors by kind, when the first and the latest batch were
+    done, and the largest peak memory of any labeling actor, added to by every labeling actor
+    after each batch."""
 
     def __init__(self) -> None:
         self.done = 0
         self.errors: Counter[str] = Counter()
         self.actor_peak_rss_mib = 0.0
+        self.first_batch: tuple[float, int] | None = None  # (wall time, images in it)
+        self.last_batch_at: float | None = None
 
     def add(self, done: int, errors: list[str], peak_rss_mib: float = 0.0) -> None:
+        now = time.time()
+        if self.first_batch is None:
+            self.first_batch = (now, done)
+        self.last_batch_at = now
         self.done += done
         self.errors.update(error_kind(e) for e in errors)
         self.actor_peak_rss_mib = max(self.actor_peak_rss_mib, peak_rss_mib)
@@ -56,6 +63,47 @@ class ProgressCounter:
 
     def peak_memory(self) -> float:
         return self.actor_peak_rss_mib
+
+    def timing(self, stream_started_at: float) -> dict[str, float | None]:
+        """Start-up (stream start to the first finished batch: actors loading, first images
+        through) apart from the steady state (images after the first batch over the time since)."""
+        if self.first_batch is None or self.last_batch_at is None:
+            return {"startup_s": None, "steady_images_per_s": None}
+        first_at, first_count = self.first_batch
+        span = self.last_batch_at - first_at
+        steady = (self.done - first_count) / span if span > 0 and self.done > first_count else None
+        return {"startup_s": round(first_at - stream_started_at, 3), "steady_images_per_s": steady and round(steady, 3)}
+
+
+class LabelingMetrics:
+    """Ray metrics of the labeling actors, for the Ray dashboard and Prometheus while a job runs:
+    `san_images` (by outcome), `san_image_errors` (by error and kind) and `san_batch_seconds`."""
+
+    def __init__(self, model_id: str) -> None:
+        from ray.util import metrics
+
+        self.tags = {"model": model_id}
+        self.images = metrics.Counter(
+            "san_images", description="images finished by the labeling actors", tag_keys=("model", "outcome")
+        )
+        self.errors = metrics.Counter(
+            "san_image_errors", description="error rows by error and kind", tag_keys=("model", "error", "kind")
+        )
+        self.batch_seconds = metrics.Histogram(
+            "san_batch_seconds",
+            description="seconds a labeling actor takes per batch",
+            boundaries=[0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300],
+            tag_keys=("model",),
+        )
+
+    def record(self, seconds: float, labeled: int, errors: list[tuple[str, str | None]]) -> None:
+        self.batch_seconds.observe(seconds, tags=self.tags)
+        if labeled:
+            self.images.inc(labeled, tags={**self.tags, "outcome": "labeled"})
+        if errors:
+            self.images.inc(len(errors), tags={**self.tags, "outcome": "error"})
+        for message, kind in errors:
+            self.errors.inc(1, tags={**self.tags, "error": error_kind(message), "kind": kind or "unknown"})
 
 
 def _duration(seconds: float) -> str:

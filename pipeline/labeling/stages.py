@@ -5,6 +5,7 @@ error row."""
 from __future__ import annotations
 
 import logging
+import time
 import warnings
 from typing import Any
 
@@ -20,7 +21,7 @@ from ..results import result_file_name
 from ..retries import PERMANENT
 from ..weights import WeightsSpec
 from .inference import label_images
-from .progress import peak_rss_mib
+from .progress import LabelingMetrics, peak_rss_mib
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ class SanLabeler:
         self.class_ids = torch.from_numpy(self.vocabulary.class_ids.astype(np.int64)).to(self.device)
         self.class_names = class_names
         self.progress = progress  # a ProgressCounter actor, told of every batch
+        self.metrics = LabelingMetrics(provenance.model_id)
         self.schema = label_row_schema(provenance, run_id)
         self.row_fields = {  # every row says which weights and taxonomy made it
             "model_id": provenance.model_id,
@@ -69,6 +71,7 @@ class SanLabeler:
         return [{"label_map_png": r.label_map_png, "segments": r.segments} for r in labeled]
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        started = time.perf_counter()
         count = len(batch["image_uri"])
         errors = [e if isinstance(e, str) and e else None for e in batch["error"]]  # all-null arrives as NaN
         kinds = [k if isinstance(k, str) and k else None for k in batch["error_kind"]]
@@ -105,6 +108,8 @@ class SanLabeler:
                 **self.row_fields,
             )
             rows.append(row.model_dump())
+        failures = [(e, k) for e, k in zip(errors, kinds, strict=True) if e is not None]
+        self.metrics.record(time.perf_counter() - started, count - len(failures), failures)
         if self.progress is not None:  # fire and forget: progress must never slow the labeling
             self.progress.add.remote(count, [e for e in errors if e is not None], peak_rss_mib())
         return pa.Table.from_pylist(rows, schema=self.schema)
