@@ -13,6 +13,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from .reaper import start_reaper
+
 PROJECT_LOGGERS = ("jobs", "pipeline", "san_core", "schemas")
 _HANDLER_NAME = "san-labeler"
 
@@ -119,6 +121,7 @@ def init_ray(level: str = "INFO", **init_kwargs: Any) -> None:
     quiet_ray_libraries(verbose, terminal)
     if not verbose:
         logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(_not_token_notice)
+    start_reaper()  # a Ray this process starts dies with it, even on SIGKILL
     ray.init(
         logging_level=logging.INFO if verbose else logging.WARNING,
         runtime_env={"worker_process_setup_hook": worker_setup_hook(level)},

@@ -18,7 +18,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from image_fixtures import GOOD_PHOTOS, jpeg_bytes, write_image_set
-from processes import kill_run
+from processes import kill_run, pids_with_env
 from training_fixtures import TAXONOMY_YAML, write_manifest_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,6 +39,13 @@ def _env(**extra: str) -> dict[str, str]:
     )
     env.update(extra)
     return env
+
+
+def _title(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:120]
+    except OSError:
+        return f"{pid} (gone)"
 
 
 def _readable_rows(directory: Path) -> list[dict]:
@@ -234,9 +241,15 @@ def test_resume_after_sigkill_labels_every_image_exactly_once(tmp_path, tiny_wei
     while len(_readable_rows(output)) < 4 and driver.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
     assert driver.poll() is None, "the first run finished before it could be killed"
-    os.kill(driver.pid, signal.SIGKILL)
+    os.kill(driver.pid, signal.SIGKILL)  # the driver alone, as the OOM killer would
     driver.wait()
-    kill_run("RAY_TMPDIR", ray_tmpdir)  # and the Ray it started, so that nothing writes any more
+    # Nothing it started outlives it: GCS, raylet, agents and workers are gone within seconds.
+    deadline = time.monotonic() + 60
+    while (survivors := pids_with_env("RAY_TMPDIR", ray_tmpdir)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    titles = [_title(pid) for pid in survivors]
+    kill_run("RAY_TMPDIR", ray_tmpdir)  # only if the assertion below is about to fail
+    assert not survivors, f"left behind by the killed driver: {titles}"
     after_kill = _readable_rows(output)
     assert 4 <= len(after_kill) < count
     assert not (output / "_manifest.json").exists()  # the killed run never finished

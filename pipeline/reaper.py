@@ -1,0 +1,103 @@
+"""Nothing a job started outlives its driver, even one killed with SIGKILL.
+
+A job that starts Ray itself (no cluster to join) starts a GCS, a raylet, agents and workers. On
+a normal exit `ray.shutdown` stops them; a driver killed outright (SIGKILL, the OOM killer, a
+scheduler's timeout) cannot, and they stay behind holding memory and ports, night after night.
+Before Ray starts, the driver marks its environment with a token that every process it starts
+inherits, and starts this small watcher in a session of its own. When the driver is gone, the
+watcher waits a moment for an orderly shutdown to finish, then kills every process still carrying
+the token. Processes of a cluster the job merely joined never carry it.
+
+Standard library only: it runs as `python pipeline/reaper.py PID TOKEN`.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+MARKER = "SAN_LABELER_DRIVER"
+GRACE_S = 3.0  # after the driver exits, before its leftovers are killed
+
+
+def start_reaper() -> None:
+    """Mark this process's environment (inherited by everything it starts from now on) and start
+    the watcher. Call once, before Ray starts."""
+    if MARKER in os.environ:
+        return
+    token = f"{os.getpid()}-{uuid.uuid4().hex}"
+    environment = dict(os.environ)
+    os.environ[MARKER] = token
+    subprocess.Popen(
+        [sys.executable, str(Path(__file__).resolve()), str(os.getpid()), token],
+        env=environment,  # the watcher itself does not carry the token
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # a signal to the driver's process group does not reach it
+    )
+
+
+def wait_for_exit(pid: int) -> None:
+    try:
+        handle = os.pidfd_open(pid)
+    except (AttributeError, OSError):  # not Linux >= 5.3, or already gone
+        while _alive(pid):
+            time.sleep(0.5)
+        return
+    try:
+        select.select([handle], [], [])  # readable once the process has exited
+    finally:
+        os.close(handle)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def marked_pids(token: str) -> list[int]:
+    wanted = f"{MARKER}={token}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if wanted in (entry / "environ").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+        except OSError:  # gone, or another user's
+            continue
+    return found
+
+
+def reap(token: str, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while (pids := marked_pids(token)) and time.monotonic() < deadline:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.2)
+
+
+def main(argv: list[str]) -> None:
+    pid, token = int(argv[0]), argv[1]
+    wait_for_exit(pid)
+    time.sleep(GRACE_S)
+    reap(token)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
