@@ -16,7 +16,7 @@ import fsspec
 import pyarrow.parquet as pq
 
 from .images import IMAGE_EXTENSIONS
-from .storage import with_protocol
+from .storage import is_local, with_protocol
 
 MANIFEST_EXTENSIONS = (".txt", ".csv", ".parquet")
 
@@ -110,3 +110,16 @@ def check_output_writable(uri: str, storage_options: Mapping[str, Any] | None = 
         fs.rm(probe)
     except Exception as e:
         raise InputError(explain_read_error(uri, e).replace("cannot read", "cannot write to")) from e
+
+
+def check_paths_for_cluster(paths: Mapping[str, str | None], nodes: int, shared: bool) -> None:
+    """Raise InputError when a cluster of several nodes would be handed local paths: the workers
+    on the other nodes read and write their own disks, not this one (unless every node mounts the
+    same file system there, which `shared` says)."""
+    local = [f"{flag} {uri}" for flag, uri in paths.items() if uri and is_local(uri)]
+    if nodes > 1 and local and not shared:
+        raise InputError(
+            f"the Ray cluster has {nodes} nodes, and these are local paths that only this machine "
+            f"sees: {'; '.join(local)}. Use shared storage (s3://, gs://, ...), or pass "
+            "--shared-local-paths if every node mounts the same file system at these paths."
+        )

@@ -14,6 +14,11 @@ def with_protocol(path: str, like: str) -> str:
     return f"{like.split('://', 1)[0]}://{path}"
 
 
+def is_local(uri: str) -> bool:
+    """A path on this machine's own file system (no protocol, or file://)."""
+    return "://" not in uri or uri.startswith(("file://", "local://"))
+
+
 def pyarrow_filesystem(fs: fsspec.AbstractFileSystem) -> pafs.FileSystem:
     """The pyarrow view of an fsspec filesystem, for Ray Data's Parquet reader and writer."""
     protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)

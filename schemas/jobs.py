@@ -141,6 +141,11 @@ class LabelJobConfig(_JobConfig):
         description="tries to read an input through transient failures (timeouts, throttling, 5xx, dropped "
         "connections), with exponential backoff from 0.5 s; what persists becomes a transient error row",
     )
+    shared_local_paths: bool = Field(
+        default=False,
+        description="local paths are on a file system every node of the cluster mounts (NFS, ...); "
+        "without it a local path on a multi-node cluster stops the job",
+    )
     retry_errors: Literal["none", "transient", "all"] = Field(
         default="none",
         description="re-attempt earlier error rows of this kind (transient: I/O failures) and replace them",

@@ -15,6 +15,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from image_fixtures import GOOD_PHOTOS, jpeg_bytes, write_image_set
@@ -262,3 +263,38 @@ def test_resume_after_sigkill_labels_every_image_exactly_once(tmp_path, tiny_wei
     manifest = json.loads((output / "_manifest.json").read_text())
     assert manifest["counts"]["skipped"] >= len(after_kill)
     assert manifest["counts"]["skipped"] + manifest["counts"]["labeled"] == count
+
+
+def test_local_paths_on_a_multi_node_cluster_stop_the_job(tmp_path, tiny_weights):
+    """Two real nodes (`ray start --head`, then `ray start --address`): the second node cannot see
+    this machine's folders, so the job stops with the flags to change before any work."""
+    gcs_port = _free_port()
+    subprocess.run([str(BIN / "ray"), "get-auth-token", "--generate"], env=_env(), check=True, capture_output=True)
+    start = [str(BIN / "ray"), "start", "--num-cpus=1", "--disable-usage-stats"]
+    try:
+        subprocess.run(
+            [*start, "--head", f"--port={gcs_port}", "--include-dashboard=false"],
+            env=_env(), check=True, capture_output=True, timeout=180,
+        )  # fmt: skip
+        subprocess.run(
+            [*start, f"--address=127.0.0.1:{gcs_port}"], env=_env(), check=True, capture_output=True, timeout=180
+        )
+        images = tmp_path / "images"
+        images.mkdir()
+        pattern = (np.arange(64 * 64 * 3) % 251).astype(np.uint8).reshape(64, 64, 3)
+        (images / "photo.jpg").write_bytes(jpeg_bytes(pattern))
+        output = tmp_path / "out"
+        command = [
+            sys.executable, str(REPO / "jobs" / "label.py"), "--vocab", "voc20",
+            "--input", str(images), "--output", str(output), *tiny_weights,
+        ]  # fmt: skip
+        result = subprocess.run(
+            command, env=_env(RAY_ADDRESS=f"127.0.0.1:{gcs_port}"), capture_output=True, text=True, timeout=300
+        )
+        assert result.returncode == 1, result.stderr[-3000:]
+        message = result.stderr
+        assert "the Ray cluster has 2 nodes" in message and "--shared-local-paths" in message, message[-3000:]
+        assert f"--input {images}" in message and f"--output {output}" in message and "--checkpoint" in message
+        assert not list(output.glob("*.parquet"))  # nothing was labeled
+    finally:
+        subprocess.run([str(BIN / "ray"), "stop", "--force"], env=_env(), capture_output=True, timeout=120)

@@ -27,7 +27,7 @@ from schemas.output import SCHEMA_VERSION, Provenance, TaxonomyRef, label_row_sc
 from schemas.taxonomy import Taxonomy
 
 from ..images import decode_rgb, load_images
-from ..inputs import check_output_writable, list_inputs
+from ..inputs import check_output_writable, check_paths_for_cluster, list_inputs
 from ..label_maps import decode_label_map
 from ..results import MANIFEST_NAME, PREVIEW_DIR, ProvenanceError, is_own_result, result_files
 from ..storage import pyarrow_filesystem
@@ -341,6 +341,15 @@ def label(
     plan = plan_label_job(config, taxonomy, smoke_if_no_weights)
     init_ray(log_level)
     try:
+        paths = {
+            "--input": config.input,
+            "an image of --input": plan.todo[0] if plan.todo else None,
+            "--output": config.output,
+            "--checkpoint": plan.weights.checkpoint,  # every actor loads it
+            "--model-config": plan.weights.model_config_uri,
+        }
+        nodes = len([node for node in ray.nodes() if node.get("Alive")])
+        check_paths_for_cluster(paths, nodes, config.shared_local_paths)
         return run_label_job(plan)
     finally:
         ray.shutdown()
