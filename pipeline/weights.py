@@ -4,22 +4,45 @@ a checkpoint URI, a preset's published file, or (quick start only) random smoke-
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
-from san_core.build import build_model, load_model
-from san_core.checkpoint import CheckpointError
+from san_core.build import build_empty, build_model, load_model
+from san_core.checkpoint import CheckpointError, load_into
 from san_core.hub import WeightsUnavailableError, fetch_published_checkpoint
 from san_core.model import SAN
 from san_core.presets import PRESETS, get_preset
 from schemas.jobs import ModelChoice
+from schemas.model_config import SanModelConfig
 
 log = logging.getLogger(__name__)
 
 SMOKE_BANNER = "SMOKE TEST: RANDOM WEIGHTS, LABELS MEANINGLESS"
+
+
+@dataclass(frozen=True)
+class SharedWeights:
+    """Weights as the driver loaded them, for the object store: every actor of a job builds its
+    model from this one copy instead of fetching the checkpoint again on its own node."""
+
+    config: SanModelConfig
+    state: dict[str, np.ndarray]
+
+    @classmethod
+    def of(cls, model: SAN) -> SharedWeights:
+        return cls(model.config, {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()})
+
+    def build(self, device: str = "cpu") -> SAN:
+        model = build_empty(self.config, device)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # read-only object-store memory; copied, not written
+            load_into(model, {k: torch.from_numpy(v).to(device) for k, v in self.state.items()}, source="the driver")
+        return model.eval()
 
 
 class WeightsError(RuntimeError):

@@ -30,6 +30,7 @@ class FaultyProxy:
         self.upstream_port = upstream_port
         self.faults: list[Fault] = []
         self.injected: Counter[tuple[str, str]] = Counter()  # (action, path_contains) -> times
+        self.requests: Counter[tuple[str, str]] = Counter()  # (method, path without query) -> times
         self.lock = threading.Lock()
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
@@ -71,6 +72,8 @@ class FaultyProxy:
                 return
             request_line, *header_lines = head.split(b"\r\n")
             method, target = request_line.decode("latin-1").split(" ")[:2]
+            with self.lock:
+                self.requests[(method, target.split("?", 1)[0])] += 1
             fault = self._take_fault(method, target)
             if fault is not None and fault.action == "503":
                 client.sendall(

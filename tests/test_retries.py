@@ -192,3 +192,31 @@ def test_a_run_killed_while_tidying_up_is_resolved_by_the_next_scan(tmp_path):
     assert not (tmp_path / "labels-a_000000.parquet").exists()
     rows = scan_results(fs, str(tmp_path))
     assert sorted(rows.latest) == ["u1", "u2"] and not rows.superseded
+
+
+def test_the_checkpoint_is_read_once_per_job_by_the_driver_alone(faulty_s3, parity_dir, tmp_path):
+    """The driver reads the weights; the actors build their models from its copy in the object
+    store, so no node reads the checkpoint again (counted at the S3 proxy)."""
+    from san_core.checkpoint import read_checkpoint
+
+    proxy, bucket = faulty_s3
+    fs = fsspec.filesystem("s3", skip_instance_cache=True)
+    checkpoint_key = f"{bucket}/weights/checkpoint.pth"
+    fs.pipe(checkpoint_key, (parity_dir / "tiny_a" / "checkpoint.pth").read_bytes())
+    for index in range(4):
+        fs.pipe(f"{bucket}/images/{index}.jpg", _jpeg(index))
+    options = {"endpoint_url": proxy.endpoint}
+    path = "/" + checkpoint_key.removeprefix("s3://")
+
+    read_checkpoint(checkpoint_key, options)  # what one read of it costs at the proxy
+    one_read = proxy.requests[("GET", path)]
+    assert one_read >= 1
+    proxy.requests.clear()
+    args = [
+        "--vocab", "voc20", "--input", f"{bucket}/images/", "--output", str(tmp_path / "labels"),
+        "--checkpoint", checkpoint_key, "--model-config", str(parity_dir / "tiny_a" / "config.json"),
+        "--storage-options", json.dumps(options), "--batch-size", "1",
+    ]  # fmt: skip
+    assert label_main(args) == 0
+    assert proxy.requests[("GET", path)] == one_read  # the driver's read, and no actor's
+    assert len(ds.dataset(str(tmp_path / "labels"), format="parquet").to_table()) == 4

@@ -32,7 +32,7 @@ from ..label_maps import decode_label_map
 from ..results import MANIFEST_NAME, PREVIEW_DIR, ProvenanceError, is_own_result, result_files
 from ..storage import pyarrow_filesystem
 from ..vocabulary import DEFAULT_CACHE_DIR, VocabularyTable, load_or_build_vocabulary
-from ..weights import SMOKE_BANNER, WeightsSpec, resolve_weights
+from ..weights import SMOKE_BANNER, SharedWeights, WeightsSpec, resolve_weights
 from .output_state import ResultScan, count_rows, drop_superseded, scan_results
 from .preview import render_overlay
 from .progress import ProgressCounter, ProgressReporter, peak_rss_mib
@@ -137,6 +137,7 @@ class JobPlan:
     provenance: Provenance  # what makes these labels, checkpoint digest included
     started: float
     run_id: str
+    shared_weights: SharedWeights  # put in the object store once; no actor reads the checkpoint
 
 
 def make_provenance(
@@ -181,7 +182,8 @@ def plan_label_job(config: LabelJobConfig, taxonomy: Taxonomy, smoke_if_no_weigh
     cache = config.vocab_cache or DEFAULT_CACHE_DIR
     vocabulary = load_or_build_vocabulary(taxonomy, driver_model, cache, config.storage_options)
     provenance = make_provenance(config, taxonomy, weights, checkpoint_digest, driver_model.config)
-    del driver_model  # the actors load their own
+    shared_weights = SharedWeights.of(driver_model)  # the actors build theirs from this copy
+    del driver_model
 
     fs, root = _output_fs(config)
     if config.overwrite:
@@ -212,6 +214,7 @@ def plan_label_job(config: LabelJobConfig, taxonomy: Taxonomy, smoke_if_no_weigh
         provenance,
         started,
         run_id,
+        shared_weights,
     )
 
 
@@ -252,7 +255,7 @@ def run_label_job(plan: JobPlan) -> RunSummary:
         dataset = dataset.map_batches(
             SanLabeler,
             fn_constructor_kwargs={
-                "weights": weights,
+                "weights_ref": [ray.put(plan.shared_weights)],
                 "vocabulary_ref": [ray.put(table)],
                 "class_names": {c.id: c.name for c in taxonomy.classes},
                 "provenance": plan.provenance,

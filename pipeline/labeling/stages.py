@@ -19,7 +19,6 @@ from schemas.output import LabelRow, Provenance, label_row_schema
 from ..images import describe_error
 from ..results import result_file_name
 from ..retries import PERMANENT
-from ..weights import WeightsSpec
 from .inference import label_images
 from .progress import LabelingMetrics, peak_rss_mib
 
@@ -31,7 +30,7 @@ class SanLabeler:
 
     def __init__(
         self,
-        weights: WeightsSpec,
+        weights_ref: list,
         vocabulary_ref: list,
         class_names: dict[int, str],
         provenance: Provenance,
@@ -44,7 +43,7 @@ class SanLabeler:
 
         torch.set_num_threads(max(1, torch_threads))
         self.device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
-        self.model, _ = weights.load(self.device)
+        self.model = ray.get(weights_ref[0]).build(self.device)  # the driver's copy, not the checkpoint
         self.vocabulary = ray.get(vocabulary_ref[0])  # the object-store copy, zero-copy numpy
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # read-only shared memory; never written
