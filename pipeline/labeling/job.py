@@ -348,9 +348,7 @@ def label(
             "--input": config.input,
             "an image of --input": plan.todo[0] if plan.todo else None,
             "--output": config.output,
-            "--checkpoint": plan.weights.checkpoint,  # every actor loads it
-            "--model-config": plan.weights.model_config_uri,
-        }
+        }  # the weights need not be shared: only the driver reads them
         nodes = len([node for node in ray.nodes() if node.get("Alive")])
         check_paths_for_cluster(paths, nodes, config.shared_local_paths)
         return run_label_job(plan)
