@@ -14,7 +14,7 @@ from jobs.export import main as export_main
 from jobs.label import main as label_main
 from san_core.build import load_model
 from san_core.checkpoint import save_checkpoint
-from schemas.output import Provenance
+from schemas.output import PROVENANCE_KEY, Provenance
 from schemas.taxonomy import load_taxonomy
 
 OTHER_TAXONOMY = "name: other\nclasses:\n  - {id: 1, name: sky}\n  - {id: 2, name: person}\n"
@@ -61,6 +61,29 @@ def test_a_run_that_would_mix_stops_before_any_work(labeled, change, named, caps
     err = capsys.readouterr().err
     assert named in err and "--overwrite" in err and "new --output" in err
     assert _snapshot(root / "out") == before  # nothing touched, the manifest included
+
+
+def test_an_output_of_an_earlier_schema_is_not_appended_to(labeled, tmp_path, capsys):
+    import shutil
+
+    root, args = labeled
+    output = tmp_path / "schema1"
+    shutil.copytree(root / "out", output)
+    (result,) = output.glob("labels-*.parquet")
+    table = pq.read_table(result)
+    metadata = dict(table.schema.metadata)
+    provenance = json.loads(metadata[PROVENANCE_KEY.encode()])
+    provenance["schema_version"] = "1"  # as the previous release wrote it
+    metadata[PROVENANCE_KEY.encode()] = json.dumps(provenance).encode()
+    pq.write_table(table.replace_schema_metadata(metadata), result)
+    (root / "images" / "new.jpg").write_bytes((root / "images" / "astronaut.jpg").read_bytes())
+    try:
+        run = [a if a != str(root / "out") else str(output) for a in args]
+        assert label_main(["--vocab", "voc20", *run]) == 2
+    finally:
+        (root / "images" / "new.jpg").unlink()
+    err = capsys.readouterr().err
+    assert "output schema 1" in err and "writes schema 2" in err and "--overwrite" in err
 
 
 def test_other_weights_are_refused_and_overwrite_is_the_way_out(labeled, parity_dir, tmp_path, capsys):

@@ -68,6 +68,12 @@ def check_provenance(scan: ResultScan, current: Provenance, output: str) -> None
         if recorded is None:
             log.warning("%s records no provenance (an earlier release wrote it); its rows are kept", path)
             continue
+        if recorded.schema_version != current.schema_version:
+            raise ProvenanceError(
+                f"{output} holds rows of output schema {recorded.schema_version} ({path}); this release writes "
+                f"schema {current.schema_version}, and a plain reader of a folder holding both would see two "
+                "shapes. Label into a new --output, or pass --overwrite to replace the earlier labels."
+            )
         differences = current.differences(recorded)
         if differences:
             raise ProvenanceError(
