@@ -239,15 +239,18 @@ def check_jpeg_fill(image: Image.Image, declared_height: int) -> None:
     libjpeg fills every block after the point where data went missing with zero coefficients,
     which decode to exactly (128, 128, 128); the fill always reaches the last row of blocks. A
     photograph never ends in a band of exactly that value a full block row tall: its blocks
-    carry quantisation noise. A synthetic image that is flat mid-grey at the bottom would be
-    refused too; that is the price of never labeling decoder fill.
+    carry quantisation noise. An image that is that grey all over is taken as drawn so (a
+    placeholder); one whose data is missing entirely fails `check_jpeg`'s scan-length bound. A
+    synthetic image with other content above a flat mid-grey bottom would be refused; that is
+    the price of never labeling decoder fill.
     """
     if image.mode not in ("RGB", "L") or image.height == 0:
         return
     sampling = max((s[1] for s in _sampling(image)), default=1)
     rows = max(1, math.ceil(8 * sampling * image.height / max(1, declared_height)))
     band = np.asarray(image.crop((0, image.height - min(rows, image.height), image.width, image.height)))
-    if band.size and bool((band == JPEG_FILL_VALUE).all()):
+    fill_band = band.size and bool((band == JPEG_FILL_VALUE).all())
+    if fill_band and not bool((np.asarray(image) == JPEG_FILL_VALUE).all()):
         raise CorruptImageError(
             "JPEG data is incomplete: the image ends in the flat grey a decoder fills missing data "
             f"with (the bottom {rows} rows, at least, are exactly {JPEG_FILL_VALUE})"

@@ -144,6 +144,7 @@ class JobPlan:
     started: float
     run_id: str
     shared_weights: SharedWeights  # put in the object store once; no actor reads the checkpoint
+    retried: int = 0  # images whose earlier error row this run replaces
 
 
 def make_provenance(
@@ -206,7 +207,7 @@ def plan_label_job(config: LabelJobConfig, taxonomy: Taxonomy, smoke_if_no_weigh
         drop_superseded(fs, scan, run_id)
     done, files_before = scan.done(config.retry_errors), scan.files
     todo = [u for u in inputs if u not in done]
-    retried = sum(1 for u in todo if u in scan.latest)
+    retried = sum(1 for u in todo if u in scan.latest)  # error rows this run will replace
     again = f" ({retried:,} of them error rows tried again)" if retried else ""
     log.info(f"{len(inputs)} inputs: {len(inputs) - len(todo)} already labeled, {len(todo)} to label{again}")
     return JobPlan(
@@ -221,6 +222,7 @@ def plan_label_job(config: LabelJobConfig, taxonomy: Taxonomy, smoke_if_no_weigh
         started,
         run_id,
         shared_weights,
+        retried,
     )
 
 
@@ -295,8 +297,8 @@ def run_label_job(plan: JobPlan) -> RunSummary:
     new_files = [p for p in files_after if p not in set(plan.files_before)]
     labeled, failed = count_rows(fs, new_files)
     # Rows this run replaced (--retry-errors) are superseded: gone before the run counts as done.
-    after = scan_results(fs, root)
-    if after.superseded:
+    after = scan_results(fs, root) if plan.retried else None
+    if after is not None and after.superseded:
         dropped = drop_superseded(fs, after, plan.run_id)
         log.info(f"{dropped} earlier rows replaced by this run's")
         fs.invalidate_cache()
