@@ -29,8 +29,8 @@ GRACE_S = 3.0  # after the driver exits, before its leftovers are killed
 def start_reaper() -> None:
     """Mark this process's environment (inherited by everything it starts from now on) and start
     the watcher. Call once, before Ray starts."""
-    if MARKER in os.environ:
-        return
+    if os.environ.get(MARKER, "").startswith(f"{os.getpid()}-"):
+        return  # started already; a token inherited from a parent process is replaced by our own
     token = f"{os.getpid()}-{uuid.uuid4().hex}"
     environment = dict(os.environ)
     os.environ[MARKER] = token

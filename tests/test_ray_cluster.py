@@ -235,9 +235,9 @@ def test_resume_after_sigkill_labels_every_image_exactly_once(tmp_path, tiny_wei
     ]
 
     ray_tmpdir = tempfile.mkdtemp(prefix="kill-", dir=sandbox.root)  # names every process of the first run
-    driver = subprocess.Popen(
-        command, env=_env(RAY_TMPDIR=ray_tmpdir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    # as a scheduler would start it, from a process that may itself carry a driver's token
+    env = _env(RAY_TMPDIR=ray_tmpdir, SAN_LABELER_DRIVER=f"{os.getpid()}-a-parent-driver")
+    driver = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 600
     while len(_readable_rows(output)) < 4 and driver.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
