@@ -110,7 +110,6 @@ class _JpegFrame:
     width: int = 0
     height: int = 0
     progressive: bool = False
-    huffman: bool = True
     components: dict[int, _Component] = field(default_factory=dict)
 
     @property

@@ -24,7 +24,7 @@ from PIL import (  # the decoders of DECODER_FORMATS, registered with Pillow by 
 from schemas.jobs import MAX_IMAGE_MIB, MAX_PIXELS
 
 from .image_integrity import CorruptImageError, check_jpeg, check_jpeg_fill, check_png
-from .retries import error_kind, read_bytes
+from .retries import classify, read_bytes
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 # The only decoders a file reaches, whatever its name says. Pillow knows many more, some of which
@@ -216,7 +216,7 @@ def load_images(
             input_h.append(0)
             input_w.append(0)
             errors.append(f"cannot load image: {describe_error(e)}")
-            kinds.append(error_kind(e))
+            kinds.append(classify(e))
     return {
         "image_uri": np.array(uris, dtype=object),
         "pixels": np.array(pixels, dtype=object),

@@ -67,8 +67,9 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def marked_pids(token: str) -> list[int]:
-    wanted = f"{MARKER}={token}".encode()
+def pids_with_env(name: str, value: str) -> list[int]:
+    """Every other process whose environment holds name=value (the ones this user may read)."""
+    wanted = f"{name}={value}".encode()
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
@@ -83,7 +84,7 @@ def marked_pids(token: str) -> list[int]:
 
 def reap(token: str, timeout_s: float = 30.0) -> None:
     deadline = time.monotonic() + timeout_s
-    while (pids := marked_pids(token)) and time.monotonic() < deadline:
+    while (pids := pids_with_env(MARKER, token)) and time.monotonic() < deadline:
         for pid in pids:
             try:
                 os.kill(pid, signal.SIGKILL)

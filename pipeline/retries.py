@@ -77,7 +77,8 @@ def is_transient(error: BaseException) -> bool:
     return False
 
 
-def error_kind(error: BaseException) -> str:
+def classify(error: BaseException) -> str:
+    """`transient` or `permanent`: what an error row's `error_kind` says."""
     return TRANSIENT if is_transient(error) else PERMANENT
 
 

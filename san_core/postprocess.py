@@ -52,7 +52,7 @@ def composite_resize_matrix(grid: int, padded: int, valid: int, output: int) -> 
 
 @dataclass
 class LabelTile:
-    """One rectangle of a label map: rows top:bottom, columns left:right of the output."""
+    """One rectangle of a label map, its top-left corner at (top, left) of the output."""
 
     top: int
     left: int

@@ -9,22 +9,10 @@ from __future__ import annotations
 import os
 import signal
 import time
-from pathlib import Path
 
+from pipeline.reaper import pids_with_env  # the scan the job's own watcher makes
 
-def pids_with_env(name: str, value: str) -> list[int]:
-    wanted = f"{name}={value}".encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            environ = (entry / "environ").read_bytes().split(b"\0")
-        except OSError:  # gone, or not ours
-            continue
-        if wanted in environ:
-            found.append(int(entry.name))
-    return found
+__all__ = ["kill_run", "pids_with_env"]
 
 
 def kill_run(name: str, value: str, timeout_s: float = 60) -> None:

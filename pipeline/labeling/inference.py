@@ -3,7 +3,7 @@
 `label_images` is what every labeling actor calls per batch, and what the benchmarks time. The
 label map is assembled tile by tile from the model's `predict_label_tiles`, mapped to taxonomy ids
 on the way, with each class's score summed per tile: nothing of the output's size is held but the
-uint16 map itself, so post-processing a 100-megapixel image needs about 5 bytes per pixel.
+uint16 map itself (2 bytes per pixel) beside the tiles' fixed working set.
 """
 
 from __future__ import annotations
