@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import fsspec
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from .images import IMAGE_EXTENSIONS
 from .storage import is_local, with_protocol
 
 MANIFEST_EXTENSIONS = (".txt", ".csv", ".parquet")
+BATCH_ROWS = 1 << 16  # URIs per batch when inputs are streamed
 
 
 class InputError(RuntimeError):
@@ -98,6 +102,79 @@ def list_inputs(uri: str, storage_options: Mapping[str, Any] | None = None) -> l
         raise
     except Exception as e:  # missing bucket, bad credentials, unreachable endpoint, ...
         raise InputError(explain_read_error(uri, e)) from e
+
+
+def stream_inputs(uri: str, storage_options: Mapping[str, Any] | None = None) -> tuple[Iterator[pa.Array], bool]:
+    """The image URIs the input names as a stream of Arrow string batches, and whether their order
+    is the input's own (a manifest's) rather than none (a listing, to be sorted). A manifest is
+    read batch by batch and a folder one directory at a time, so no list of every URI is made.
+    Raises InputError (at once, or while streaming) when the input cannot be read."""
+    try:
+        fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
+        is_manifest = not any(ch in path for ch in "*?[") and path.lower().endswith(MANIFEST_EXTENSIONS)
+        if is_manifest and fs.isfile(path):
+            return _guarded(uri, _manifest_batches(fs, path, uri)), True
+        if any(ch in path for ch in "*?[") or fs.isfile(path):
+            return iter([pa.array(list_inputs(uri, storage_options), pa.string())]), False
+        if not fs.isdir(path):
+            list_inputs(uri, storage_options)  # raises the error that says why
+        return _guarded(uri, _walk_batches(fs, path, uri)), False
+    except InputError:
+        raise
+    except Exception as e:
+        raise InputError(explain_read_error(uri, e)) from e
+
+
+def _guarded(uri: str, batches: Iterator[pa.Array]) -> Iterator[pa.Array]:
+    try:
+        yield from batches
+    except InputError:
+        raise
+    except Exception as e:
+        raise InputError(explain_read_error(uri, e)) from e
+
+
+def _walk_batches(fs: fsspec.AbstractFileSystem, path: str, uri: str) -> Iterator[pa.Array]:
+    for directory, subdirectories, names in fs.walk(path):
+        subdirectories.sort()
+        images = sorted(n for n in names if n.lower().endswith(IMAGE_EXTENSIONS))
+        for start in range(0, len(images), BATCH_ROWS):
+            chunk = images[start : start + BATCH_ROWS]
+            yield pa.array([with_protocol(f"{directory.rstrip('/')}/{n}", uri) for n in chunk], pa.string())
+
+
+def _manifest_batches(fs: fsspec.AbstractFileSystem, path: str, uri: str) -> Iterator[pa.Array]:
+    with fs.open(path, "rb") as f:
+        if path.lower().endswith(".parquet"):
+            parquet = pq.ParquetFile(f)
+            if "uri" not in parquet.schema_arrow.names:
+                raise InputError(f"manifest {uri} has no 'uri' column (columns: {parquet.schema_arrow.names})")
+            for batch in parquet.iter_batches(batch_size=BATCH_ROWS, columns=["uri"]):
+                yield _clean(batch.column(0))
+        elif path.lower().endswith(".csv"):
+            try:
+                reader = pa_csv.open_csv(
+                    f, convert_options=pa_csv.ConvertOptions(include_columns=["uri"], column_types={"uri": pa.string()})
+                )
+            except (pa.ArrowInvalid, KeyError) as e:
+                raise InputError(f"manifest {uri} has no 'uri' column ({e})") from e
+            for batch in reader:
+                yield _clean(batch.column(0))
+        else:
+            lines: list[str] = []
+            for line in io.TextIOWrapper(f, encoding="utf-8-sig"):
+                line = line.strip()
+                if line and not line.startswith("#"):
+                    lines.append(line)
+                    if len(lines) == BATCH_ROWS:
+                        yield pa.array(lines, pa.string())
+                        lines = []
+            yield pa.array(lines, pa.string())
+
+
+def _clean(uris: pa.Array) -> pa.Array:
+    uris = pc.utf8_trim_whitespace(uris.cast(pa.string()))
+    return uris.filter(pc.fill_null(pc.greater(pc.utf8_length(uris), 0), False))
 
 
 def check_output_writable(uri: str, storage_options: Mapping[str, Any] | None = None) -> None:

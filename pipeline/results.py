@@ -34,14 +34,26 @@ def is_own_result(path: str) -> bool:
 
 def result_files(fs: fsspec.AbstractFileSystem, root: str) -> list[str]:
     """The Parquet result files under a labeling output, sorted."""
+    return list(result_file_stamps(fs, root))
+
+
+def result_file_stamps(fs: fsspec.AbstractFileSystem, root: str) -> dict[str, str]:
+    """The Parquet result files under a labeling output, sorted, each with a stamp from the
+    listing that changes whenever the file's bytes do (size and ETag or modification time)."""
     if not fs.exists(root):
-        return []
+        return {}
     prefix = root.rstrip("/")
-    return sorted(
-        path
-        for path in fs.find(root)
+    found = fs.find(root, detail=True)
+    return {
+        path: _stamp(found[path])
+        for path in sorted(found)
         if path.endswith(".parquet") and not any(part.startswith("_") for part in path[len(prefix) :].split("/"))
-    )
+    }
+
+
+def _stamp(info: dict[str, Any]) -> str:
+    version = next((info[k] for k in ("ETag", "etag", "md5Hash", "mtime", "LastModified", "updated") if k in info), "")
+    return f"{info.get('size')}:{version}"
 
 
 class ProvenanceError(ValueError):

@@ -1,6 +1,6 @@
 """SAN: a frozen CLIP plus a side adapter network, composed from the small modules beside this file.
 
-Data flow for a batch of images (all padded to one size):
+Data flow for a batch of images (all padded to one size; `video.py` has the clip version):
 
     image [B,3,H,W] --normalise, pad--> side adapter ------------> mask logits [B,Q,H/16,W/16]
         |                                   ^   |
@@ -28,10 +28,18 @@ from schemas.model_config import SanModelConfig
 
 from .clip_backbone import build_clip
 from .clip_features import ClipFeatureExtractor, ClipFeatures
-from .postprocess import MAX_CHUNK_ELEMENTS, LabelTile, semantic_label_tiles, semantic_labels, semantic_scores
+from .postprocess import (
+    MAX_CHUNK_ELEMENTS,
+    LabelTile,
+    class_probabilities,
+    semantic_label_tiles,
+    semantic_labels,
+    semantic_scores,
+)
 from .recognition_head import RecognitionHead
 from .side_adapter import SideAdapter
 from .text_classifier import TextClassifier
+from .video import ClipLabels, clip_labels, cluster_queries, frame_label_tiles, frame_scores
 
 
 @dataclass
@@ -45,6 +53,26 @@ class SanOutputs:
     class_logits: torch.Tensor  # [B, Q, C(+1)] (background last when used)
     padded_size: tuple[int, int]  # (H, W) of the padded batch
     input_sizes: list[tuple[int, int]]  # each image's own (H, W) inside the padding
+
+
+@dataclass
+class VideoOutputs:
+    """Everything one clip computes (L frames, Q queries, K shared proposals, C classes)."""
+
+    queries: torch.Tensor  # [L, Q, D_side] the side adapter's final query tokens, before clustering
+    cluster_centers: torch.Tensor  # [K, D_side] the queries every frame shares
+    mask_logits: torch.Tensor  # [L, K, h, w] per-frame mask logits of the shared proposals
+    attn_biases: list[torch.Tensor]  # per bias layer [L, heads, K, h, w]
+    class_logits: torch.Tensor  # [K, C(+1)] logit-scaled, averaged over the frames
+    padded_size: tuple[int, int]  # (H, W) of the padded clip
+    input_size: tuple[int, int]  # every frame's own (H, W)
+
+
+@dataclass
+class VideoPrediction:
+    outputs: VideoOutputs
+    score_maps: torch.Tensor  # [L, C, H_out, W_out] per-frame class scores (the reference's sem_seg)
+    clip: ClipLabels  # labels, one score each for the clip, masks in every frame
 
 
 class SAN(nn.Module):
@@ -247,6 +275,86 @@ class SAN(nn.Module):
         them as they come (encoding, counting) labels any output size in bounded memory."""
         tiles = partial(semantic_label_tiles, background=background, max_chunk_elements=max_chunk_elements)
         return self._per_image(images, class_embeddings, output_sizes, background, tiles)
+
+    # --- video (the journal version) -------------------------------------------------------------
+    def forward_video(
+        self,
+        frames: Sequence[torch.Tensor],
+        class_embeddings: torch.Tensor,
+        background: bool = True,
+        cluster_centers: torch.Tensor | None = None,
+    ) -> VideoOutputs:
+        """Run one clip as the reference's video inference does (see `video.py`).
+
+        frames: RGB float [3, H, W], 0..255, all one size, already resized; they are padded and
+        run as one batch. cluster_centers [K, D_side], if given, replace the k-means result (to
+        check the stages after the clustering on their own).
+        """
+        sizes = {(int(f.shape[-2]), int(f.shape[-1])) for f in frames}
+        if len(sizes) != 1:
+            raise ValueError(f"the frames of a clip must share one size, got {sorted(sizes)}")
+        batch = self.preprocess(frames)
+        clip_input = F.interpolate(
+            batch, scale_factor=self.config.san.clip_resolution, mode="bilinear", align_corners=False
+        )
+        clip_features = self.clip_features(clip_input)
+        side = self.side_adapter.forward_features(batch, clip_features.maps)[-1]
+        if cluster_centers is None:
+            kmeans = self.config.video_settings.kmeans
+            cluster_centers = cluster_queries(side.query, self.config.num_clusters, kmeans.random_state, kmeans.n_init)
+        shared = cluster_centers.to(side.query)[None].expand(len(frames), -1, -1)
+        mask_logits, attn_biases = self.side_adapter.mask_decoder(shared, side.pixels)
+        last = self.config.san.clip_feature_last_layer
+        regions = self.recognition_head(clip_features.cls_tokens[last], clip_features.maps[last], attn_biases)
+        class_logits = self.text_classifier.class_logits(regions, class_embeddings, background)
+        return VideoOutputs(
+            queries=side.query,
+            cluster_centers=cluster_centers,
+            mask_logits=mask_logits,
+            attn_biases=attn_biases,
+            class_logits=class_logits.mean(dim=0),
+            padded_size=(int(batch.shape[-2]), int(batch.shape[-1])),
+            input_size=sizes.pop(),
+        )
+
+    @torch.no_grad()
+    def predict_video(
+        self,
+        frames: Sequence[torch.Tensor],
+        class_embeddings: torch.Tensor,
+        output_size: tuple[int, int] | None = None,
+        background: bool = True,
+        cluster_centers: torch.Tensor | None = None,
+    ) -> VideoPrediction:
+        """Per-frame score maps [L, C, H_out, W_out] of one clip and its labels, scores and masks
+        (the reference's `inference_video`). output_size defaults to the frames' size."""
+        out = self.forward_video(frames, class_embeddings, background, cluster_centers)
+        probs = class_probabilities(out.class_logits, background)
+        size = output_size or out.input_size
+        score_maps = torch.stack(
+            [frame_scores(probs, logits, out.padded_size, out.input_size, size) for logits in out.mask_logits]
+        )
+        return VideoPrediction(out, score_maps, clip_labels(score_maps))
+
+    @torch.no_grad()
+    def predict_video_label_tiles(
+        self,
+        frames: Sequence[torch.Tensor],
+        class_embeddings: torch.Tensor,
+        output_size: tuple[int, int] | None = None,
+        background: bool = True,
+        max_chunk_elements: int = MAX_CHUNK_ELEMENTS,
+    ) -> tuple[VideoOutputs, list[Iterator[LabelTile]]]:
+        """One clip's outputs and, per frame, the argmax of `predict_video`'s score maps as an
+        iterator of tiles (bounded memory at any output size)."""
+        out = self.forward_video(frames, class_embeddings, background)
+        probs = class_probabilities(out.class_logits, background)
+        size = output_size or out.input_size
+        tiles = [
+            frame_label_tiles(probs, logits, out.padded_size, out.input_size, size, max_chunk_elements)
+            for logits in out.mask_logits
+        ]
+        return out, tiles
 
 
 def _sizes(images: Sequence[torch.Tensor], output_sizes: Sequence[tuple[int, int]] | None) -> list[tuple[int, int]]:

@@ -30,11 +30,11 @@ def semantic_scores(
     masks = F.interpolate(mask_logits[None], size=padded_size, mode="bilinear", align_corners=False)
     masks = masks[:, :, : input_size[0], : input_size[1]]
     masks = F.interpolate(masks, size=output_size, mode="bilinear", align_corners=False)[0].sigmoid()
-    probs = _class_probs(class_logits, background).to(masks)
+    probs = class_probabilities(class_logits, background).to(masks)
     return torch.einsum("qc,qhw->chw", probs, masks)
 
 
-def _class_probs(class_logits: torch.Tensor, background: bool) -> torch.Tensor:
+def class_probabilities(class_logits: torch.Tensor, background: bool) -> torch.Tensor:
     probs = F.softmax(class_logits, dim=-1)
     return probs[..., :-1] if background else probs
 
@@ -86,7 +86,7 @@ def semantic_label_tiles(
     dtype, device = mask_logits.dtype, mask_logits.device
     a_y = composite_resize_matrix(grid_h, padded_size[0], input_size[0], out_h).to(device, dtype)
     a_x = composite_resize_matrix(grid_w, padded_size[1], input_size[1], out_w).to(device, dtype)
-    probs_t = _class_probs(class_logits, background).to(dtype).T.contiguous()  # [C, Q]
+    probs_t = class_probabilities(class_logits, background).to(dtype).T.contiguous()  # [C, Q]
     num_classes = probs_t.shape[0]
     upper_bound = probs_t.sum(dim=1)  # [C] score can never exceed this
     anchors = torch.unique(probs_t.argmax(dim=0))  # each query's most likely class

@@ -1,7 +1,10 @@
 """Prove that this port is SAN.
 
     san verify parity DIR      # DIR laid out like tests/fixtures/parity/tiny_a/
+    san verify video DIR       # DIR laid out like tests/fixtures/parity/tiny_video_a/
     san verify manifest FILE   # a published checkpoint's tensor manifest (JSON)
+
+(also `python -m san_core.verify ...`)
 
 `parity` builds the model from DIR/config.json, loads DIR/checkpoint.pth, runs DIR/inputs.pth and
 compares every tensor of DIR/expected.pth; `manifest` maps every tensor a published checkpoint
@@ -28,8 +31,10 @@ from .checkpoint import (
     load_into,
     read_checkpoint,
 )
+from .model import SAN
 from .postprocess import semantic_scores
 from .presets import PRESETS
+from .video import cluster_queries
 
 PARITY_TOLERANCE = 1e-4
 
@@ -56,12 +61,7 @@ def _compare(name: str, ours: torch.Tensor, expected: torch.Tensor) -> Compariso
 
 def run_parity(directory: str | Path) -> list[Comparison]:
     """Run the fixture in `directory` through this port; one Comparison per expected tensor."""
-    directory = Path(directory)
-    config = SanModelConfig.from_json_file(directory / "config.json")
-    model = build_model(config)
-    load_into(model, read_checkpoint(str(directory / "checkpoint.pth")).state_dict, source="checkpoint.pth")
-    inputs = torch.load(directory / "inputs.pth", weights_only=True)
-    expected = torch.load(directory / "expected.pth", weights_only=True)
+    model, inputs, expected = _load_fixture(Path(directory))
 
     with torch.no_grad():
         class_embeddings = model.class_embeddings(inputs["vocabulary"])
@@ -96,6 +96,63 @@ def run_parity(directory: str | Path) -> list[Comparison]:
     results.append(_compare("mask_embs", out.region_embeddings, expected["mask_embs"]))
     for i, (ours, theirs) in enumerate(zip(sem_seg, expected["sem_seg"], strict=True)):
         results.append(_compare(f"sem_seg[{i}]", ours, theirs))
+    return results
+
+
+def _exact(name: str, equal: bool, shape: tuple[int, ...] = ()) -> Comparison:
+    return Comparison(name, shape, 0.0 if equal else float("inf"))
+
+
+def _load_fixture(directory: Path) -> tuple[SAN, dict, dict]:
+    config = SanModelConfig.from_json_file(directory / "config.json")
+    model = build_model(config)
+    load_into(model, read_checkpoint(str(directory / "checkpoint.pth")).state_dict, source="checkpoint.pth")
+    inputs = torch.load(directory / "inputs.pth", weights_only=True)
+    expected = torch.load(directory / "expected.pth", weights_only=True)
+    return model, inputs, expected
+
+
+def run_video_parity(directory: str | Path) -> list[Comparison]:
+    """Run the video fixture in `directory` (one clip per video, each on its own as the reference
+    was run) through this port; one Comparison per stage per video. Each stage is checked on its
+    own: k-means runs on the reference's stored queries, the stages after it from the reference's
+    stored centres. The last check runs the whole clip end to end, clustering its own queries."""
+    model, inputs, expected = _load_fixture(Path(directory))
+    kmeans = model.config.video_settings.kmeans
+    results = []
+    with torch.no_grad():
+        class_embeddings = model.class_embeddings(inputs["vocabulary"])
+        for v, (frames, height, width, reference) in enumerate(
+            zip(inputs["videos"], inputs["heights"], inputs["widths"], expected["videos"], strict=True)
+        ):
+            centres = cluster_queries(
+                reference["queries"], model.config.num_clusters, kmeans.random_state, kmeans.n_init
+            )
+            size = (height, width)
+            ours = model.predict_video(frames, class_embeddings, size, cluster_centers=reference["cluster_centers"])
+            out = ours.outputs
+            whole = model.predict_video(frames, class_embeddings, size)  # clustering its own queries
+            results += [
+                _compare(f"video[{v}].queries", out.queries, reference["queries"]),
+                _compare(f"video[{v}].cluster_centers", centres, reference["cluster_centers"]),
+                _compare(f"video[{v}].mask_preds", out.mask_logits, reference["mask_preds"]),
+                _compare(f"video[{v}].attn_bias", out.attn_biases[-1], reference["attn_bias"]),
+                _compare(f"video[{v}].class_logits", out.class_logits, reference["class_logits"]),
+                _compare(f"video[{v}].sem_seg", ours.score_maps, reference["sem_seg"]),
+                _exact(f"video[{v}].pred_labels (exact)", ours.clip.labels == list(reference["pred_labels"])),
+                _compare(
+                    f"video[{v}].pred_scores",
+                    torch.tensor(ours.clip.scores, dtype=torch.float64),
+                    torch.tensor(list(reference["pred_scores"]), dtype=torch.float64),
+                ),
+                _exact(
+                    f"video[{v}].pred_masks (exact)",
+                    tuple(ours.clip.masks.shape) == tuple(reference["pred_masks"].shape)
+                    and bool((ours.clip.masks == reference["pred_masks"]).all()),
+                    tuple(reference["pred_masks"].shape),
+                ),
+                _compare(f"video[{v}].sem_seg (end to end)", whole.score_maps, reference["sem_seg"]),
+            ]
     return results
 
 
@@ -151,10 +208,10 @@ def check_manifest(path: str | Path) -> ManifestReport:
 
 
 def run(args: argparse.Namespace) -> int:
-    """`san verify` (jobs/verify.py parses the flags): args.command is parity or manifest."""
+    """`san verify` (jobs/verify.py parses the flags): args.command is parity, video or manifest."""
 
-    if args.command == "parity":
-        results = run_parity(args.directory)
+    if args.command in ("parity", "video"):
+        results = (run_parity if args.command == "parity" else run_video_parity)(args.directory)
         width = max(len(r.name) for r in results)
         print(f"{'tensor':<{width}}  {'shape':<22} max |diff|")
         for r in results:
@@ -171,3 +228,20 @@ def run(args: argparse.Namespace) -> int:
     if report.error:
         print(report.error)
     return 0 if report.ok else 1
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    checks = parser.add_subparsers(dest="command", required=True, metavar="{parity,video,manifest}")
+    checks.add_parser("parity", help="compare every tensor with an image fixture folder").add_argument("directory")
+    checks.add_parser("video", help="compare every stage with a video fixture folder").add_argument("directory")
+    checks.add_parser("manifest", help="map a published checkpoint's tensor manifest onto its preset").add_argument(
+        "file"
+    )
+
+
+if __name__ == "__main__":
+    import sys
+
+    cli = argparse.ArgumentParser(prog="python -m san_core.verify", description=__doc__.split("\n\n")[0])
+    add_arguments(cli)
+    sys.exit(run(cli.parse_args()))

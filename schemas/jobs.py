@@ -68,7 +68,10 @@ CONCURRENCY = Field(
     json_schema_extra=_cli(parse="min_max", metavar="MIN[,MAX]"),
 )
 GPUS_PER_ACTOR = Field(
-    default=None, ge=0.0, description="GPUs per actor, fractions allowed (default: 1 if the cluster has GPUs, else 0)"
+    default=None,
+    ge=0.0,
+    description="GPUs per actor, fractions allowed (default: 1 if the cluster has GPUs up or GPU node types "
+    "in its autoscaler configuration, else 0)",
 )
 
 

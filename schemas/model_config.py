@@ -7,10 +7,12 @@ Four sections, mirroring the published SAN hyper-parameters:
 * ``templates``: the prompt templates averaged into each class embedding.
 * ``san``: image-side settings (which CLIP blocks feed the side adapter, input scaling, ...).
 * ``side_adapter``: the side network's shape.
+* ``video`` (optional): how the journal version's video inference clusters a clip's proposals.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any, Literal
@@ -88,6 +90,20 @@ class SideAdapterSection(_Strict):
         return sorted(self.fusion_sources())
 
 
+class KMeansSection(_Strict):
+    """scikit-learn KMeans settings, as the published video code fixes them."""
+
+    random_state: int = 0
+    n_init: int = Field(default=1, ge=1)
+
+
+class VideoSection(_Strict):
+    """The journal version's video inference: a clip's query tokens clustered into shared proposals."""
+
+    num_clusters: int | None = Field(default=None, ge=1, description="proposals per clip; default: num_queries")
+    kmeans: KMeansSection = KMeansSection()
+
+
 class SanModelConfig(_Strict):
     """A whole SAN model: CLIP, prompt templates, image-side settings and the side adapter."""
 
@@ -95,6 +111,21 @@ class SanModelConfig(_Strict):
     templates: list[str] = Field(min_length=1)
     san: SanSection
     side_adapter: SideAdapterSection
+    video: VideoSection | None = None  # None: the defaults (num_clusters = num_queries)
+
+    @property
+    def video_settings(self) -> VideoSection:
+        return self.video or VideoSection()
+
+    @property
+    def num_clusters(self) -> int:
+        return self.video_settings.num_clusters or self.side_adapter.num_queries
+
+    def digest(self) -> str:
+        """sha256 of the config JSON; an absent `video` section is left out, so configs written
+        before it existed keep their digest (and their outputs' provenance)."""
+        exclude = {"video"} if self.video is None else None
+        return hashlib.sha256(self.model_dump_json(exclude=exclude).encode()).hexdigest()
 
     @field_validator("templates")
     @classmethod

@@ -36,6 +36,7 @@ def test_three_runs_in_a_row_into_s3_each_finish_with_a_manifest(s3_bucket, tiny
     uris = [row["image_uri"] for row in read_output_rows(output)]
     assert sorted(uris) == sorted(f"{s3_bucket}/in/{n}.jpg" for n in ("astronaut", "coffee", "chelsea"))
     assert all(is_own_result(p) for p in fs.find(output) if p.endswith(".parquet"))
+    assert len(fs.ls(f"{output}/_row_index")) == 3  # each run indexed its own rows
     written = b"".join(fs.cat(p) for p in fs.find(output))  # manifest, Parquet data and metadata
     captured = capfd.readouterr()
     assert secret.encode() not in written and secret not in captured.out + captured.err

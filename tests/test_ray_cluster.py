@@ -265,6 +265,82 @@ def test_resume_after_sigkill_labels_every_image_exactly_once(tmp_path, tiny_wei
     assert manifest["counts"]["skipped"] + manifest["counts"]["labeled"] == count
 
 
+def test_actors_ask_for_gpus_that_the_autoscaler_can_bring_up():
+    """With no GPU up, the default GPU request follows the autoscaler's node types, recorded in
+    the GCS as an autoscaler reports them (written here as one would)."""
+    import ray
+    from ray._raylet import GCS_AUTOSCALER_CLUSTER_CONFIG_KEY, GCS_AUTOSCALER_STATE_NAMESPACE
+    from ray.core.generated import autoscaler_pb2
+    from ray.experimental.internal_kv import _internal_kv_put
+
+    from pipeline.labeling.job import gpus_per_actor
+
+    ray.init(num_cpus=1, include_dashboard=False, logging_level="ERROR")
+    try:
+        assert gpus_per_actor(None) == 0.0  # no GPU up, no autoscaler
+        assert gpus_per_actor(0.5) == 0.5
+        cpu_only = autoscaler_pb2.NodeGroupConfig(name="cpu", resources={"CPU": 16}, min_count=0, max_count=10)
+        gpu = autoscaler_pb2.NodeGroupConfig(name="gpu", resources={"CPU": 8, "GPU": 1}, min_count=0, max_count=4)
+        for groups, expected in (([cpu_only], 0.0), ([cpu_only, gpu], 1.0)):
+            config = autoscaler_pb2.ClusterConfig(node_group_configs=groups)
+            _internal_kv_put(
+                GCS_AUTOSCALER_CLUSTER_CONFIG_KEY, config.SerializeToString(), namespace=GCS_AUTOSCALER_STATE_NAMESPACE
+            )
+            assert gpus_per_actor(None) == expected, groups
+        assert gpus_per_actor(0.0) == 0.0  # an explicit request wins
+    finally:
+        ray.shutdown()
+
+
+def test_a_labeling_actor_killed_mid_run_loses_no_row(tmp_path, tiny_weights, sandbox):
+    """SIGKILL one SAN actor while it labels: Ray Data starts another and hands it the lost batch,
+    the run finishes, and every image has exactly one row (a re-run then has nothing to do)."""
+    import skimage.data
+
+    images = tmp_path / "images"
+    images.mkdir()
+    count = 24
+    for i in range(count):
+        photo = getattr(skimage.data, GOOD_PHOTOS[i % len(GOOD_PHOTOS)])()
+        (images / f"img{i:03d}.jpg").write_bytes(jpeg_bytes(photo[i % 7 :, i % 5 :]))
+    output = tmp_path / "out"
+    command = [
+        sys.executable, str(REPO / "jobs" / "label.py"), "--vocab", "voc20",
+        "--input", str(images), "--output", str(output),
+        "--rows-per-file", "2", "--batch-size", "1", "--concurrency", "1,1", *tiny_weights,
+    ]  # fmt: skip
+    ray_tmpdir = tempfile.mkdtemp(prefix="actor-", dir=sandbox.root)
+    log = tmp_path / "first.log"
+    with log.open("w") as out:
+        driver = subprocess.Popen(command, env=_env(RAY_TMPDIR=ray_tmpdir), stdout=out, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 600
+            while len(_readable_rows(output)) < 4 and driver.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert driver.poll() is None, "the run finished before its actor could be killed"
+            titles = {pid: _title(pid) for pid in pids_with_env("RAY_TMPDIR", ray_tmpdir)}
+            actors = [pid for pid, title in titles.items() if "SanLabeler" in title]
+            assert len(actors) == 1, titles
+            os.kill(actors[0], signal.SIGKILL)
+            killed_at = len(_readable_rows(output))
+            code = driver.wait(timeout=600)
+        finally:
+            if driver.poll() is None:
+                driver.kill()
+            kill_run("RAY_TMPDIR", ray_tmpdir)
+    assert killed_at < count
+    assert code == 0, log.read_text()[-4000:]
+    uris = [r["image_uri"] for r in _readable_rows(output)]
+    assert len(uris) == len(set(uris)) == count  # none lost, none twice
+    manifest = json.loads((output / "_manifest.json").read_text())
+    assert manifest["counts"] == {"inputs": count, "labeled": count, "failed": 0, "skipped": 0}
+
+    rerun = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=900, check=False)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert sorted(r["image_uri"] for r in _readable_rows(output)) == sorted(uris)
+    assert json.loads((output / "_manifest.json").read_text())["counts"]["skipped"] == count
+
+
 def test_local_paths_on_a_multi_node_cluster_stop_the_job(tmp_path, tiny_weights):
     """Two real nodes (`ray start --head`, then `ray start --address`): the second node cannot see
     this machine's folders, so the job stops with the flags to change before any work."""

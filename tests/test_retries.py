@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import io
 import json
+import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -26,7 +27,8 @@ from PIL import Image, UnidentifiedImageError
 
 from jobs.label import main as label_main
 from pipeline.image_integrity import CorruptImageError
-from pipeline.labeling.output_state import drop_superseded, scan_results
+from pipeline.labeling.output_state import drop_superseded, scan_output
+from pipeline.labeling.planning import AntiJoin
 from pipeline.retries import is_transient, read_bytes
 from schemas.output import label_row_schema
 
@@ -143,10 +145,14 @@ def test_retry_errors_all_relabels_a_fixed_file_and_duckdb_sees_one_row_each(tmp
     assert label_main([*args, "--retry-errors", "all"]) == 0
 
     counts = duckdb.sql(
-        f"SELECT image_uri, count(*) AS n, any_value(error) AS error FROM read_parquet('{output}/*.parquet') GROUP BY 1"
+        "SELECT image_uri, count(*) AS n, any_value(error) AS error "
+        f"FROM read_parquet('{output}/**/*.parquet') GROUP BY 1"
     ).fetchall()
     assert sorted(Path(uri).name for uri, _, _ in counts) == ["broken.jpg", "photo0.jpg", "photo1.jpg", "photo2.jpg"]
     assert all(n == 1 and error is None for _, n, error in counts), counts
+    # the runs' row indexes sit beside the data, where no Parquet reader looks
+    assert [p.suffix for p in (output / "_row_index").iterdir()] == [".arrow", ".arrow"]  # runs 1 and 3
+    assert ds.dataset(str(output), format="parquet").count_rows() == 4
 
 
 def _write(path: Path, run_id: str, rows: list[tuple[str, str | None]]) -> None:
@@ -167,17 +173,28 @@ def _write(path: Path, run_id: str, rows: list[tuple[str, str | None]]) -> None:
     pq.write_table(table, path)
 
 
-def test_a_run_killed_while_tidying_up_is_resolved_by_the_next_scan(tmp_path):
+def _plan(fs, root: Path, retry_errors: str = "none", inputs: tuple[str, ...] = ("u1", "u2")):
+    """What the planner decides for an output folder: (state, decision)."""
+    with tempfile.TemporaryDirectory() as scratch:
+        join = AntiJoin(scratch, buckets=3)
+        join.add_inputs(pa.array(list(inputs)))
+        state = scan_output(fs, str(root), join, scratch)
+        return state, join.decide(state.file_rank(), retry_errors, sort_by_uri=True)
+
+
+def test_a_run_killed_while_tidying_up_is_resolved_by_the_next_plan(tmp_path):
     """The later run's row counts; a copy written before its original was removed is resolved too."""
     fs = fsspec.filesystem("file")
     _write(tmp_path / "labels-a_000000.parquet", "20260101T000000Z-a", [("u1", "timeout"), ("u2", None)])
     _write(tmp_path / "labels-b_000000.parquet", "20260102T000000Z-b", [("u1", None)])
     (tmp_path / "other_team.parquet").write_bytes(b"not ours")
 
-    scan = scan_results(fs, str(tmp_path))
-    assert scan.latest["u1"].path.endswith("labels-b_000000.parquet") and not scan.latest["u1"].is_error
-    assert scan.done("none") == {"u1", "u2"}
-    assert drop_superseded(fs, scan, "20260103T000000Z-c") == 1
+    state, decision = _plan(fs, tmp_path, retry_errors="all")
+    assert len(decision.todo) == 0 and decision.inputs == 2  # u1's later row is no error
+    losers = {state.paths[n]: uris.to_pylist() for n, uris in decision.superseded.items()}
+    assert losers == {str(tmp_path / "labels-a_000000.parquet"): ["u1"]}
+    superseded = {state.paths[n]: uris for n, uris in decision.superseded.items()}
+    drop_superseded(fs, superseded, "20260103T000000Z-c")
     files = sorted(p.name for p in tmp_path.glob("labels-*.parquet"))
     assert "labels-a_000000.parquet" not in files and len(files) == 2
     rows = ds.dataset(str(tmp_path), format="parquet", exclude_invalid_files=True).to_table(columns=["image_uri"])
@@ -186,12 +203,15 @@ def test_a_run_killed_while_tidying_up_is_resolved_by_the_next_scan(tmp_path):
 
     # the state a kill leaves between writing a copy and removing its original: u2 twice
     _write(tmp_path / "labels-a_000000.parquet", "20260101T000000Z-a", [("u1", "timeout"), ("u2", None)])
-    scan = scan_results(fs, str(tmp_path))
-    assert scan.superseded == {str(tmp_path / "labels-a_000000.parquet"): 2}
-    drop_superseded(fs, scan, "20260104T000000Z-d")
+    fs.invalidate_cache()
+    state, decision = _plan(fs, tmp_path)
+    losers = {state.paths[n]: sorted(uris.to_pylist()) for n, uris in decision.superseded.items()}
+    assert losers == {str(tmp_path / "labels-a_000000.parquet"): ["u1", "u2"]}
+    drop_superseded(fs, {state.paths[n]: uris for n, uris in decision.superseded.items()}, "20260104T000000Z-d")
     assert not (tmp_path / "labels-a_000000.parquet").exists()
-    rows = scan_results(fs, str(tmp_path))
-    assert sorted(rows.latest) == ["u1", "u2"] and not rows.superseded
+    fs.invalidate_cache()
+    state, decision = _plan(fs, tmp_path)
+    assert not decision.superseded and len(decision.todo) == 0 and len(state.complete) == 2
 
 
 def test_the_checkpoint_is_read_once_per_job_by_the_driver_alone(faulty_s3, parity_dir, tmp_path):

@@ -8,12 +8,13 @@ uint16 map itself (2 bytes per pixel) beside the tiles' fixed working set.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from san_core.postprocess import LabelTile
 from schemas.output import Segment
 
 from ..label_maps import encode_label_png
@@ -43,20 +44,27 @@ def label_images(
     device = embeddings.device
     tensors = [torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1).float() for image in images]
     per_image = model.predict_label_tiles(tensors, embeddings, list(output_sizes), background=background)
-    labeled = []
-    for tiles, (height, width) in zip(per_image, output_sizes, strict=True):
-        label_map = np.empty((height, width), dtype=np.uint16)
-        sums = torch.zeros(int(class_ids.max()) + 1, dtype=torch.float64, device=device)
-        for tile in tiles:
-            ids = class_ids[tile.labels]
-            sums += torch.bincount(ids.flatten(), weights=tile.scores.flatten().double(), minlength=sums.numel())
-            rows, cols = ids.shape
-            label_map[tile.top : tile.top + rows, tile.left : tile.left + cols] = ids.cpu().numpy()
-        score_sums = dict(enumerate(sums.cpu().tolist()))
-        labeled.append(
-            LabeledImage(
-                label_map_png=encode_label_png(label_map),
-                segments=segments_from_label_map(label_map, score_sums, class_names),
-            )
-        )
-    return labeled
+    return [
+        assemble_label_map(tiles, size, class_ids, class_names)
+        for tiles, size in zip(per_image, output_sizes, strict=True)
+    ]
+
+
+def assemble_label_map(
+    tiles: Iterable[LabelTile], size: tuple[int, int], class_ids: torch.Tensor, class_names: Mapping[int, str]
+) -> LabeledImage:
+    """A label map of taxonomy ids put together from a model's label tiles (class indices), with
+    each class's score summed on the way for its segment's mean score."""
+    height, width = size
+    label_map = np.empty((height, width), dtype=np.uint16)
+    sums = torch.zeros(int(class_ids.max()) + 1, dtype=torch.float64, device=class_ids.device)
+    for tile in tiles:
+        ids = class_ids[tile.labels]
+        sums += torch.bincount(ids.flatten(), weights=tile.scores.flatten().double(), minlength=sums.numel())
+        rows, cols = ids.shape
+        label_map[tile.top : tile.top + rows, tile.left : tile.left + cols] = ids.cpu().numpy()
+    score_sums = dict(enumerate(sums.cpu().tolist()))
+    return LabeledImage(
+        label_map_png=encode_label_png(label_map),
+        segments=segments_from_label_map(label_map, score_sums, class_names),
+    )

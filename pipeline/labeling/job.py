@@ -8,10 +8,10 @@ marks a finished run.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import fsspec
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from schemas.jobs import LabelJobConfig
@@ -27,15 +28,24 @@ from schemas.output import SCHEMA_VERSION, Provenance, TaxonomyRef, label_row_sc
 from schemas.taxonomy import Taxonomy
 
 from ..images import decode_rgb, load_images
-from ..inputs import check_output_writable, check_paths_for_cluster, list_inputs
+from ..inputs import check_output_writable, check_paths_for_cluster, stream_inputs
 from ..label_maps import decode_label_map
-from ..results import MANIFEST_NAME, PREVIEW_DIR, ProvenanceError, is_own_result, result_files
+from ..results import (
+    MANIFEST_NAME,
+    PREVIEW_DIR,
+    ProvenanceError,
+    is_own_result,
+    result_file_stamps,
+    result_files,
+)
 from ..storage import pyarrow_filesystem
 from ..vocabulary import DEFAULT_CACHE_DIR, VocabularyTable, load_or_build_vocabulary
 from ..weights import SMOKE_BANNER, SharedWeights, WeightsSpec, resolve_weights
-from .output_state import ResultScan, count_rows, drop_superseded, scan_results
+from .output_state import OutputState, drop_superseded, index_new_files, scan_output
+from .planning import AntiJoin, Decision
 from .preview import render_overlay
 from .progress import ProgressCounter, ProgressReporter, peak_rss_mib
+from .row_index import INDEX_DIR, index_path
 from .stages import ResultFileNames, SanLabeler
 
 log = logging.getLogger(__name__)
@@ -62,9 +72,9 @@ def _output_fs(config: LabelJobConfig) -> tuple[fsspec.AbstractFileSystem, str]:
     return fsspec.core.url_to_fs(config.output, **config.storage_options)
 
 
-def check_provenance(scan: ResultScan, current: Provenance, output: str) -> None:
+def check_provenance(state: OutputState, current: Provenance, output: str) -> None:
     """Raise ProvenanceError if any earlier result was made with something that changes labels."""
-    for path, recorded in scan.provenances.items():
+    for path, recorded in state.provenances.items():
         if recorded is None:
             log.warning("%s records no provenance (an earlier release wrote it); its rows are kept", path)
             continue
@@ -87,7 +97,7 @@ def check_provenance(scan: ResultScan, current: Provenance, output: str) -> None
 def _clear_output(fs: fsspec.AbstractFileSystem, root: str) -> None:
     for path in filter(is_own_result, result_files(fs, root)):  # nobody else's files
         fs.rm(path)
-    for name in (MANIFEST_NAME, PREVIEW_DIR):
+    for name in (MANIFEST_NAME, PREVIEW_DIR, INDEX_DIR):
         target = f"{root.rstrip('/')}/{name}"
         if fs.exists(target):
             fs.rm(target, recursive=True)
@@ -136,15 +146,19 @@ class JobPlan:
     config: LabelJobConfig
     taxonomy: Taxonomy
     weights: WeightsSpec
-    inputs: list[str]
-    todo: list[str]
-    files_before: list[str]
+    input_count: int  # distinct input images
+    todo: pa.StringArray  # the images this run labels
+    files_before: list[str]  # the output's own result files when the stream starts
     vocabulary: VocabularyTable
     provenance: Provenance  # what makes these labels, checkpoint digest included
     started: float
     run_id: str
     shared_weights: SharedWeights  # put in the object store once; no actor reads the checkpoint
-    retried: int = 0  # images whose earlier error row this run replaces
+    retried: dict[str, pa.Array] = field(default_factory=dict)  # earlier file -> error rows this run re-attempts
+
+    @property
+    def retried_count(self) -> int:
+        return sum(len(uris) for uris in self.retried.values())
 
 
 def make_provenance(
@@ -158,7 +172,7 @@ def make_provenance(
         project_version=project_version(),
         model_id=weights.model_id,
         weights_digest=checkpoint_digest,
-        model_config_digest=hashlib.sha256(model_config.model_dump_json().encode()).hexdigest(),
+        model_config_digest=model_config.digest(),
         taxonomy=TaxonomyRef(name=taxonomy.name, version=str(taxonomy.version), digest=taxonomy.digest()),
         short_side=config.short_side,
         max_long_side=config.max_long_side,
@@ -179,42 +193,42 @@ def plan_label_job(config: LabelJobConfig, taxonomy: Taxonomy, smoke_if_no_weigh
     that still need labels. Nothing is labeled here."""
     started = time.time()
     run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
-    inputs = list(dict.fromkeys(list_inputs(config.input, config.storage_options)))
-    check_output_writable(config.output, config.storage_options)
-    weights = resolve_weights(config.weights, config.storage_options, smoke_if_no_weights)
+    with tempfile.TemporaryDirectory(prefix="san-plan-") as scratch:
+        join = AntiJoin(scratch)
+        input_batches, in_input_order = stream_inputs(config.input, config.storage_options)
+        for batch in input_batches:
+            join.add_inputs(batch)
+        check_output_writable(config.output, config.storage_options)
+        weights = resolve_weights(config.weights, config.storage_options, smoke_if_no_weights)
 
-    # The vocabulary table is built (or read from cache) here, once; loading the weights in the
-    # driver also proves the checkpoint fits the model before any actor starts.
-    driver_model, checkpoint_digest = weights.load_checked("cpu")
-    cache = config.vocab_cache or DEFAULT_CACHE_DIR
-    vocabulary = load_or_build_vocabulary(taxonomy, driver_model, cache, config.storage_options)
-    provenance = make_provenance(config, taxonomy, weights, checkpoint_digest, driver_model.config)
-    shared_weights = SharedWeights.of(driver_model)  # the actors build theirs from this copy
-    del driver_model
+        # The vocabulary table is built (or read from cache) here, once; loading the weights in the
+        # driver also proves the checkpoint fits the model before any actor starts.
+        driver_model, checkpoint_digest = weights.load_checked("cpu")
+        cache = config.vocab_cache or DEFAULT_CACHE_DIR
+        vocabulary = load_or_build_vocabulary(taxonomy, driver_model, cache, config.storage_options)
+        provenance = make_provenance(config, taxonomy, weights, checkpoint_digest, driver_model.config)
+        shared_weights = SharedWeights.of(driver_model)  # the actors build theirs from this copy
+        del driver_model
 
-    fs, root = _output_fs(config)
-    if config.overwrite:
-        _clear_output(fs, root)
-    scan = scan_results(fs, root)
-    check_provenance(scan, provenance, config.output)
-    # Only now, with everything checked, change the output.
-    for path in scan.incomplete:
-        log.warning("removing %s, left incomplete by an interrupted run", path)
-        fs.rm(path)
-    if fs.exists(f"{root.rstrip('/')}/{MANIFEST_NAME}"):
-        fs.rm(f"{root.rstrip('/')}/{MANIFEST_NAME}")  # this run is not finished until it writes one
-    if scan.superseded:  # a run killed while tidying up left two rows for some images
-        drop_superseded(fs, scan, run_id)
-    done, files_before = scan.done(config.retry_errors), scan.files
-    todo = [u for u in inputs if u not in done]
-    retried = sum(1 for u in todo if u in scan.latest)  # error rows this run will replace
-    again = f" ({retried:,} of them error rows tried again)" if retried else ""
-    log.info(f"{len(inputs)} inputs: {len(inputs) - len(todo)} already labeled, {len(todo)} to label{again}")
+        fs, root = _output_fs(config)
+        if config.overwrite:
+            _clear_output(fs, root)
+        state = scan_output(fs, root, join, scratch)
+        check_provenance(state, provenance, config.output)
+        _tidy_output(fs, root, state, run_id)  # only now, with everything checked, change the output
+        decision = join.decide(state.file_rank(), config.retry_errors, sort_by_uri=not in_input_order)
+    retried = _drop_superseded_rows(fs, state, decision, run_id)
+    fs.invalidate_cache()
+    files_before = [p for p in result_files(fs, root) if is_own_result(p)]
+    todo = decision.todo
+    again = f" ({decision.retried_count:,} of them error rows tried again)" if decision.retried_count else ""
+    already = decision.inputs - len(todo)
+    log.info(f"{decision.inputs:,} inputs: {already:,} already labeled, {len(todo):,} to label{again}")
     return JobPlan(
         config,
         taxonomy,
         weights,
-        inputs,
+        decision.inputs,
         todo,
         files_before,
         vocabulary,
@@ -224,6 +238,60 @@ def plan_label_job(config: LabelJobConfig, taxonomy: Taxonomy, smoke_if_no_weigh
         shared_weights,
         retried,
     )
+
+
+def _tidy_output(fs: fsspec.AbstractFileSystem, root: str, state: OutputState, run_id: str) -> None:
+    """Remove what a killed run left half-written and what indexes nothing, mark the output
+    unfinished, and index the result files no index covered (so the next plan need not read them)."""
+    for path in state.incomplete:
+        log.warning("removing %s, left incomplete by an interrupted run", path)
+        fs.rm(path)
+    for path in state.damaged_indexes + state.stale_indexes:
+        fs.rm(path)  # a row index cut short, or one whose files are all gone: it covers nothing
+    if fs.exists(f"{root.rstrip('/')}/{MANIFEST_NAME}"):
+        fs.rm(f"{root.rstrip('/')}/{MANIFEST_NAME}")  # this run is not finished until it writes one
+    if state.unindexed is not None and state.unindexed.files:
+        state.unindexed.write(fs, root, index_path(root, f"{run_id}-found"))
+
+
+def _drop_superseded_rows(
+    fs: fsspec.AbstractFileSystem, state: OutputState, decision: Decision, run_id: str
+) -> dict[str, pa.Array]:
+    """Rewrite the files whose rows a later row superseded (a run killed while it tidied up);
+    returns the error rows this run re-attempts by the file that now holds them."""
+    retried = {state.paths[number]: uris for number, uris in decision.retried.items()}
+    if decision.superseded:
+        superseded = {state.paths[number]: uris for number, uris in decision.superseded.items()}
+        for path, copy in drop_superseded(fs, superseded, run_id).items():
+            if path in retried:  # the error rows to replace moved with the rest of the file
+                uris = retried.pop(path)
+                if copy is not None:
+                    retried[copy] = uris
+    return retried
+
+
+def gpus_per_actor(requested: float | None) -> float:
+    """`--gpus-per-actor` if given; else one GPU per actor when the cluster has GPUs or can get
+    them: GPUs up now, or node types with GPUs in the autoscaler's configuration (the record Ray
+    Train reads for the same question). So on an autoscaling cluster whose GPU nodes are still
+    down, the actors ask for GPUs and the autoscaler brings those nodes up."""
+    import ray
+
+    if requested is not None:
+        return requested
+    if ray.cluster_resources().get("GPU"):
+        return 1.0
+    try:
+        from ray._private.state import state
+
+        most = state.get_max_resources_from_cluster_config() or {}
+    except Exception as e:  # no autoscaler record (a local or fixed cluster)
+        log.debug("no autoscaler configuration to read: %s", e)
+        most = {}
+    if most.get("GPU"):
+        log.info("no GPU is up yet, but the cluster's node types offer %s: each actor asks for one", most["GPU"])
+        return 1.0
+    return 0.0
 
 
 def run_label_job(plan: JobPlan) -> RunSummary:
@@ -236,15 +304,13 @@ def run_label_job(plan: JobPlan) -> RunSummary:
 
     # The stream: URIs -> load, decode, resize (CPU tasks) -> SAN actor pool -> Parquet.
     stream_start = time.time()
-    if todo:
-        gpus = (
-            config.gpus_per_actor
-            if config.gpus_per_actor is not None
-            else (1.0 if ray.cluster_resources().get("GPU") else 0.0)
-        )
+    if len(todo):
+        gpus = gpus_per_actor(config.gpus_per_actor)
         progress = ray.remote(num_cpus=0)(ProgressCounter).remote()
-        dataset = ray.data.from_items(
-            [{"image_uri": u} for u in todo], override_num_blocks=max(1, -(-len(todo) // config.rows_per_file))
+        # one block per output file's worth of images (slices share the plan's buffer)
+        images = pa.table({"image_uri": todo})
+        dataset = ray.data.from_arrow(
+            [images.slice(start, config.rows_per_file) for start in range(0, len(todo), config.rows_per_file)]
         )
         dataset = dataset.map_batches(
             load_images,
@@ -288,26 +354,30 @@ def run_label_job(plan: JobPlan) -> RunSummary:
             )
 
     stream_time = time.time() - stream_start
-    actor_peak = ray.get(progress.peak_memory.remote()) if todo else None
-    timing = ray.get(progress.timing.remote(stream_start)) if todo else {"startup_s": None, "steady_images_per_s": None}
+    actor_peak = ray.get(progress.peak_memory.remote()) if len(todo) else None
+    timing = {"startup_s": None, "steady_images_per_s": None}
+    if len(todo):
+        timing = ray.get(progress.timing.remote(stream_start))
 
-    # Account, preview, and mark the run finished. The listing cached while planning is stale now.
+    # Account, index, preview, and mark the run finished. The listing cached while planning is stale now.
     fs.invalidate_cache()
-    files_after = [p for p in result_files(fs, root) if is_own_result(p)]  # earlier ones were read in the plan
-    new_files = [p for p in files_after if p not in set(plan.files_before)]
-    labeled, failed = count_rows(fs, new_files)
+    before = set(plan.files_before)
+    new_files = {p: stamp for p, stamp in result_file_stamps(fs, root).items() if is_own_result(p) and p not in before}
+    files_after = sorted([*plan.files_before, *new_files])
+    with tempfile.TemporaryDirectory(prefix="san-index-") as scratch:
+        new_rows = index_new_files(fs, root, new_files, plan.run_id, scratch, plan.retried)
+    labeled, failed = new_rows.labeled, new_rows.failed
     # Rows this run replaced (--retry-errors) are superseded: gone before the run counts as done.
-    after = scan_results(fs, root) if plan.retried else None
-    if after is not None and after.superseded:
-        dropped = drop_superseded(fs, after, plan.run_id)
-        log.info(f"{dropped} earlier rows replaced by this run's")
+    if new_rows.replaced:
+        drop_superseded(fs, new_rows.replaced, plan.run_id)
+        log.info(f"{sum(len(u) for u in new_rows.replaced.values())} earlier rows replaced by this run's")
         fs.invalidate_cache()
         files_after = [p for p in result_files(fs, root) if is_own_result(p)]
     banner = SMOKE_BANNER if weights.random else None
     previews = write_previews(config, taxonomy, files_after, banner) if config.preview else []
     wall = time.time() - plan.started
-    uris = plan.inputs
-    summary = RunSummary(plan.run_id, len(uris), labeled, failed, len(uris) - len(todo), wall, stream_time)
+    skipped = plan.input_count - len(todo)
+    summary = RunSummary(plan.run_id, plan.input_count, labeled, failed, skipped, wall, stream_time)
     manifest = {
         "run_id": plan.run_id,
         "schema_version": SCHEMA_VERSION,
@@ -321,7 +391,7 @@ def run_label_job(plan: JobPlan) -> RunSummary:
             "taxonomy": plan.provenance.taxonomy.digest,
             "vocabulary": table.digest,
         },
-        "counts": {"inputs": len(uris), "labeled": labeled, "failed": failed, "skipped": summary.skipped},
+        "counts": {"inputs": plan.input_count, "labeled": labeled, "failed": failed, "skipped": summary.skipped},
         "previews": previews,
         "started_at": datetime.fromtimestamp(plan.started, timezone.utc).isoformat(),
         "wall_time_s": round(wall, 3),
@@ -354,7 +424,7 @@ def label(
     try:
         paths = {
             "--input": config.input,
-            "an image of --input": plan.todo[0] if plan.todo else None,
+            "an image of --input": plan.todo[0].as_py() if len(plan.todo) else None,
             "--output": config.output,
         }  # the weights need not be shared: only the driver reads them
         nodes = len([node for node in ray.nodes() if node.get("Alive")])

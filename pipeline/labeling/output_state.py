@@ -6,128 +6,186 @@ the earlier one is superseded: that happens when `--retry-errors` labels an imag
 a run was killed while it tidied up. `drop_superseded` rewrites each file that holds superseded
 rows without them (a new file of the job's own, then the old one removed), so that once a run has
 finished, any plain Parquet reader of the folder sees exactly one row per image.
+
+The row keys come from the runs' row indexes where they cover a file, and from the file itself
+where none does (a killed run's files, an earlier release's, or files whose bytes are not the
+ones indexed), read in parallel.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import uuid
 from dataclasses import dataclass, field
 
 import fsspec
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from schemas.output import RUN_ID_KEY, Provenance
 
-from ..inputs import InputError
-from ..results import is_own_result, result_file_name, result_files
-from ..retries import TRANSIENT
+from ..results import is_own_result, result_file_name, result_file_stamps
+from .planning import AntiJoin
+from .row_index import IndexBuilder, ResultFile, index_path, list_indexes, read_keys_parallel
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class LatestRow:
-    """The row of one image that counts: where it is and whether it is an error (of which kind)."""
+class OutputState:
+    """The job's own result files under an output (numbered as the join numbers them), read
+    without changing anything."""
 
-    run_id: str
-    path: str
-    error_kind: str | None  # "transient" / "permanent"; "" for an error row of a previous release
-    is_error: bool
-
-
-@dataclass
-class ResultScan:
-    """What an output folder already holds, read without changing anything."""
-
-    latest: dict[str, LatestRow] = field(default_factory=dict)  # image URI -> the row that counts
-    provenances: dict[str, Provenance | None] = field(default_factory=dict)  # per own complete file
-    incomplete: list[str] = field(default_factory=list)  # own files a killed run left half-written
-    superseded: dict[str, int] = field(default_factory=dict)  # own file -> rows that no longer count
+    root: str
+    paths: list[str]  # numbered as the join numbers them
+    files: list[ResultFile | None]  # per path; None: a file a killed run left half-written
+    unindexed: IndexBuilder | None = None  # keys of the files no index covered, to be indexed
+    damaged_indexes: list[str] = field(default_factory=list)
+    stale_indexes: list[str] = field(default_factory=list)  # indexes none of whose files exist
 
     @property
-    def files(self) -> list[str]:
-        return list(self.provenances)
+    def complete(self) -> list[ResultFile]:
+        return [f for f in self.files if f is not None]
 
-    def done(self, retry_errors: str = "none") -> set[str]:
-        """Images that need no new attempt: a row, and not an error that `retry_errors` re-attempts."""
-        return {uri for uri, row in self.latest.items() if not (row.is_error and _retried(row, retry_errors))}
+    @property
+    def incomplete(self) -> list[str]:
+        return [p for p, f in zip(self.paths, self.files, strict=True) if f is None]
+
+    @property
+    def provenances(self) -> dict[str, Provenance | None]:
+        """Provenance per distinct recording, with one file that records it (each file is checked,
+        each distinct recording parsed once)."""
+        seen: dict[str | None, str] = {}
+        for f in self.complete:
+            seen.setdefault(f.provenance_json, f.path)
+        return {path: Provenance.model_validate_json(raw) if raw else None for raw, path in seen.items()}
+
+    def file_rank(self) -> np.ndarray:
+        """Per file number, its place in write order (run id, then path); later rows count."""
+        runs = [f.run_id if f is not None else "" for f in self.files]
+        order = sorted(range(len(self.files)), key=lambda i: (runs[i], self.paths[i]))
+        rank = np.empty(len(self.files), dtype=np.int64)
+        rank[order] = np.arange(len(self.files))
+        return rank
 
 
-def _retried(row: LatestRow, retry_errors: str) -> bool:
-    return retry_errors == "all" or (retry_errors == TRANSIENT and row.error_kind == TRANSIENT)
-
-
-def scan_results(fs: fsspec.AbstractFileSystem, root: str) -> ResultScan:
-    """The job's own result files (known by name), the row of each image that counts, and the
-    rows that no longer do. A file whose bytes are not a complete Parquet file was left
-    half-written by a killed run. Any other file is ignored. A file that cannot be read at all (an
-    outage, no permission) stops the job: a read error proves nothing about the file."""
-    scan = ResultScan()
-    for path in result_files(fs, root):
-        if not is_own_result(path):
+def scan_output(fs: fsspec.AbstractFileSystem, root: str, join: AntiJoin, scratch: str) -> OutputState:
+    """Feed the keys of every row of the job's own result files (known by name) to `join`, from
+    the row indexes where they cover a file and from the file where none does. Any other file is
+    ignored. A file that cannot be read at all (an outage, no permission) stops the job: a read
+    error proves nothing about the file."""
+    stamps = {}
+    for path, stamp in result_file_stamps(fs, root).items():
+        if is_own_result(path):
+            stamps[path] = stamp
+        else:
             log.warning("ignoring %s: not written by the labeling job (left as it is)", path)
+    paths = list(stamps)
+    prefix = root.rstrip("/") + "/"
+    number = {p.removeprefix(prefix): i for i, p in enumerate(paths)}
+    files: list[ResultFile | None] = [None] * len(paths)
+    covered = np.zeros(len(paths), dtype=bool)
+    indexes, damaged = list_indexes(fs, root)
+    state = OutputState(root, paths, files, damaged_indexes=damaged)
+    for index in indexes:
+        # local file number -> this folder's file number; -1 for files gone or already covered
+        to_global = np.full(len(index.files), -1, dtype=np.int32)
+        for local, entry in enumerate(index.files):
+            i = number.get(entry.path)
+            if i is not None and not covered[i] and entry.stamp == stamps[paths[i]]:
+                covered[i] = True
+                files[i] = ResultFile(paths[i], entry.run_id, entry.provenance_json, entry.stamp)
+                to_global[local] = i
+        if not (to_global >= 0).any():
+            state.stale_indexes.append(index.path)
             continue
-        try:
-            with fs.open(path, "rb") as f:
-                parquet = pq.ParquetFile(f)
-                schema = parquet.schema_arrow
-                columns = ["image_uri", "error"] + (["error_kind"] if "error_kind" in schema.names else [])
-                table = parquet.read(columns=columns)
-        except pa.ArrowInvalid:  # read, and not Parquet: the file a killed writer left
-            scan.incomplete.append(path)
-            continue
-        except Exception as e:
-            raise InputError(f"cannot read the earlier result {path}: {type(e).__name__}: {e}") from e
-        scan.provenances[path] = Provenance.from_schema(schema)
-        run_id = (schema.metadata or {}).get(RUN_ID_KEY.encode(), b"").decode()  # "" sorts first
-        errors = table.column("error").is_valid().to_pylist()
-        kinds = table.column("error_kind").to_pylist() if "error_kind" in columns else [""] * table.num_rows
-        for uri, is_error, kind in zip(table.column("image_uri").to_pylist(), errors, kinds, strict=True):
-            row = LatestRow(run_id, path, kind if is_error else None, is_error)
-            earlier = scan.latest.get(uri)
-            if earlier is None:
-                scan.latest[uri] = row
+        mapping = pa.array(to_global)
+        for batch in index.batches(fs):
+            keys = pa.Table.from_batches([batch])
+            file = pc.take(mapping, keys.column("file"))
+            keys = keys.set_column(0, "file", file).filter(pc.greater_equal(file, 0))
+            join.add_rows(keys.replace_schema_metadata(None))
+    todo = {paths[i]: stamps[paths[i]] for i in np.flatnonzero(~covered)}
+    if todo:
+        state.unindexed = IndexBuilder(os.path.join(scratch, "unindexed-keys.arrow"))
+        for path, read in read_keys_parallel(fs, todo):
+            if read is None:  # read, and not Parquet: the file a killed writer left
                 continue
-            loser = earlier if (earlier.run_id, earlier.path) < (run_id, path) else row
-            scan.superseded[loser.path] = scan.superseded.get(loser.path, 0) + 1
-            if loser is earlier:
-                scan.latest[uri] = row
-    return scan
+            result, keys = read
+            i = number[path.removeprefix(prefix)]
+            files[i] = result
+            state.unindexed.add(result, keys)
+            join.add_rows(keys.set_column(0, "file", pa.array([i] * keys.num_rows, pa.int32())))
+    return state
 
 
-def drop_superseded(fs: fsspec.AbstractFileSystem, scan: ResultScan, run_id: str) -> int:
-    """Rewrite every file holding superseded rows without them (or remove it if none is left);
-    returns the rows dropped. The copy is a new file of the job's own, written before the old
-    one is removed: a kill in between leaves duplicates that the next scan resolves the same way."""
-    dropped = 0
-    for path in sorted(scan.superseded):
+def drop_superseded(
+    fs: fsspec.AbstractFileSystem, superseded: dict[str, pa.Array], run_id: str
+) -> dict[str, str | None]:
+    """Rewrite every file holding superseded rows (path -> their images) without them, or remove
+    it if none is left; returns each such path's copy (None where none was needed). The copy is a
+    new file of the job's own, written before the old one is removed: a kill in between leaves
+    duplicates that the next plan resolves the same way."""
+    copies: dict[str, str | None] = {}
+    for path in sorted(superseded):
         with fs.open(path, "rb") as f:
             table = pq.read_table(f)
-        keep = pa.array([scan.latest[uri].path == path for uri in table.column("image_uri").to_pylist()])
-        kept = table.filter(keep)
+        kept = table.filter(pc.invert(pc.is_in(table.column("image_uri"), value_set=superseded[path])))
+        copies[path] = None
         if kept.num_rows:
             metadata = dict(table.schema.metadata or {})
             metadata[RUN_ID_KEY.encode()] = run_id.encode()
             copy = f"{path.rsplit('/', 1)[0]}/{result_file_name(uuid.uuid4().hex, 0)}"
             with fs.open(copy, "wb") as f:
                 pq.write_table(kept.replace_schema_metadata(metadata), f)
-            for uri in kept.column("image_uri").to_pylist():
-                scan.latest[uri].path = copy
+            copies[path] = copy
         fs.rm(path)
-        dropped += table.num_rows - kept.num_rows
         log.info("%s: %d superseded rows dropped, %d kept", path, table.num_rows - kept.num_rows, kept.num_rows)
-    scan.superseded.clear()
-    return dropped
+    return copies
 
 
-def count_rows(fs: fsspec.AbstractFileSystem, paths: list[str]) -> tuple[int, int]:
-    """(rows without error, error rows) in these files."""
-    ok = failed = 0
-    for path in paths:
-        with fs.open(path, "rb") as f:
-            errors = pq.read_table(f, columns=["error"]).column("error")
-        ok += errors.null_count
-        failed += len(errors) - errors.null_count
-    return ok, failed
+@dataclass
+class NewRows:
+    labeled: int
+    failed: int
+    replaced: dict[str, pa.Array]  # earlier file -> images whose error row this run replaced
+
+
+def index_new_files(
+    fs: fsspec.AbstractFileSystem,
+    root: str,
+    stamps: dict[str, str],
+    run_id: str,
+    scratch: str,
+    retried: dict[str, pa.Array],
+) -> NewRows:
+    """Read the keys of the files this run wrote (in parallel), count them, write the run's row
+    index, and find the earlier error rows that this run's rows replace."""
+    index = IndexBuilder(os.path.join(scratch, "new-keys.arrow"))
+    labeled = failed = 0
+    retried_uris = pa.concat_arrays(list(retried.values())) if retried else pa.array([], pa.string())
+    written: list[pa.Array] = []
+    for _, read in read_keys_parallel(fs, stamps):
+        if read is None:
+            continue
+        result, keys = read
+        index.add(result, keys)
+        errors = pc.sum(keys.column("is_error").cast(pa.int64())).as_py() or 0
+        failed += errors
+        labeled += keys.num_rows - errors
+        if len(retried_uris):
+            uris = keys.column("image_uri")
+            written.append(uris.filter(pc.is_in(uris, value_set=retried_uris)).combine_chunks())
+    if index.files:
+        index.write(fs, root, index_path(root, run_id))
+    replaced: dict[str, pa.Array] = {}
+    if written:
+        done = pa.concat_arrays(written)
+        for path, uris in retried.items():
+            mine = uris.filter(pc.is_in(uris, value_set=done))
+            if len(mine):
+                replaced[path] = mine
+    return NewRows(labeled, failed, replaced)

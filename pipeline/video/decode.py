@@ -1,0 +1,161 @@
+"""Read a video as a stream of sampled RGB frames, grouped into clips, without holding it whole.
+
+PyAV (FFmpeg) reads from any file object, so a video on object storage is read through fsspec in
+ranged reads as the decoder asks for bytes. Frames come out one at a time; only the current clip
+is held. A frame is kept by time (`fps`, from each frame's own timestamp, so variable-frame-rate
+video is sampled evenly in time) or by count (`stride`). Frames are turned upright as the
+container's display matrix says (phones record portrait video as rotated landscape).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import IO
+
+import numpy as np
+
+VIDEO_EXTENSIONS = (".mp4", ".webm", ".mov", ".mkv", ".avi")
+
+
+class VideoError(RuntimeError):
+    """The file cannot be read as a video, or not from this point on."""
+
+
+@dataclass
+class VideoInfo:
+    width: int  # coded size, before any rotation
+    height: int
+    average_fps: float | None
+    duration_s: float | None  # what the container declares
+    codec: str
+
+
+@dataclass
+class SampledFrame:
+    index: int  # the frame's place in the source video, counting every decoded frame from 0
+    timestamp_s: float  # presentation time
+    rgb: np.ndarray  # [H, W, 3] uint8, upright
+
+
+@dataclass
+class Damage:
+    """A place where the stream could not be decoded: the frames around it are not to be trusted."""
+
+    timestamp_s: float | None
+    message: str
+
+
+@dataclass
+class Clip:
+    """Consecutive sampled frames, the unit of clustering; `damage` names what broke inside it."""
+
+    frames: list[SampledFrame]
+    damage: list[Damage]
+
+
+def is_video(uri: str) -> bool:
+    return uri.lower().rsplit("?", 1)[0].endswith(VIDEO_EXTENSIONS)
+
+
+def _upright(rgb: np.ndarray, rotation: float) -> np.ndarray:
+    turns = round(rotation / 90) % 4  # np.rot90 turns counterclockwise, as the display matrix does
+    return np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb
+
+
+class VideoReader:
+    """One open video. Use as a context manager; `frames()` streams the sampled frames."""
+
+    def __init__(self, source: IO[bytes], name: str = "video") -> None:
+        import av
+
+        self.name = name
+        try:
+            self._container = av.open(source, mode="r", metadata_errors="ignore")
+        except av.error.FFmpegError as e:
+            raise VideoError(f"{name}: not a video FFmpeg can read ({e})") from e
+        if not self._container.streams.video:
+            kinds = sorted({s.type for s in self._container.streams}) or ["none"]
+            self._container.close()
+            raise VideoError(f"{name}: no video stream (streams: {', '.join(kinds)})")
+        self._stream = self._container.streams.video[0]
+        self._stream.thread_type = "AUTO"
+
+    def __enter__(self) -> VideoReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._container.close()
+
+    def info(self) -> VideoInfo:
+        stream = self._stream
+        rate = stream.average_rate
+        duration = None
+        if stream.duration is not None and stream.time_base is not None:
+            duration = float(stream.duration * stream.time_base)
+        elif self._container.duration is not None:
+            duration = self._container.duration / 1_000_000
+        width, height = stream.codec_context.width, stream.codec_context.height
+        return VideoInfo(width, height, float(rate) if rate else None, duration, stream.codec_context.name)
+
+    def frames(self, fps: float | None = None, stride: int | None = None) -> Iterator[SampledFrame | Damage]:
+        """The sampled frames in presentation order: the first frame at or after each 1/fps tick
+        (by the frames' own timestamps, so variable frame rates sample evenly in time), or every
+        `stride`-th frame, or all. A packet that fails to decode, or a stream that ends well before
+        the duration its container declares (a cut-off file, or damage the demuxer cannot read
+        past), comes out as a Damage in its place; decoding goes on with the next packet. A frame
+        that a demuxer drops without an error is not seen."""
+        import av
+
+        if fps is not None and fps <= 0:
+            raise ValueError("fps must be positive")
+        info = self.info()
+        interval = 1 / info.average_fps if info.average_fps else None
+        next_time, index, last_time = 0.0, -1, None
+        for packet in self._container.demux(self._stream):
+            try:
+                decoded = packet.decode()
+            except av.error.FFmpegError as e:
+                at = float(packet.pts * packet.time_base) if packet.pts is not None and packet.time_base else last_time
+                yield Damage(at, f"{self.name}: a packet at {_seconds(at)} could not be decoded ({e})")
+                continue
+            for frame in decoded:
+                index += 1
+                time = frame.time if frame.time is not None else (last_time or 0.0) + (interval or 0.0)
+                last_time = time
+                if stride is not None and index % stride:
+                    continue
+                if fps is not None:
+                    if time + 1e-9 < next_time:
+                        continue
+                    next_time = (math.floor(time * fps + 1e-9) + 1) / fps
+                yield SampledFrame(index, time, _upright(frame.to_ndarray(format="rgb24"), frame.rotation))
+        if index < 0:
+            yield Damage(None, f"{self.name}: no frame could be decoded")
+        elif info.duration_s and interval and last_time is not None and last_time + 3 * interval < info.duration_s:
+            yield Damage(
+                last_time,
+                f"{self.name}: the stream ends at {_seconds(last_time)} of the {_seconds(info.duration_s)} "
+                "its container declares (a cut-off or damaged file)",
+            )
+
+
+def _seconds(value: float | None) -> str:
+    return "an unknown time" if value is None else f"{value:.3f} s"
+
+
+def clips(items: Iterator[SampledFrame | Damage], clip_length: int) -> Iterator[Clip]:
+    """Consecutive groups of `clip_length` sampled frames (the last one shorter), each with the
+    damage met while it was gathered. Damage after the last frame comes as a clip of no frames."""
+    clip = Clip([], [])
+    for item in items:
+        if isinstance(item, Damage):
+            clip.damage.append(item)
+            continue
+        clip.frames.append(item)
+        if len(clip.frames) == clip_length:
+            yield clip
+            clip = Clip([], [])
+    if clip.frames or clip.damage:
+        yield clip

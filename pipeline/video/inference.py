@@ -1,0 +1,29 @@
+"""The video path without Ray: one clip of uint8 frames in, a label map (PNG) and segments per
+frame out, from the journal version's shared proposals (`SAN.predict_video_label_tiles`)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+
+from ..labeling.inference import LabeledImage, assemble_label_map
+
+
+def label_clip(
+    model: torch.nn.Module,
+    frames: Sequence[np.ndarray],
+    output_size: tuple[int, int],
+    embeddings: torch.Tensor,
+    class_ids: torch.Tensor,
+    class_names: Mapping[int, str],
+    background: bool = True,
+) -> list[LabeledImage]:
+    """Label one clip: uint8 RGB frames [H, W, 3], all one size (the model's input size), in one
+    model call with proposals shared across the frames. Label maps hold taxonomy ids at
+    `output_size` (the video's own size), one per frame."""
+    device = embeddings.device
+    tensors = [torch.from_numpy(np.ascontiguousarray(f)).to(device).permute(2, 0, 1).float() for f in frames]
+    _, per_frame = model.predict_video_label_tiles(tensors, embeddings, output_size, background=background)
+    return [assemble_label_map(tiles, output_size, class_ids, class_names) for tiles in per_frame]

@@ -1,0 +1,204 @@
+"""Planning at scale: the spilling hash anti-join decides what a plain Python reading of every
+row would, the runs' row indexes stand in for reading every result file (and only while those
+files exist), and on S3 the plan's requests do not grow with the number of result files."""
+
+from __future__ import annotations
+
+import random
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from faults import FaultyProxy
+
+from pipeline.labeling.output_state import scan_output
+from pipeline.labeling.planning import AntiJoin, uri_buckets
+from pipeline.labeling.row_index import INDEX_DIR, IndexBuilder, index_path, read_keys
+from pipeline.results import result_file_stamps
+from schemas.output import label_row_schema
+
+
+def test_a_uri_lands_in_the_same_bucket_however_it_arrives():
+    uris = [f"s3://bucket/images/{i:08d}.jpg" for i in range(100_000)] + ["", "x" * 5000, "é/ü/漢字.png"]
+    whole = uri_buckets(pa.array(uris), 64)
+    assert whole.min() >= 0 and whole.max() < 64
+    sliced = np.concatenate([uri_buckets(pa.array(uris).slice(s, 777), 64) for s in range(0, len(uris), 777)])
+    assert np.array_equal(whole, sliced)
+    assert np.array_equal(whole, uri_buckets(pa.array(uris, pa.large_string()), 64))
+    counts = np.bincount(whole[:100_000], minlength=64)
+    assert counts.min() > 0.85 * 100_000 / 64 and counts.max() < 1.15 * 100_000 / 64, counts
+    # one character apart, the buckets differ about as often as chance says
+    neighbours = uri_buckets(pa.array([u[:-5] + "x.jpg" for u in uris[:10_000]]), 64)
+    assert (neighbours != whole[:10_000]).mean() > 0.95
+
+
+def _reference(inputs, files, retry_errors):
+    """What the plan must decide, the obvious way: files is [(rank, [(uri, is_error, kind)])]."""
+    latest, holders = {}, defaultdict(set)
+    for number, (_, rows) in sorted(enumerate(files), key=lambda item: item[1][0]):
+        for uri, is_error, kind in rows:
+            latest[uri] = (number, is_error, kind)
+            holders[uri].add(number)
+    superseded = defaultdict(set)
+    for uri, numbers in holders.items():
+        for number in numbers - {latest[uri][0]}:
+            superseded[number].add(uri)
+
+    def again(row):
+        return row[1] and (retry_errors == "all" or (retry_errors == "transient" and row[2] == "transient"))
+
+    done = {uri for uri, row in latest.items() if not again(row)}
+    distinct = list(dict.fromkeys(inputs))
+    todo = [u for u in distinct if u not in done]
+    retried = defaultdict(set)
+    for uri in todo:
+        if uri in latest:
+            retried[latest[uri][0]].add(uri)
+    return todo, len(distinct), dict(superseded), dict(retried)
+
+
+def _as_sets(mapping):
+    return {number: set(uris.to_pylist()) for number, uris in mapping.items()}
+
+
+@pytest.mark.parametrize("retry_errors", ["none", "transient", "all"])
+def test_the_join_decides_what_reading_every_row_would(retry_errors):
+    rng = random.Random(7)
+    universe = [f"s3://b/{rng.randrange(10**9):09d}.jpg" for _ in range(4000)]
+    inputs = [rng.choice(universe) for _ in range(5000)]  # repeats, as manifests have
+    files = []
+    for rank in rng.sample(range(30), 30):  # ranks in no particular order
+        rows = [
+            (uri, rng.random() < 0.2, rng.choice(["transient", "permanent", None]))
+            for uri in dict.fromkeys(rng.sample(universe, rng.randrange(1, 300)))
+        ]
+        files.append((rank, rows))
+    with tempfile.TemporaryDirectory() as scratch:
+        join = AntiJoin(scratch, buckets=7)
+        for start in range(0, len(inputs), 999):
+            join.add_inputs(pa.array(inputs[start : start + 999]))
+        for number, (_, rows) in enumerate(files):
+            uris, errors, kinds = zip(*rows, strict=True)
+            join.add_rows(
+                pa.table(
+                    {
+                        "file": pa.array([number] * len(rows), pa.int32()),
+                        "image_uri": uris,
+                        "is_error": errors,
+                        "error_kind": pa.array(kinds, pa.string()),
+                    }
+                )
+            )
+        decision = join.decide(np.array([rank for rank, _ in files]), retry_errors, sort_by_uri=False)
+    todo, distinct, superseded, retried = _reference(inputs, files, retry_errors)
+    assert decision.todo.to_pylist() == todo  # in the manifest's order
+    assert decision.inputs == distinct
+    assert _as_sets(decision.superseded) == superseded and superseded
+    assert _as_sets(decision.retried) == retried and (retried or retry_errors == "none")
+
+
+def _result_file(path: Path, run_id: str, rows: list[tuple[str, str | None]]) -> None:
+    table = pa.Table.from_pylist(
+        [
+            {"image_uri": u, "segments": [], "model_id": "m", "taxonomy_digest": "t", "error": e,
+             "error_kind": "permanent" if e else None}
+            for u, e in rows
+        ],
+        schema=label_row_schema(run_id=run_id),
+    )  # fmt: skip
+    pq.write_table(table, path)
+
+
+def _plan(fs, root: str, inputs: list[str]):
+    with tempfile.TemporaryDirectory() as scratch:
+        join = AntiJoin(scratch, buckets=5)
+        join.add_inputs(pa.array(inputs))
+        state = scan_output(fs, root, join, scratch)
+        return state, join.decide(state.file_rank(), "all", sort_by_uri=True)
+
+
+def _index(fs, root: str, name: str, paths: list[str]) -> None:
+    builder = IndexBuilder(tempfile.mktemp(suffix=".arrow"))
+    fs.invalidate_cache()
+    stamps = result_file_stamps(fs, root)
+    for path in paths:
+        builder.add(*read_keys(fs, path, stamps[path]))
+    builder.write(fs, root, index_path(root, name))
+
+
+def test_indexes_stand_in_for_their_files_only_while_the_files_exist(tmp_path):
+    fs = fsspec.filesystem("file")
+    root = str(tmp_path)
+    _result_file(tmp_path / "labels-a_000000.parquet", "20260101T000000Z-a", [("u1", None), ("u2", "bad")])
+    _result_file(tmp_path / "labels-a_000001.parquet", "20260101T000000Z-a", [("u3", None)])
+    _index(fs, root, "20260101T000000Z-a", [str(p) for p in sorted(tmp_path.glob("labels-a_*.parquet"))])
+    # a later run's file that its index never covered (killed before it wrote one), and a damaged index
+    _result_file(tmp_path / "labels-b_000000.parquet", "20260102T000000Z-b", [("u2", None), ("u4", None)])
+    (tmp_path / INDEX_DIR / "20260102T000000Z-b.arrow").write_bytes(b"ARROW1 cut short")
+
+    inputs = ["u1", "u2", "u3", "u4", "u5"]
+    state, decision = _plan(fs, root, inputs)
+    assert decision.todo.to_pylist() == ["u5"]
+    assert _as_sets(decision.superseded) == {state.paths.index(str(tmp_path / "labels-a_000000.parquet")): {"u2"}}
+    assert state.damaged_indexes == [str(tmp_path / INDEX_DIR / "20260102T000000Z-b.arrow")]
+    assert [f.path for f in state.unindexed.files] == [str(tmp_path / "labels-b_000000.parquet")]
+
+    # a file rewritten in place under its own name: the index's entry for it is void
+    _result_file(tmp_path / "labels-a_000000.parquet", "20260101T000000Z-a", [("u1", "bad"), ("u2", "bad")])
+    fs.invalidate_cache()
+    state, decision = _plan(fs, root, inputs)
+    assert decision.todo.to_pylist() == ["u1", "u5"]
+    assert sorted(f.path.rsplit("/", 1)[1] for f in state.unindexed.files) == [
+        "labels-a_000000.parquet", "labels-b_000000.parquet"
+    ]  # fmt: skip
+
+    # the index says u3 is done, but its file is gone: u3 is labeled again, and the index is
+    # believed for nothing else it lists
+    (tmp_path / "labels-a_000001.parquet").unlink()
+    fs.invalidate_cache()
+    state, decision = _plan(fs, root, inputs)
+    assert decision.todo.to_pylist() == ["u1", "u3", "u5"]
+    # an index whose files are all gone covers nothing and is marked for removal
+    (tmp_path / "labels-a_000000.parquet").unlink()
+    fs.invalidate_cache()
+    state, decision = _plan(fs, root, inputs)
+    assert decision.todo.to_pylist() == ["u1", "u3", "u5"]
+    assert state.stale_indexes == [str(tmp_path / INDEX_DIR / "20260101T000000Z-a.arrow")]
+
+
+def test_on_s3_the_plan_does_not_read_more_as_result_files_multiply(s3_server, s3_bucket, tmp_path):
+    """The same 2,000 rows in 4 files and in 40: with the run's index, planning makes the same
+    number of requests; reading the files themselves, at least one per file."""
+    proxy = FaultyProxy(int(s3_server.rsplit(":", 1)[1]))
+    fs = fsspec.filesystem("s3", skip_instance_cache=True, endpoint_url=proxy.endpoint)
+    requests = {}
+    try:
+        for count in (4, 40):
+            root = f"{s3_bucket}/labels-{count}".removeprefix("s3://")
+            uris = [f"s3://in/{i:05d}.jpg" for i in range(2000)]
+            paths = []
+            for part in range(count):
+                local = tmp_path / f"{count}-{part}.parquet"
+                share = uris[part * len(uris) // count : (part + 1) * len(uris) // count]
+                _result_file(local, "20260101T000000Z-a", [(u, None) for u in share])
+                paths.append(f"{root}/labels-{count:04d}{part:028d}_000000.parquet")
+                fs.put(str(local), paths[-1])
+            for indexed in (True, False):
+                if indexed:
+                    _index(fs, root, "20260101T000000Z-a", paths)
+                else:
+                    fs.rm(f"{root}/{INDEX_DIR}", recursive=True)
+                fs.invalidate_cache()
+                proxy.requests.clear()
+                state, decision = _plan(fs, root, uris + ["s3://in/new.jpg"])
+                assert decision.todo.to_pylist() == ["s3://in/new.jpg"] and len(state.complete) == count
+                requests[(count, indexed)] = sum(proxy.requests.values())
+    finally:
+        proxy.close()
+    assert requests[(40, True)] == requests[(4, True)], requests
+    assert requests[(40, False)] >= 40 > 4 * requests[(40, True)], requests  # at least one per file
