@@ -82,10 +82,14 @@ def pids_with_env(name: str, value: str) -> list[int]:
     return found
 
 
-def reap(token: str, timeout_s: float = 30.0) -> None:
+def reap(token: str, timeout_s: float = 30.0, quiet_s: float = 3.0) -> None:
+    """Kill every process carrying the token until none has been seen for `quiet_s` (a process
+    a dying parent was still starting shows up a moment later) or `timeout_s` has passed."""
     deadline = time.monotonic() + timeout_s
-    while (pids := pids_with_env(MARKER, token)) and time.monotonic() < deadline:
-        for pid in pids:
+    last_seen = time.monotonic()
+    while time.monotonic() < deadline and time.monotonic() - last_seen < quiet_s:
+        for pid in pids_with_env(MARKER, token):
+            last_seen = time.monotonic()
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:

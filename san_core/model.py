@@ -36,6 +36,7 @@ from .postprocess import (
     semantic_labels,
     semantic_scores,
 )
+from .precision import inference_autocast
 from .recognition_head import RecognitionHead
 from .side_adapter import SideAdapter
 from .text_classifier import TextClassifier
@@ -65,7 +66,7 @@ class VideoOutputs:
     attn_biases: list[torch.Tensor]  # per bias layer [L, heads, K, h, w]
     class_logits: torch.Tensor  # [K, C(+1)] logit-scaled, averaged over the frames
     padded_size: tuple[int, int]  # (H, W) of the padded clip
-    input_size: tuple[int, int]  # every frame's own (H, W)
+    input_size: tuple[int, int]  # the frames' own (H, W) (the first frame's, as the reference takes it)
 
 
 @dataclass
@@ -222,15 +223,19 @@ class SAN(nn.Module):
         output_sizes: Sequence[tuple[int, int]] | None,
         background: bool,
         postprocess: Callable[..., Any],
+        precision: str = "fp32",
     ) -> list[Any]:
-        """Run each group of equal padded size as one batch; post-process every image's outputs."""
+        """Run each group of equal padded size as one batch (under `precision`); post-process every
+        image's outputs in float32."""
         sizes = _sizes(images, output_sizes)
         results: list[Any] = [None] * len(images)
         for indices in self._grouped(images):
-            out = self([images[i] for i in indices], class_embeddings, background)
+            with inference_autocast(precision, self.device):
+                out = self([images[i] for i in indices], class_embeddings, background)
+            class_logits, mask_logits = out.class_logits.float(), out.mask_logits.float()
             for slot, i in enumerate(indices):
                 results[i] = postprocess(
-                    out.class_logits[slot], out.mask_logits[slot], out.padded_size, out.input_sizes[slot], sizes[i]
+                    class_logits[slot], mask_logits[slot], out.padded_size, out.input_sizes[slot], sizes[i]
                 )
         return results
 
@@ -241,12 +246,13 @@ class SAN(nn.Module):
         class_embeddings: torch.Tensor,
         output_sizes: Sequence[tuple[int, int]] | None = None,
         background: bool = True,
+        precision: str = "fp32",
     ) -> list[torch.Tensor]:
         """Per-image class score maps [C, H_out, W_out] (the reference's `sem_seg`), each equal to
-        running that image alone. output_sizes default to the input sizes."""
-        return self._per_image(
-            images, class_embeddings, output_sizes, background, partial(semantic_scores, background=background)
-        )
+        running that image alone. output_sizes default to the input sizes; precision is fp32,
+        bf16 (autocast) or auto (`precision.py`)."""
+        scores = partial(semantic_scores, background=background)
+        return self._per_image(images, class_embeddings, output_sizes, background, scores, precision)
 
     @torch.no_grad()
     def predict_labels(
@@ -256,11 +262,12 @@ class SAN(nn.Module):
         output_sizes: Sequence[tuple[int, int]] | None = None,
         background: bool = True,
         max_chunk_elements: int = MAX_CHUNK_ELEMENTS,
+        precision: str = "fp32",
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per image (labels [H_out, W_out] as class indices, their scores): the argmax of
         `predict`'s score maps, computed in row chunks so no [C, H, W] map is ever materialised."""
         labels = partial(semantic_labels, background=background, max_chunk_elements=max_chunk_elements)
-        return self._per_image(images, class_embeddings, output_sizes, background, labels)
+        return self._per_image(images, class_embeddings, output_sizes, background, labels, precision)
 
     @torch.no_grad()
     def predict_label_tiles(
@@ -270,11 +277,12 @@ class SAN(nn.Module):
         output_sizes: Sequence[tuple[int, int]] | None = None,
         background: bool = True,
         max_chunk_elements: int = MAX_CHUNK_ELEMENTS,
+        precision: str = "fp32",
     ) -> list[Iterator[LabelTile]]:
         """Per image, `predict_labels`' result as an iterator of tiles: a caller that consumes
         them as they come (encoding, counting) labels any output size in bounded memory."""
         tiles = partial(semantic_label_tiles, background=background, max_chunk_elements=max_chunk_elements)
-        return self._per_image(images, class_embeddings, output_sizes, background, tiles)
+        return self._per_image(images, class_embeddings, output_sizes, background, tiles, precision)
 
     # --- video (the journal version) -------------------------------------------------------------
     def forward_video(
@@ -286,13 +294,11 @@ class SAN(nn.Module):
     ) -> VideoOutputs:
         """Run one clip as the reference's video inference does (see `video.py`).
 
-        frames: RGB float [3, H, W], 0..255, all one size, already resized; they are padded and
-        run as one batch. cluster_centers [K, D_side], if given, replace the k-means result (to
-        check the stages after the clustering on their own).
+        frames: RGB float [3, H, W], 0..255, already resized; they are padded and run as one
+        batch. A clip's frames share one size; if they do not, every frame is cropped to the first
+        frame's size after the padding, as the reference does. cluster_centers [K, D_side], if
+        given, replace the k-means result (to check the stages after the clustering on their own).
         """
-        sizes = {(int(f.shape[-2]), int(f.shape[-1])) for f in frames}
-        if len(sizes) != 1:
-            raise ValueError(f"the frames of a clip must share one size, got {sorted(sizes)}")
         batch = self.preprocess(frames)
         clip_input = F.interpolate(
             batch, scale_factor=self.config.san.clip_resolution, mode="bilinear", align_corners=False
@@ -314,7 +320,7 @@ class SAN(nn.Module):
             attn_biases=attn_biases,
             class_logits=class_logits.mean(dim=0),
             padded_size=(int(batch.shape[-2]), int(batch.shape[-1])),
-            input_size=sizes.pop(),
+            input_size=(int(frames[0].shape[-2]), int(frames[0].shape[-1])),
         )
 
     @torch.no_grad()

@@ -136,6 +136,11 @@ class LabelJobConfig(_JobConfig):
     )
     short_side: int = Field(default=640, ge=32, description="model input short side (the reference test size)")
     max_long_side: int = Field(default=2560, ge=32, description="model input long side at most")
+    precision: Literal["fp32", "bf16", "auto"] = Field(
+        default="fp32",
+        description="fp32; bf16 autocast; or auto: bf16 on GPUs and on CPUs with native bf16 (AVX-512 BF16, "
+        "AMX), fp32 elsewhere",
+    )
     storage_options: dict[str, Any] = STORAGE_OPTIONS
     overwrite: bool = Field(default=False, description="discard earlier results in --output")
     io_attempts: int = Field(

@@ -85,6 +85,7 @@ class Provenance(BaseModel):
     taxonomy: TaxonomyRef
     short_side: int
     max_long_side: int
+    precision: str = Field(default="fp32", description="fp32, bf16 or auto as asked (files before it: fp32)")
 
     # What changes the labels of an image; the project version and schema do not.
     LABEL_FIELDS: ClassVar[tuple[str, ...]] = (
@@ -93,6 +94,7 @@ class Provenance(BaseModel):
         "taxonomy",
         "short_side",
         "max_long_side",
+        "precision",
     )
 
     def differences(self, other: Provenance) -> list[str]:

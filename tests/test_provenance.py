@@ -51,7 +51,11 @@ def test_each_file_and_the_manifest_say_what_made_them(labeled, parity_dir):
 
 @pytest.mark.parametrize(
     ("change", "named"),
-    [(["--vocab", "OTHER"], "taxonomy: voc20 v1"), (["--vocab", "voc20", "--short-side", "320"], "short_side: 640")],
+    [
+        (["--vocab", "OTHER"], "taxonomy: voc20 v1"),
+        (["--vocab", "voc20", "--short-side", "320"], "short_side: 640"),
+        (["--vocab", "voc20", "--precision", "bf16"], "precision: fp32 in the output, bf16 now"),
+    ],
 )
 def test_a_run_that_would_mix_stops_before_any_work(labeled, change, named, capsys):
     root, args = labeled

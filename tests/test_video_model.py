@@ -132,10 +132,12 @@ def test_clip_labels_score_a_label_over_the_frames():
     assert labels.masks.shape == (2, 2, 2, 2) and labels.masks[0, 1].all() and labels.masks[1, 0, 1].all()
 
 
-def test_a_clip_of_mixed_frame_sizes_is_refused(tiny_model):
-    embeddings = tiny_model.class_embeddings(["sky"])
-    with pytest.raises(ValueError, match="share one size"):
-        tiny_model.predict_video([_frames(1, 64, 64)[0], _frames(1, 64, 80)[0]], embeddings)
+def test_frames_of_mixed_sizes_are_cropped_to_the_first_as_the_reference_does(tiny_model):
+    embeddings = tiny_model.class_embeddings(["sky", "tree"])
+    first, second = _frames(1, 64, 64)[0], _frames(1, 70, 80, seed=2)[0]
+    prediction = tiny_model.predict_video([first, second], embeddings)
+    assert prediction.outputs.padded_size == (96, 96) and prediction.outputs.input_size == (64, 64)
+    assert prediction.score_maps.shape == (2, 2, 64, 64)
     with pytest.raises(ValueError, match="too short"):
         cluster_queries(torch.zeros(1, 8, 4), 9)
 

@@ -35,15 +35,19 @@ def label_images(
     class_ids: torch.Tensor,
     class_names: Mapping[int, str],
     background: bool = True,
+    precision: str = "fp32",
 ) -> list[LabeledImage]:
     """Label uint8 RGB images [H, W, 3] (already at the model's input size) in one model call.
 
     embeddings: [C, D] vocabulary embeddings; class_ids: [C] the taxonomy id of each row (0 for
-    distractor prompts, which then count as unlabeled). Label maps are at `output_sizes`.
+    distractor prompts, which then count as unlabeled). Label maps are at `output_sizes`;
+    precision is fp32, bf16 (autocast) or auto, as for `SAN.predict`.
     """
     device = embeddings.device
     tensors = [torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1).float() for image in images]
-    per_image = model.predict_label_tiles(tensors, embeddings, list(output_sizes), background=background)
+    per_image = model.predict_label_tiles(
+        tensors, embeddings, list(output_sizes), background=background, precision=precision
+    )
     return [
         assemble_label_map(tiles, size, class_ids, class_names)
         for tiles, size in zip(per_image, output_sizes, strict=True)

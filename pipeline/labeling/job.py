@@ -22,6 +22,7 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from san_core.precision import resolve_precision
 from schemas.jobs import LabelJobConfig
 from schemas.model_config import SanModelConfig
 from schemas.output import SCHEMA_VERSION, Provenance, TaxonomyRef, label_row_schema
@@ -176,6 +177,7 @@ def make_provenance(
         taxonomy=TaxonomyRef(name=taxonomy.name, version=str(taxonomy.version), digest=taxonomy.digest()),
         short_side=config.short_side,
         max_long_side=config.max_long_side,
+        precision=config.precision,
     )
 
 
@@ -306,6 +308,8 @@ def run_label_job(plan: JobPlan) -> RunSummary:
     stream_start = time.time()
     if len(todo):
         gpus = gpus_per_actor(config.gpus_per_actor)
+        # auto: as the actors' hardware allows (the driver's CPU flags stand for the workers')
+        precision = resolve_precision(config.precision, "cuda" if gpus > 0 else "cpu")
         progress = ray.remote(num_cpus=0)(ProgressCounter).remote()
         # one block per output file's worth of images (slices share the plan's buffer)
         images = pa.table({"image_uri": todo})
@@ -335,6 +339,7 @@ def run_label_job(plan: JobPlan) -> RunSummary:
                 "provenance": plan.provenance,
                 "run_id": plan.run_id,
                 "use_gpu": gpus > 0,
+                "precision": precision,
                 "torch_threads": _torch_threads_per_actor(config),
                 "progress": progress,
             },
@@ -352,7 +357,8 @@ def run_label_job(plan: JobPlan) -> RunSummary:
                 filename_provider=ResultFileNames(),
                 ray_remote_args={"num_cpus": 0.25},  # I/O-bound; must not wait for a whole CPU
             )
-
+    else:
+        precision = None  # nothing labeled
     stream_time = time.time() - stream_start
     actor_peak = ray.get(progress.peak_memory.remote()) if len(todo) else None
     timing = {"startup_s": None, "steady_images_per_s": None}
@@ -386,6 +392,7 @@ def run_label_job(plan: JobPlan) -> RunSummary:
         "model_id": weights.model_id,
         "weights": "random (smoke test)" if weights.random else "published" if config.weights.model else "checkpoint",
         "labels_meaningful": not weights.random,
+        "precision": {"asked": config.precision, "used": precision},
         "digests": {
             "checkpoint": plan.provenance.weights_digest,
             "taxonomy": plan.provenance.taxonomy.digest,

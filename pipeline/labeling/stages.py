@@ -38,6 +38,7 @@ class SanLabeler:
         use_gpu: bool,
         torch_threads: int,
         progress: Any = None,
+        precision: str = "fp32",
     ) -> None:
         import ray
 
@@ -50,6 +51,7 @@ class SanLabeler:
             self.embeddings = torch.from_numpy(self.vocabulary.embeddings).to(self.device)
         self.class_ids = torch.from_numpy(self.vocabulary.class_ids.astype(np.int64)).to(self.device)
         self.class_names = class_names
+        self.precision = precision  # fp32 or bf16, resolved by the driver
         self.progress = progress  # a ProgressCounter actor, told of every batch
         self.metrics = LabelingMetrics(provenance.model_id)
         self.schema = label_row_schema(provenance, run_id)
@@ -65,7 +67,14 @@ class SanLabeler:
         """Label images in one call: the model batches those of equal padded size together."""
         images = [np.frombuffer(p, dtype=np.uint8).reshape(*hw, 3) for p, hw in zip(pixels, input_sizes, strict=True)]
         labeled = label_images(
-            self.model, images, sizes, self.embeddings, self.class_ids, self.class_names, self.vocabulary.background
+            self.model,
+            images,
+            sizes,
+            self.embeddings,
+            self.class_ids,
+            self.class_names,
+            self.vocabulary.background,
+            self.precision,
         )
         return [{"label_map_png": r.label_map_png, "segments": r.segments} for r in labeled]
 

@@ -24,6 +24,7 @@ def label_clip(
     model call with proposals shared across the frames. Label maps hold taxonomy ids at
     `output_size` (the video's own size), one per frame."""
     device = embeddings.device
-    tensors = [torch.from_numpy(np.ascontiguousarray(f)).to(device).permute(2, 0, 1).float() for f in frames]
+    writable = [np.require(f, requirements=["C", "W"]) for f in frames]  # decoders may hand out read-only views
+    tensors = [torch.from_numpy(f).to(device).permute(2, 0, 1).float() for f in writable]
     _, per_frame = model.predict_video_label_tiles(tensors, embeddings, output_size, background=background)
     return [assemble_label_map(tiles, output_size, class_ids, class_names) for tiles in per_frame]

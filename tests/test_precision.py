@@ -1,0 +1,65 @@
+"""bf16 autocast for labeling: `auto` follows the hardware, bf16 labels agree with fp32 wherever
+fp32 is sure of its label, and the job records the precision in its manifest and provenance."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import skimage.data
+import torch
+from image_fixtures import jpeg_bytes
+from PIL import Image
+
+from jobs.label import main as label_main
+from san_core.build import load_model
+from san_core.precision import cpu_runs_bf16_natively, resolve_precision
+from schemas.output import Provenance
+from schemas.taxonomy import load_taxonomy
+
+
+def test_auto_follows_the_hardware():
+    assert resolve_precision("fp32", "cuda") == "fp32" and resolve_precision("bf16", "cpu") == "bf16"
+    assert resolve_precision("auto", "cuda") == "bf16"
+    assert resolve_precision("auto", "cpu") == ("bf16" if cpu_runs_bf16_natively() else "fp32")
+    with pytest.raises(ValueError, match="fp32, bf16, auto"):
+        resolve_precision("fp16", "cpu")
+
+
+def test_bf16_labels_agree_with_fp32_where_fp32_is_sure(parity_dir):
+    tiny = parity_dir / "tiny_a"
+    model = load_model(checkpoint=str(tiny / "checkpoint.pth"), model_config=str(tiny / "config.json")).model
+    names = [c.name for c in load_taxonomy("voc20").classes]
+    embeddings = model.class_embeddings(names)
+    confident_pixels = agreeing = 0
+    for photo in ("astronaut", "coffee", "chelsea", "rocket"):
+        rgb = Image.fromarray(getattr(skimage.data, photo)()[..., :3])
+        rgb = rgb.resize((round(96 * rgb.width / rgb.height), 96), Image.BILINEAR)  # short side 96, padded
+        image = torch.from_numpy(np.asarray(rgb)).permute(2, 0, 1).float()
+        (scores,) = model.predict([image], embeddings)
+        ((labels32, _),) = model.predict_labels([image], embeddings, precision="fp32")
+        ((labels16, _),) = model.predict_labels([image], embeddings, precision="bf16")
+        top2 = scores.topk(2, dim=0).values
+        sure = (top2[0] - top2[1]) >= 0.01 * top2[0]
+        assert torch.equal(labels32[sure], scores.argmax(0)[sure])  # fp32 is the full maps' argmax
+        confident_pixels += int(sure.sum())
+        agreeing += int((labels16 == labels32)[sure].sum())
+    assert confident_pixels > 0.5 * 4 * 96 * 96
+    assert agreeing / confident_pixels >= 0.995, agreeing / confident_pixels
+
+
+def test_the_job_records_the_precision(tmp_path, tiny_weights):
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "coffee.jpg").write_bytes(jpeg_bytes(skimage.data.coffee()))
+    output = tmp_path / "out"
+    args = ["--vocab", "voc20", "--input", str(images), "--output", str(output), "--precision", "bf16", *tiny_weights]
+    assert label_main(args) == 0
+    manifest = json.loads((output / "_manifest.json").read_text())
+    assert manifest["precision"] == {"asked": "bf16", "used": "bf16"}
+    assert manifest["provenance"]["precision"] == "bf16"
+    (result,) = output.glob("labels-*.parquet")
+    assert Provenance.from_schema(pq.read_schema(result)).precision == "bf16"
+    assert pq.read_table(result).column("error").null_count == 1
