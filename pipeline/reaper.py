@@ -33,6 +33,8 @@ def start_reaper() -> None:
         return  # started already; a token inherited from a parent process is replaced by our own
     token = f"{os.getpid()}-{uuid.uuid4().hex}"
     environment = dict(os.environ)
+    # Last in the environment children inherit: Ray's agents retitle themselves over its start.
+    os.environ.pop(MARKER, None)
     os.environ[MARKER] = token
     subprocess.Popen(
         [sys.executable, str(Path(__file__).resolve()), str(os.getpid()), token],
@@ -82,13 +84,39 @@ def pids_with_env(name: str, value: str) -> list[int]:
     return found
 
 
+def with_descendants(pids: list[int]) -> list[int]:
+    """These processes and every process below them (by parent pid in /proc/PID/stat). Some of
+    Ray's agents retitle themselves over the start of their environment, where the token may sit;
+    they are found as children of the raylet, which carries it."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[-1].split()  # after "(comm)", which may hold spaces
+        if len(fields) > 1:
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found, todo = set(), list(pids)
+    while todo:
+        pid = todo.pop()
+        if pid not in found:
+            found.add(pid)
+            todo.extend(children.get(pid, []))
+    found.discard(os.getpid())
+    return sorted(found)
+
+
 def reap(token: str, timeout_s: float = 30.0, quiet_s: float = 3.0) -> None:
-    """Kill every process carrying the token until none has been seen for `quiet_s` (a process
-    a dying parent was still starting shows up a moment later) or `timeout_s` has passed."""
+    """Kill every process carrying the token, and everything they started, until none has been
+    seen for `quiet_s` (a process a dying parent was still starting shows up a moment later) or
+    `timeout_s` has passed."""
     deadline = time.monotonic() + timeout_s
     last_seen = time.monotonic()
     while time.monotonic() < deadline and time.monotonic() - last_seen < quiet_s:
-        for pid in pids_with_env(MARKER, token):
+        for pid in with_descendants(pids_with_env(MARKER, token)):
             last_seen = time.monotonic()
             try:
                 os.kill(pid, signal.SIGKILL)

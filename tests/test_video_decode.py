@@ -106,3 +106,30 @@ def test_clips_group_consecutive_frames():
     grouped = list(clips(iter(_read(encode(frames, "webm"))), 4))
     assert [[f.index for f in c.frames] for c in grouped] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
     assert is_video("s3://b/cams/a.MP4") and is_video("x.webm?versionId=3") and not is_video("x.jpg")
+
+
+def test_a_video_on_s3_is_read_in_ranged_requests_clip_by_clip(s3_server, s3_bucket):
+    """Through s3fs with a small read block, the decoder pulls the file in many ranged GETs (the
+    video is never fetched whole), and the clips come out resized for the model."""
+    import fsspec
+    from faults import FaultyProxy
+
+    from pipeline.video.clips import read_clips
+
+    proxy = FaultyProxy(int(s3_server.rsplit(":", 1)[1]))
+    try:
+        options = {"endpoint_url": proxy.endpoint, "default_block_size": 16 * 1024, "skip_instance_cache": True}
+        fs = fsspec.filesystem("s3", **options)
+        video = encode(camera_frames(skimage.data.astronaut(), 60, (96, 128)), "avi")  # about 75 KB
+        uri = f"{s3_bucket}/videos/pan.avi"
+        fs.pipe(uri, video)
+        proxy.requests.clear()
+        got = list(read_clips(uri, clip_length=8, stride=2, short_side=48, storage_options=options))
+        gets = sum(n for (method, path), n in proxy.requests.items() if method == "GET" and path.endswith("pan.avi"))
+    finally:
+        proxy.close()
+    assert len(video) > 64 * 1024 and gets >= 4  # ranged reads of 16 KiB blocks
+    assert [len(c.frames) for c in got] == [8, 8, 8, 6]
+    assert [c.index for c in got] == [0, 1, 2, 3]
+    assert all(f.shape == (48, 64, 3) for c in got for f in c.frames) and got[0].output_size == (96, 128)
+    assert [f.index for f in got[1].clip.frames] == list(range(16, 32, 2))
