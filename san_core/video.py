@@ -35,6 +35,13 @@ def cluster_queries(queries: torch.Tensor, num_clusters: int, random_state: int 
     return torch.from_numpy(fit.cluster_centers_).to(queries)
 
 
+def frame_masks(mask_logits: torch.Tensor, padded_size: tuple[int, int], input_size: tuple[int, int]) -> torch.Tensor:
+    """Mask probabilities [K, H, W] at the frame's own size: logits [K, h, w] resized to the padded
+    size, cropped to the frame, then the sigmoid (the reference's video order)."""
+    masks = F.interpolate(mask_logits[None], size=padded_size, mode="bilinear", align_corners=False)[0]
+    return masks[:, : input_size[0], : input_size[1]].sigmoid()
+
+
 def frame_scores(
     class_probs: torch.Tensor,
     mask_logits: torch.Tensor,
@@ -45,8 +52,7 @@ def frame_scores(
     """One frame's score maps [C, H_out, W_out] from the clip's class probabilities [K, C] and the
     frame's mask logits [K, h, w]. In the reference's order for video: masks to the padded size,
     cropped, sigmoid, combined with the classes, and only then resized to the output size."""
-    masks = F.interpolate(mask_logits[None], size=padded_size, mode="bilinear", align_corners=False)[0]
-    masks = masks[:, : input_size[0], : input_size[1]].sigmoid()
+    masks = frame_masks(mask_logits, padded_size, input_size)
     scores = torch.einsum("kc,khw->chw", class_probs.to(masks), masks)
     return F.interpolate(scores[None], size=output_size, mode="bilinear", align_corners=False)[0]
 
@@ -66,8 +72,7 @@ def frame_label_tiles(
     so each output tile's masks are A_y @ sigmoid_mask_k @ A_x^T for the tile's rows of the resize
     matrices, and its scores the classes' mix of those.
     """
-    masks = F.interpolate(mask_logits[None], size=padded_size, mode="bilinear", align_corners=False)[0]
-    masks = masks[:, : input_size[0], : input_size[1]].sigmoid()  # [K, H, W]
+    masks = frame_masks(mask_logits, padded_size, input_size)  # [K, H, W]
     clusters, height, _ = masks.shape
     out_h, out_w = output_size
     a_y = resize_matrix(input_size[0], out_h).to(masks)
