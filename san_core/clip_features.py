@@ -9,6 +9,8 @@ from open_clip.transformer import VisionTransformer
 from torch import nn
 from torch.nn import functional as F
 
+from .clip_blocks import block_forward
+
 
 @dataclass
 class ClipFeatures:
@@ -73,6 +75,6 @@ class ClipFeatureExtractor(nn.Module):
 
         save(x)
         for block in self.resblocks:
-            x = block(x)
+            x = block_forward(block, x)  # SDPA: fused attention kernels, and countable by FlopCounterMode
             save(x)
         return ClipFeatures(maps=maps, cls_tokens=cls_tokens)

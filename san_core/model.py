@@ -29,7 +29,6 @@ from schemas.model_config import SanModelConfig
 from .clip_backbone import build_clip
 from .clip_features import ClipFeatureExtractor, ClipFeatures
 from .postprocess import (
-    MAX_CHUNK_ELEMENTS,
     LabelTile,
     class_probabilities,
     semantic_label_tiles,
@@ -261,7 +260,7 @@ class SAN(nn.Module):
         class_embeddings: torch.Tensor,
         output_sizes: Sequence[tuple[int, int]] | None = None,
         background: bool = True,
-        max_chunk_elements: int = MAX_CHUNK_ELEMENTS,
+        max_chunk_elements: int | None = None,
         precision: str = "fp32",
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per image (labels [H_out, W_out] as class indices, their scores): the argmax of
@@ -276,7 +275,7 @@ class SAN(nn.Module):
         class_embeddings: torch.Tensor,
         output_sizes: Sequence[tuple[int, int]] | None = None,
         background: bool = True,
-        max_chunk_elements: int = MAX_CHUNK_ELEMENTS,
+        max_chunk_elements: int | None = None,
         precision: str = "fp32",
     ) -> list[Iterator[LabelTile]]:
         """Per image, `predict_labels`' result as an iterator of tiles: a caller that consumes
@@ -349,7 +348,7 @@ class SAN(nn.Module):
         class_embeddings: torch.Tensor,
         output_size: tuple[int, int] | None = None,
         background: bool = True,
-        max_chunk_elements: int = MAX_CHUNK_ELEMENTS,
+        max_chunk_elements: int | None = None,
     ) -> tuple[VideoOutputs, list[Iterator[LabelTile]]]:
         """One clip's outputs and, per frame, the argmax of `predict_video`'s score maps as an
         iterator of tiles (bounded memory at any output size)."""

@@ -9,13 +9,22 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 from torch.nn import functional as F
 
-# Elements of the largest tensor one label tile computes ([classes or queries, tile pixels]):
+# Elements of the largest tensor one label tile computes ([tile pixels, classes or queries]):
 # 8M float32 is 32 MiB, so a tile's working set stays near 100 MiB at any output size.
 MAX_CHUNK_ELEMENTS = 1 << 23
+# A GPU pays for every small launch and host sync and has memory to spare: its tiles are 16 times
+# larger (512 MiB for the largest tensor), so a 640x960 image takes one tile at ADE-150.
+MAX_CHUNK_ELEMENTS_GPU = 1 << 27
+
+
+def chunk_elements_for(device: torch.device) -> int:
+    """The default tile budget of label maps computed on `device`."""
+    return MAX_CHUNK_ELEMENTS if device.type == "cpu" else MAX_CHUNK_ELEMENTS_GPU
 
 
 def semantic_scores(
@@ -45,6 +54,7 @@ def resize_matrix(size_in: int, size_out: int, dtype: torch.dtype = torch.float6
     return F.interpolate(eye, size=size_out, mode="linear", align_corners=False)[0].T
 
 
+@lru_cache(maxsize=64)  # a collection has few distinct sizes; callers copy it with .to() and never write it
 def composite_resize_matrix(grid: int, padded: int, valid: int, output: int) -> torch.Tensor:
     """One axis of upsample(grid -> padded), crop to `valid`, resize(valid -> output): [output, grid]."""
     return resize_matrix(valid, output) @ resize_matrix(grid, padded)[:valid]
@@ -68,14 +78,17 @@ def semantic_label_tiles(
     input_size: tuple[int, int],
     output_size: tuple[int, int],
     background: bool = True,
-    max_chunk_elements: int = MAX_CHUNK_ELEMENTS,
+    max_chunk_elements: int | None = None,
 ) -> Iterator[LabelTile]:
     """The argmax of `semantic_scores` and its value, tile by tile, never materialising
-    [C, H_out, W_out]: memory is bounded by `max_chunk_elements` whatever the output size.
+    [C, H_out, W_out]: memory is bounded by `max_chunk_elements` (by default
+    `chunk_elements_for` the device) whatever the output size.
 
     Both bilinear resizes are linear maps per axis, so the mask logits at the output size are
     A_y @ M_q @ A_x^T with small composite matrices; tiles are produced column block by column
-    block, row block by row block.
+    block, row block by row block. Inside a tile everything is pixel-major ([pixels, Q], then
+    [pixels, C]): the row resize is one matrix product over every query at once and the argmax
+    runs along contiguous memory.
 
     Large vocabularies are pruned exactly: a class's score at any pixel is at most the sum of its
     probabilities over queries (masks are <= 1), so in each tile only classes whose sum reaches
@@ -84,30 +97,37 @@ def semantic_label_tiles(
     queries, grid_h, grid_w = mask_logits.shape
     out_h, out_w = output_size
     dtype, device = mask_logits.dtype, mask_logits.device
+    max_chunk_elements = max_chunk_elements or chunk_elements_for(device)
     a_y = composite_resize_matrix(grid_h, padded_size[0], input_size[0], out_h).to(device, dtype)
     a_x = composite_resize_matrix(grid_w, padded_size[1], input_size[1], out_w).to(device, dtype)
-    probs_t = class_probabilities(class_logits, background).to(dtype).T.contiguous()  # [C, Q]
-    num_classes = probs_t.shape[0]
-    upper_bound = probs_t.sum(dim=1)  # [C] score can never exceed this
-    anchors = torch.unique(probs_t.argmax(dim=0))  # each query's most likely class
-    # the widest column block whose half-resized masks [Q, h, cols] fit the budget
+    probs = class_probabilities(class_logits, background).to(dtype).contiguous()  # [Q, C]
+    num_classes = probs.shape[1]
+    upper_bound = probs.sum(dim=0)  # [C] score can never exceed this
+    anchors = torch.unique(probs.argmax(dim=1))  # each query's most likely class
+    anchor_probs = probs[:, anchors].contiguous()
+    # the widest column block whose half-resized masks [h, cols, Q] fit the budget
     cols = max(1, min(out_w, max_chunk_elements // max(1, queries * grid_h)))
     for left in range(0, out_w, cols):
         right = min(out_w, left + cols)
-        half = torch.einsum("qhw,xw->qhx", mask_logits, a_x[left:right])  # [Q, h, cols]
         width = right - left
+        half = torch.einsum("qhw,xw->hxq", mask_logits, a_x[left:right]).reshape(grid_h, width * queries)
         rows = max(1, max_chunk_elements // max(1, max(num_classes, queries) * width))
         for top in range(0, out_h, rows):
             bottom = min(out_h, top + rows)
-            masks = torch.einsum("yh,qhx->qyx", a_y[top:bottom], half).sigmoid_().reshape(queries, -1)
-            floor = (probs_t[anchors] @ masks).max(dim=0).values.min()  # every pixel scores at least this
+            masks = (a_y[top:bottom] @ half).view(-1, queries).sigmoid_()  # [pixels, Q]
+            floor = (masks @ anchor_probs).amax(dim=1).min()  # every pixel scores at least this
             # the slack covers float rounding of the bound; it only ever keeps more classes
             candidates = torch.nonzero(upper_bound >= floor - 1e-5).squeeze(1)
-            best, index = (probs_t[candidates] @ masks).max(dim=0)
+            if len(candidates) == num_classes:
+                best, index = (masks @ probs).max(dim=1)
+                labels = index
+            else:
+                best, index = (masks @ probs[:, candidates]).max(dim=1)
+                labels = candidates[index]
             yield LabelTile(
                 top=top,
                 left=left,
-                labels=candidates[index].view(bottom - top, width),
+                labels=labels.view(bottom - top, width),
                 scores=best.view(bottom - top, width),
             )
 
@@ -119,7 +139,7 @@ def semantic_labels(
     input_size: tuple[int, int],
     output_size: tuple[int, int],
     background: bool = True,
-    max_chunk_elements: int = MAX_CHUNK_ELEMENTS,
+    max_chunk_elements: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`semantic_label_tiles` assembled: labels [H_out, W_out] (int64 class indices) and their
     scores [H_out, W_out]."""

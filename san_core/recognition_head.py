@@ -13,6 +13,8 @@ from open_clip.transformer import VisionTransformer
 from torch import nn
 from torch.nn import functional as F
 
+from .clip_blocks import finish_block, merge_heads, qkv_heads
+
 # The reference blocks attention with a large negative bias rather than -inf; keeping the same
 # constant keeps the softmax numerically identical.
 BLOCKED = -100.0
@@ -39,10 +41,11 @@ class RecognitionHead(nn.Module):
         self.downsample_method = downsample_method
 
     def attention_masks(self, attn_biases: list[torch.Tensor], grid: tuple[int, int]) -> list[torch.Tensor]:
-        """Full additive masks, one per block: [B*heads, Q+1+L, Q+1+L].
+        """The SOS tokens' additive attention masks, one per block: [B, heads, Q, Q+1+L].
 
         attn_biases: per bias layer [B, bias_heads, Q, H', W'] (bias_heads is 1 or CLIP's heads).
-        Token order is [SOS_1..SOS_Q, CLS, patches].
+        Key order is [SOS_1..SOS_Q, CLS, patches]: each SOS token sees itself (0) and the patches
+        (their bias), never another SOS token or the class token (BLOCKED).
         """
         masks = []
         for bias in attn_biases:
@@ -51,16 +54,10 @@ class RecognitionHead(nn.Module):
                 raise ValueError(f"attention bias has {bias_heads} heads, CLIP has {self.num_heads}")
             bias = downsample_bias(bias.flatten(1, 2), grid, self.downsample_method)
             bias = bias.reshape(batch, bias_heads, queries, grid[0] * grid[1])
-            bias = bias.expand(batch, self.num_heads, queries, bias.shape[-1])
-            length = bias.shape[-1]
-            total = queries + 1 + length
-            base = bias.new_zeros(total, total)
-            base[:, :queries] = BLOCKED  # nobody attends to SOS tokens ...
-            base[torch.arange(queries), torch.arange(queries)] = 0.0  # ... but each SOS to itself
-            base[:queries, queries] = BLOCKED  # SOS tokens do not see the class token
-            mask = base.expand(batch, self.num_heads, total, total).clone()
-            mask[:, :, :queries, queries + 1 :] = bias
-            masks.append(mask.reshape(batch * self.num_heads, total, total))
+            own = torch.full((queries, queries + 1), BLOCKED, dtype=bias.dtype, device=bias.device)
+            own.diagonal().zero_()
+            own = own.expand(batch, self.num_heads, queries, queries + 1)
+            masks.append(torch.cat([own, bias.expand(batch, self.num_heads, -1, -1)], dim=-1))
         if len(masks) == 1:
             masks = masks * len(self.resblocks)
         if len(masks) != len(self.resblocks):
@@ -73,6 +70,11 @@ class RecognitionHead(nn.Module):
         """cls_token: [B, width], patch_map: [B, width, h, w] (CLIP features after first_layer blocks).
 
         Returns the L2-normalised region embeddings [B, Q, embed_dim].
+
+        The reference runs all tokens through one attention with a [Q+1+L, Q+1+L] mask in which
+        the image tokens' weight on every SOS token is exp(-100) of the largest (below float
+        resolution), so here the image tokens attend among themselves without a mask and only the
+        SOS rows carry one; the last block computes the SOS tokens alone, the only ones read.
         """
         batch, width, h, w = patch_map.shape
         queries = attn_biases[0].shape[2]
@@ -80,7 +82,13 @@ class RecognitionHead(nn.Module):
         image_tokens = torch.cat([cls_token[:, None], patch_map.flatten(2).transpose(1, 2)], dim=1)
         sos_tokens = cls_token[:, None].expand(batch, queries, width)
         x = torch.cat([sos_tokens, image_tokens], dim=1)
-        for block, mask in zip(self.resblocks, masks, strict=True):
-            x = block(x, attn_mask=mask)
+        for index, (block, mask) in enumerate(zip(self.resblocks, masks, strict=True)):
+            q, k, v = qkv_heads(block, block.ln_1(x))
+            sos = F.scaled_dot_product_attention(q[:, :, :queries], k, v, attn_mask=mask.to(q.dtype))
+            if index == len(self.resblocks) - 1:
+                x = finish_block(block, x[:, :queries], merge_heads(block, sos))
+                break
+            image = F.scaled_dot_product_attention(q[:, :, queries:], k[:, :, queries:], v[:, :, queries:])
+            x = finish_block(block, x, merge_heads(block, torch.cat([sos, image], dim=2)))
         sos = self.ln_post(x[:, :queries])
         return F.normalize(sos @ self.proj, dim=-1)

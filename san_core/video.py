@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-from .postprocess import MAX_CHUNK_ELEMENTS, LabelTile, resize_matrix
+from .postprocess import LabelTile, chunk_elements_for, resize_matrix
 
 
 def cluster_queries(queries: torch.Tensor, num_clusters: int, random_state: int = 0, n_init: int = 1) -> torch.Tensor:
@@ -64,7 +64,7 @@ def frame_label_tiles(
     padded_size: tuple[int, int],
     input_size: tuple[int, int],
     output_size: tuple[int, int],
-    max_chunk_elements: int = MAX_CHUNK_ELEMENTS,
+    max_chunk_elements: int | None = None,
 ) -> Iterator[LabelTile]:
     """The argmax of `frame_scores` and its value, tile by tile, never holding [C, H_out, W_out].
 
@@ -73,6 +73,7 @@ def frame_label_tiles(
     matrices, and its scores the classes' mix of those.
     """
     masks = frame_masks(mask_logits, padded_size, input_size)  # [K, H, W]
+    max_chunk_elements = max_chunk_elements or chunk_elements_for(masks.device)
     clusters, height, _ = masks.shape
     out_h, out_w = output_size
     a_y = resize_matrix(input_size[0], out_h).to(masks)

@@ -57,8 +57,8 @@ def test_inference_runs_only_the_output_branch(tiny_model, tiny_inputs):
     handles = [tiny_model.side_adapter.mask_decoder.register_forward_hook(count("mask_decoder"))]
     for i, block in enumerate(tiny_model.side_adapter.blocks):
         handles.append(block.register_forward_hook(count(f"side_block_{i}")))
-    for i, block in enumerate(tiny_model.clip_features.resblocks):
-        handles.append(block.register_forward_hook(count(f"clip_block_{i}")))
+    for i, block in enumerate(tiny_model.clip_features.resblocks):  # run through SDPA: count each MLP
+        handles.append(block.mlp.register_forward_hook(count(f"clip_block_{i}")))
     handles.append(tiny_model.text_classifier.transformer.register_forward_hook(count("text_encoder")))
     vocab = tiny_model.class_embeddings(tiny_inputs["vocabulary"])
     text_calls = calls.pop("text_encoder")

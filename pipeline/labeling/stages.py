@@ -19,7 +19,7 @@ from schemas.output import LabelRow, Provenance, label_row_schema
 from ..images import describe_error
 from ..results import result_file_name
 from ..retries import PERMANENT
-from .inference import label_images
+from .inference import HOST_THREADS, label_images
 from .progress import LabelingMetrics, peak_rss_mib
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,7 @@ class SanLabeler:
         import ray
 
         torch.set_num_threads(max(1, torch_threads))
+        self.host_threads = max(HOST_THREADS, torch_threads)  # PNGs and segments beside the device
         self.device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
         self.model = ray.get(weights_ref[0]).build(self.device)  # the driver's copy, not the checkpoint
         self.vocabulary = ray.get(vocabulary_ref[0])  # the object-store copy, zero-copy numpy
@@ -75,6 +76,7 @@ class SanLabeler:
             self.class_names,
             self.vocabulary.background,
             self.precision,
+            self.host_threads,
         )
         return [{"label_map_png": r.label_map_png, "segments": r.segments} for r in labeled]
 
