@@ -2,6 +2,7 @@
 
     san export --format coco --input s3://bucket/labels/ --vocab taxonomy.yaml --output labels.coco.json \\
         --image-root s3://bucket/images/
+    san export --format vspw --input s3://bucket/labels/ --vocab taxonomy.yaml --output s3://bucket/vspw/
 
 Exit codes: 0 written; 1 the output cannot be read or written; 2 invalid flags or taxonomy.
 """
@@ -19,13 +20,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as a pl
 import fsspec  # noqa: E402
 
 from pipeline.exports.coco import to_coco  # noqa: E402
+from pipeline.exports.vspw import export_vspw  # noqa: E402
 from pipeline.logs import configure_logging  # noqa: E402
 from pipeline.results import ProvenanceError, check_taxonomy, read_output_rows  # noqa: E402
 from schemas.cli import add_config_flags, add_logging_flags, config_and_taxonomy, log_level  # noqa: E402
 from schemas.jobs import ExportConfig  # noqa: E402
 
 log = logging.getLogger("jobs.export")
-DESCRIPTION = "Export a labeling output in a format annotation tools read (COCO JSON)."
+DESCRIPTION = "Export a labeling output in a format annotation tools read (COCO JSON, or VSPW for video)."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,6 +47,10 @@ def run(args: argparse.Namespace) -> int:
         log.error("%s", e)
         return 2
     try:
+        if config.format == "vspw":
+            counts = export_vspw(config.input, taxonomy, config.output, config.storage_options)
+            log.info("%d videos, %d frames -> %s", counts["videos"], counts["frames"], config.output)
+            return 0
         coco = to_coco(read_output_rows(config.input, config.storage_options), taxonomy, config.image_root)
         with fsspec.open(config.output, "w", **config.storage_options) as f:
             json.dump(coco, f)

@@ -20,6 +20,10 @@ import pyarrow.parquet as pq
 
 from .images import IMAGE_EXTENSIONS
 from .storage import is_local, with_protocol
+from .video.decode import VIDEO_EXTENSIONS
+
+# What the labeling job takes from a folder or glob: images and videos.
+LABEL_INPUT_EXTENSIONS = IMAGE_EXTENSIONS + VIDEO_EXTENSIONS
 
 MANIFEST_EXTENSIONS = (".txt", ".csv", ".parquet")
 BATCH_ROWS = 1 << 16  # URIs per batch when inputs are streamed
@@ -76,27 +80,31 @@ def read_manifest_rows(
     return rows
 
 
-def list_inputs(uri: str, storage_options: Mapping[str, Any] | None = None) -> list[str]:
-    """Every image URI the input names, sorted; raises InputError when it cannot be read."""
+def list_inputs(
+    uri: str, storage_options: Mapping[str, Any] | None = None, extensions: tuple[str, ...] = IMAGE_EXTENSIONS
+) -> list[str]:
+    """Every URI of a file with one of `extensions` (images by default) the input names, sorted;
+    raises InputError when it cannot be read."""
     try:
         fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
         if any(ch in path for ch in "*?["):
-            found = [p for p in fs.glob(path) if p.lower().endswith(IMAGE_EXTENSIONS)]
+            found = [p for p in fs.glob(path) if p.lower().endswith(extensions)]
             if not found and not fs.exists(path.split("*", 1)[0].rsplit("/", 1)[0] or "/"):
                 raise InputError(f"cannot read {uri}: nothing matches and the parent does not exist")
             return sorted(with_protocol(p, uri) for p in found)
         if fs.isfile(path):
             if path.lower().endswith(MANIFEST_EXTENSIONS):
                 return [row["uri"] for row in read_manifest_rows(fs, path, ("uri",), uri) if row["uri"]]
-            if path.lower().endswith(IMAGE_EXTENSIONS):
+            if path.lower().endswith(extensions):
                 return [uri]
-            raise InputError(f"{uri} is neither an image nor a manifest ({', '.join(MANIFEST_EXTENSIONS)})")
+            kinds = "an image or video" if extensions == LABEL_INPUT_EXTENSIONS else "an image"
+            raise InputError(f"{uri} is neither {kinds} nor a manifest ({', '.join(MANIFEST_EXTENSIONS)})")
         if not fs.isdir(path):
             bucket = path.split("/", 1)[0]
             if _protocol(uri) != "file" and not fs.exists(bucket):
                 raise InputError(f"cannot read {uri}: the bucket {bucket!r} does not exist")
             raise InputError(f"cannot read {uri}: no such file, directory or prefix")
-        found = [p for p in fs.find(path) if p.lower().endswith(IMAGE_EXTENSIONS)]
+        found = [p for p in fs.find(path) if p.lower().endswith(extensions)]
         return sorted(with_protocol(p, uri) for p in found)
     except InputError:
         raise
@@ -105,7 +113,7 @@ def list_inputs(uri: str, storage_options: Mapping[str, Any] | None = None) -> l
 
 
 def stream_inputs(uri: str, storage_options: Mapping[str, Any] | None = None) -> tuple[Iterator[pa.Array], bool]:
-    """The image URIs the input names as a stream of Arrow string batches, and whether their order
+    """The image and video URIs the input names as a stream of Arrow string batches, and whether their order
     is the input's own (a manifest's) rather than none (a listing, to be sorted). A manifest is
     read batch by batch and a folder one directory at a time, so no list of every URI is made.
     Raises InputError (at once, or while streaming) when the input cannot be read."""
@@ -115,9 +123,10 @@ def stream_inputs(uri: str, storage_options: Mapping[str, Any] | None = None) ->
         if is_manifest and fs.isfile(path):
             return _guarded(uri, _manifest_batches(fs, path, uri)), True
         if any(ch in path for ch in "*?[") or fs.isfile(path):
-            return iter([pa.array(list_inputs(uri, storage_options), pa.string())]), False
+            listed = list_inputs(uri, storage_options, LABEL_INPUT_EXTENSIONS)
+            return iter([pa.array(listed, pa.string())]), False
         if not fs.isdir(path):
-            list_inputs(uri, storage_options)  # raises the error that says why
+            list_inputs(uri, storage_options, LABEL_INPUT_EXTENSIONS)  # raises the error that says why
         return _guarded(uri, _walk_batches(fs, path, uri)), False
     except InputError:
         raise
@@ -137,9 +146,9 @@ def _guarded(uri: str, batches: Iterator[pa.Array]) -> Iterator[pa.Array]:
 def _walk_batches(fs: fsspec.AbstractFileSystem, path: str, uri: str) -> Iterator[pa.Array]:
     for directory, subdirectories, names in fs.walk(path):
         subdirectories.sort()
-        images = sorted(n for n in names if n.lower().endswith(IMAGE_EXTENSIONS))
-        for start in range(0, len(images), BATCH_ROWS):
-            chunk = images[start : start + BATCH_ROWS]
+        inputs = sorted(n for n in names if n.lower().endswith(LABEL_INPUT_EXTENSIONS))
+        for start in range(0, len(inputs), BATCH_ROWS):
+            chunk = inputs[start : start + BATCH_ROWS]
             yield pa.array([with_protocol(f"{directory.rstrip('/')}/{n}", uri) for n in chunk], pa.string())
 
 

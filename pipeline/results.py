@@ -9,6 +9,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import fsspec
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from schemas.output import Provenance
@@ -23,8 +25,28 @@ RESULT_PREFIX = "labels-"
 _PREVIOUS_RELEASE_NAME = re.compile(r"^[0-9A-Za-z]+_[0-9a-f]{32}_\d{6}(-\d+)?\.parquet$")
 
 
+def source_uris(table: pa.Table) -> pa.ChunkedArray:
+    """Per row, the input it came from: the video of a frame's row, else the image. A run is
+    incremental over these; all rows of one video are written to one result file."""
+    if "video_uri" in table.column_names:
+        return pc.coalesce(table.column("video_uri"), table.column("image_uri"))
+    return table.column("image_uri")  # files of an output schema before video
+
+
 def result_file_name(write_uuid: str, task_index: int) -> str:
     return f"{RESULT_PREFIX}{write_uuid}_{task_index:06d}.parquet"
+
+
+VIDEO_RESULT_PREFIX = f"{RESULT_PREFIX}video-"
+
+
+def video_result_file_name(write_uuid: str) -> str:
+    """A video's own result file (a labeling actor writes it; all the video's rows are in it)."""
+    return f"{VIDEO_RESULT_PREFIX}{write_uuid}.parquet"
+
+
+def is_video_result(path: str) -> bool:
+    return path.rstrip("/").rsplit("/", 1)[-1].startswith(VIDEO_RESULT_PREFIX)
 
 
 def is_own_result(path: str) -> bool:

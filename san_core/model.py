@@ -349,10 +349,14 @@ class SAN(nn.Module):
         output_size: tuple[int, int] | None = None,
         background: bool = True,
         max_chunk_elements: int | None = None,
+        precision: str = "fp32",
     ) -> tuple[VideoOutputs, list[Iterator[LabelTile]]]:
         """One clip's outputs and, per frame, the argmax of `predict_video`'s score maps as an
-        iterator of tiles (bounded memory at any output size)."""
-        out = self.forward_video(frames, class_embeddings, background)
+        iterator of tiles (bounded memory at any output size). Under bf16 the networks run in
+        autocast; the clustering, class averaging and label maps in float32."""
+        with inference_autocast(precision, self.device):
+            out = self.forward_video(frames, class_embeddings, background)
+        out.class_logits, out.mask_logits = out.class_logits.float(), out.mask_logits.float()
         probs = class_probabilities(out.class_logits, background)
         size = output_size or out.input_size
         tiles = [

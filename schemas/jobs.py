@@ -110,12 +110,18 @@ class ModelChoice(_JobConfig):
         return self
 
 
+# Video sampling defaults: 2 frames a second is 7,200 rows for an hour of video, and a clip of 8
+# sampled frames (4 s at 2 fps) is what one clustering sees; see README: Labeling videos.
+DEFAULT_VIDEO_FPS = 2.0
+DEFAULT_CLIP_LENGTH = 8
+
+
 class LabelJobConfig(_JobConfig):
-    """`san label`: label images with SAN, streamed through Ray Data into Parquet."""
+    """`san label`: label images and videos with SAN, streamed through Ray Data into Parquet."""
 
     vocab: VocabRef = VOCAB
     input: Uri = Field(
-        description="images: a folder or prefix (searched recursively), a glob, or a manifest "
+        description="images and videos: a folder or prefix (searched recursively), a glob, or a manifest "
         "(.txt, or .csv/.parquet with a uri column)",
         json_schema_extra=_cli(metavar="URI"),
     )
@@ -140,6 +146,22 @@ class LabelJobConfig(_JobConfig):
         default="fp32",
         description="fp32; bf16 autocast; or auto: bf16 on GPUs and on CPUs with native bf16 (AVX-512 BF16, "
         "AMX), fp32 elsewhere",
+    )
+    fps: float | None = Field(
+        default=None,
+        gt=0,
+        description=f"video: frames labeled per second of video, by timestamp (default {DEFAULT_VIDEO_FPS:g} unless "
+        "--frame-stride is given)",
+    )
+    frame_stride: int | None = Field(
+        default=None, ge=1, description="video: label every Nth decoded frame instead of sampling by time"
+    )
+    clip_length: int = Field(
+        default=DEFAULT_CLIP_LENGTH,
+        ge=1,
+        le=256,
+        description="video: sampled frames per clip, labeled together with proposals shared across them; "
+        "an actor's memory grows with it (README: Labeling videos)",
     )
     storage_options: dict[str, Any] = STORAGE_OPTIONS
     overwrite: bool = Field(default=False, description="discard earlier results in --output")
@@ -181,7 +203,14 @@ class LabelJobConfig(_JobConfig):
         low, high = self.concurrency
         if not 1 <= low <= high:
             raise ValueError(f"concurrency {low},{high}: need 1 <= MIN <= MAX")
+        if self.fps is not None and self.frame_stride is not None:
+            raise ValueError("--fps and --frame-stride both given: sample video frames by time or by count, not both")
         return self
+
+    @property
+    def video_fps(self) -> float | None:
+        """Frames per second sampled from videos (None when sampling by stride)."""
+        return None if self.frame_stride is not None else (self.fps or DEFAULT_VIDEO_FPS)
 
 
 class FinetuneConfig(_JobConfig):
@@ -285,10 +314,15 @@ class EvaluateScoreConfig(_JobConfig):
 class ExportConfig(_JobConfig):
     """`san export`: a labeling output in a format annotation tools read."""
 
-    format: Literal["coco"] = Field(default="coco", description="coco: COCO JSON with RLE segmentations")
+    format: Literal["coco", "vspw"] = Field(
+        default="coco",
+        description="coco: COCO JSON with RLE segmentations (video frames with video fields); vspw: a folder of "
+        "videos' frames and label maps in the layout of the VSPW benchmark",
+    )
     input: Uri = Field(description="the labeling output", json_schema_extra=_cli(metavar="URI"))
     output: Uri = Field(
-        description="the file to write (path or URI)", json_schema_extra=_cli(metavar="URI", deprecated=["--to"])
+        description="the file (coco) or folder (vspw) to write (path or URI)",
+        json_schema_extra=_cli(metavar="URI", deprecated=["--to"]),
     )
     vocab: VocabRef = VOCAB
     image_root: Uri | None = Field(

@@ -2,6 +2,10 @@
 
 The pyarrow schema is derived from `LabelRow` (see schemas/arrow.py) and carries
 `schema_version` in its metadata; readers check it before trusting column meanings.
+
+A video gets one row per sampled frame, in the same schema: `image_uri` names the frame
+(`VIDEO#frame=N`), `video_uri` the video, and the other video fields say where the frame is.
+`source_uri` (the video for a frame, else the image) is what a run is incremental over.
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from .arrow import ArrowType, arrow_schema
 
 # 2: error_kind; each file's metadata names the run that wrote it (RUN_ID_KEY)
-SCHEMA_VERSION = "2"
+# 3: video frames (video_uri, frame_index, timestamp_s, clip_index, frame_count)
+SCHEMA_VERSION = "3"
 
 Int32 = Annotated[int, ArrowType(pa.int32())]
 Float32 = Annotated[float, ArrowType(pa.float32())]
@@ -37,11 +42,11 @@ class Segment(BaseModel):
 
 
 class LabelRow(BaseModel):
-    """One input image's labels (or the reason it has none)."""
+    """One input image's labels, or one sampled video frame's (or the reason it has none)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    image_uri: str
+    image_uri: str = Field(description="the image; for a video frame `VIDEO#frame=N` (N = frame_index)")
     width: Int32 | None = Field(description="original width in pixels (after EXIF rotation)")
     height: Int32 | None = Field(description="original height in pixels (after EXIF rotation)")
     label_map_png: bytes | None = Field(description="16-bit PNG of class ids at the original size; 0 = unlabeled")
@@ -55,6 +60,24 @@ class LabelRow(BaseModel):
         description="null, or whether the error may pass if tried again (I/O: timeouts, throttling, 5xx, "
         "connections) or not (a bad image, a missing file): `--retry-errors` re-attempts by kind",
     )
+    video_uri: str | None = Field(
+        default=None, description="the video this row is a frame of (or an error of); null for an image"
+    )
+    frame_index: Int32 | None = Field(
+        default=None, description="the frame's place in the video, counting every decoded frame from 0"
+    )
+    timestamp_s: float | None = Field(default=None, description="the frame's presentation time in seconds")
+    clip_index: Int32 | None = Field(
+        default=None, description="the clip (consecutive sampled frames sharing proposals) it was labeled in, from 0"
+    )
+    frame_count: Int32 | None = Field(
+        default=None, description="frames in the whole video as its container declares them; null if undeclared"
+    )
+
+
+def frame_uri(video_uri: str, frame_index: int) -> str:
+    """The `image_uri` of a video frame's row."""
+    return f"{video_uri}#frame={frame_index}"
 
 
 PROVENANCE_KEY = "san_labeler.provenance"
@@ -86,6 +109,10 @@ class Provenance(BaseModel):
     short_side: int
     max_long_side: int
     precision: str = Field(default="fp32", description="fp32, bf16 or auto as asked (files before it: fp32)")
+    video_sampling: str = Field(
+        default="",
+        description="which video frames are labeled and clustered together, e.g. `fps=2,clip=8` or `stride=15,clip=8`",
+    )
 
     # What changes the labels of an image; the project version and schema do not.
     LABEL_FIELDS: ClassVar[tuple[str, ...]] = (
@@ -95,6 +122,7 @@ class Provenance(BaseModel):
         "short_side",
         "max_long_side",
         "precision",
+        "video_sampling",
     )
 
     def differences(self, other: Provenance) -> list[str]:

@@ -38,21 +38,28 @@ def test_a_uri_lands_in_the_same_bucket_however_it_arrives():
 
 
 def _reference(inputs, files, retry_errors):
-    """What the plan must decide, the obvious way: files is [(rank, [(uri, is_error, kind)])]."""
+    """What the plan must decide, the obvious way: files is [(rank, [(source, is_error, kind)])],
+    where a source may have several rows in one file (a video's frames)."""
     latest, holders = {}, defaultdict(set)
     for number, (_, rows) in sorted(enumerate(files), key=lambda item: item[1][0]):
+        mine = defaultdict(list)
         for uri, is_error, kind in rows:
-            latest[uri] = (number, is_error, kind)
+            mine[uri].append((is_error, kind))
             holders[uri].add(number)
+        for uri, its_rows in mine.items():
+            latest[uri] = (number, its_rows)
     superseded = defaultdict(set)
     for uri, numbers in holders.items():
         for number in numbers - {latest[uri][0]}:
             superseded[number].add(uri)
 
-    def again(row):
-        return row[1] and (retry_errors == "all" or (retry_errors == "transient" and row[2] == "transient"))
+    def again(rows):
+        return any(
+            is_error and (retry_errors == "all" or (retry_errors == "transient" and kind == "transient"))
+            for is_error, kind in rows
+        )
 
-    done = {uri for uri, row in latest.items() if not again(row)}
+    done = {uri for uri, (_, rows) in latest.items() if not again(rows)}
     distinct = list(dict.fromkeys(inputs))
     todo = [u for u in distinct if u not in done]
     retried = defaultdict(set)
@@ -76,6 +83,8 @@ def test_the_join_decides_what_reading_every_row_would(retry_errors):
         rows = [
             (uri, rng.random() < 0.2, rng.choice(["transient", "permanent", None]))
             for uri in dict.fromkeys(rng.sample(universe, rng.randrange(1, 300)))
+            # a video's frames: several rows of one source in one file, most of them fine
+            for _ in range(rng.choice([1, 1, 1, 5]))
         ]
         files.append((rank, rows))
     with tempfile.TemporaryDirectory() as scratch:
@@ -88,7 +97,7 @@ def test_the_join_decides_what_reading_every_row_would(retry_errors):
                 pa.table(
                     {
                         "file": pa.array([number] * len(rows), pa.int32()),
-                        "image_uri": uris,
+                        "source_uri": uris,
                         "is_error": errors,
                         "error_kind": pa.array(kinds, pa.string()),
                     }

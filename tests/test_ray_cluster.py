@@ -59,6 +59,16 @@ def _readable_rows(directory: Path) -> list[dict]:
     return rows
 
 
+def _unreadable(directory: Path) -> list[Path]:
+    broken = []
+    for path in directory.glob("*.parquet"):
+        try:
+            pq.read_metadata(path)
+        except Exception:
+            broken.append(path)
+    return broken
+
+
 def _scrape_until(url: str, needle: str, timeout_s: float = 60) -> str:
     deadline = time.monotonic() + timeout_s
     text = ""
@@ -375,3 +385,57 @@ def test_local_paths_on_a_multi_node_cluster_stop_the_job(tmp_path, tiny_weights
         assert not list(output.glob("*.parquet"))  # nothing was labeled
     finally:
         subprocess.run([str(BIN / "ray"), "stop", "--force"], env=_env(), capture_output=True, timeout=120)
+
+
+def test_a_video_actor_killed_mid_video_leaves_each_frame_once_and_no_broken_file(tmp_path, tiny_weights, sandbox):
+    """SIGKILL the video actor while it writes a video's file: the half-written file goes, Ray Data
+    labels that video again in another actor, and every sampled frame has exactly one row."""
+    import skimage.data
+    from video_fixtures import camera_frames, encode
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    count, frames = 3, 24
+    for i in range(count):
+        photo = getattr(skimage.data, GOOD_PHOTOS[i % len(GOOD_PHOTOS)])()[..., :3]
+        (videos / f"cam{i}.mkv").write_bytes(encode(camera_frames(photo, frames, (72, 96)), "mkv", fps=10))
+    output = tmp_path / "out"
+    command = [
+        sys.executable, str(REPO / "jobs" / "label.py"), "--vocab", "voc20",
+        "--input", str(videos), "--output", str(output), "--frame-stride", "1", "--clip-length", "2",
+        "--concurrency", "1,1", *tiny_weights,
+    ]  # fmt: skip
+    ray_tmpdir = tempfile.mkdtemp(prefix="video-actor-", dir=sandbox.root)
+    log = tmp_path / "first.log"
+    with log.open("w") as out:
+        driver = subprocess.Popen(command, env=_env(RAY_TMPDIR=ray_tmpdir), stdout=out, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 600
+            # the first video done, the second being written: a file without its footer yet
+            while (
+                (
+                    len({r["image_uri"].split("#")[0] for r in _readable_rows(output)}) < 1
+                    or len(list(output.glob("*.parquet"))) < 2
+                )
+                and driver.poll() is None
+                and time.monotonic() < deadline
+            ):
+                time.sleep(0.1)
+            assert driver.poll() is None, "the run finished before its actor could be killed"
+            titles = {pid: _title(pid) for pid in pids_with_env("RAY_TMPDIR", ray_tmpdir)}
+            actors = [pid for pid, title in titles.items() if "SanVideoLabeler" in title]
+            assert len(actors) == 1, titles
+            os.kill(actors[0], signal.SIGKILL)
+            code = driver.wait(timeout=600)
+        finally:
+            if driver.poll() is None:
+                driver.kill()
+            kill_run("RAY_TMPDIR", ray_tmpdir)
+    assert code == 0, log.read_text()[-4000:]
+    assert "left by a labeling actor that did not finish its video" in log.read_text()
+    assert not _unreadable(output)  # every file a reader finds is whole
+    uris = [r["image_uri"] for r in _readable_rows(output)]
+    assert len(uris) == len(set(uris)) == count * frames  # every frame once: none lost, none twice
+    rerun = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=900, check=False)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert json.loads((output / "_manifest.json").read_text())["counts"]["skipped"] == count

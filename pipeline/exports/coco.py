@@ -31,14 +31,30 @@ def relative_file_names(uris: list[str], image_root: str | None) -> tuple[list[s
 def to_coco(rows: Iterable[dict], taxonomy: Taxonomy, image_root: str | None = None) -> dict[str, Any]:
     """COCO-style JSON: categories from the taxonomy, one image per labeled row (its `file_name`
     relative to `image_root`, recorded in `info`), one annotation (compressed RLE) per segment.
-    Error rows are left out."""
+    Error rows are left out.
+
+    A video frame's image also carries `video_id`, `frame_id` (its index in the video) and
+    `timestamp_s`, and its `file_name` is `VIDEO/origin/FRAME.jpg` as `san export --format vspw`
+    writes the frames; `videos` lists each video (`id`, `name`, `file_name` relative to
+    `image_root`, `width`, `height`, `length` as its container declares it), as YouTube-VIS does."""
+    from .vspw import frame_name, video_names
+
     categories = [{"id": c.id, "name": c.name, "supercategory": taxonomy.name} for c in taxonomy.classes]
     images, annotations = [], []
+    videos: dict[str, dict[str, Any]] = {}
     for row in rows:
         if row["error"] is not None:
             continue
         image_id = len(images) + 1
-        images.append({"id": image_id, "file_name": row["image_uri"], "width": row["width"], "height": row["height"]})
+        image = {"id": image_id, "file_name": row["image_uri"], "width": row["width"], "height": row["height"]}
+        if row.get("video_uri") is not None:
+            video = videos.setdefault(
+                row["video_uri"],
+                {"id": len(videos) + 1, "file_name": row["video_uri"], "width": row["width"],
+                 "height": row["height"], "length": row.get("frame_count")},
+            )  # fmt: skip
+            image.update(video_id=video["id"], frame_id=row["frame_index"], timestamp_s=row.get("timestamp_s"))
+        images.append(image)
         for segment in row["segments"]:
             annotations.append(
                 {
@@ -52,12 +68,26 @@ def to_coco(rows: Iterable[dict], taxonomy: Taxonomy, image_root: str | None = N
                     "score": segment["score"],
                 }
             )
-    names, root = relative_file_names([image["file_name"] for image in images], image_root)
-    for image, name in zip(images, names, strict=True):
+    stills = [image for image in images if "video_id" not in image]
+    files = [image["file_name"] for image in stills] + list(videos)
+    relative, root = relative_file_names(files, image_root)
+    for image, name in zip(stills, relative[: len(stills)], strict=True):
         image["file_name"] = name
-    return {
+    names = video_names(list(videos))
+    by_id = {}
+    for (uri, video), name in zip(videos.items(), relative[len(stills) :], strict=True):
+        video.update(name=names[uri], file_name=name)
+        by_id[video["id"]] = video
+    for image in images:
+        if "video_id" in image:
+            image["file_name"] = f"{by_id[image['video_id']]['name']}/origin/{frame_name(image['frame_id'])}.jpg"
+    coco = {
         "info": {"description": f"SAN labels for taxonomy {taxonomy.name} v{taxonomy.version}", "image_root": root},
         "images": images,
         "annotations": annotations,
         "categories": categories,
     }
+    if videos:
+        coco["videos"] = list(videos.values())
+        coco["info"]["frames"] = "video frames' file_name: VIDEO/origin/FRAME.jpg, as `san export --format vspw` writes"
+    return coco

@@ -20,6 +20,7 @@ from typing import Any
 
 import fsspec
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from san_core.precision import resolve_precision
@@ -36,10 +37,14 @@ from ..results import (
     PREVIEW_DIR,
     ProvenanceError,
     is_own_result,
+    is_video_result,
     result_file_stamps,
     result_files,
 )
 from ..storage import pyarrow_filesystem
+from ..video.decode import VIDEO_EXTENSIONS
+from ..video.labeling import SanVideoLabeler, VideoSampling
+from ..video.preview import PREVIEW_FRAMES, render_video_preview
 from ..vocabulary import DEFAULT_CACHE_DIR, VocabularyTable, load_or_build_vocabulary
 from ..weights import SMOKE_BANNER, SharedWeights, WeightsSpec, resolve_weights
 from .output_state import OutputState, drop_superseded, index_new_files, scan_output
@@ -117,27 +122,53 @@ def _torch_threads_per_actor(config: LabelJobConfig) -> int:
 def write_previews(
     config: LabelJobConfig, taxonomy: Taxonomy, files: list[str], banner: str | None = None
 ) -> list[str]:
-    """Overlay PNGs for the first `config.preview` labeled images, under OUTPUT/_previews/, each
-    with `banner` across its top if given (smoke-test previews must not pass for real labels)."""
+    """Overlay previews under OUTPUT/_previews/ for the first `config.preview` labeled inputs: a
+    PNG per image, an animated WebP of its first labeled frames per video; each with `banner`
+    across its top if given (smoke-test previews must not pass for real labels)."""
     fs, root = _output_fs(config)
+    folder = f"{root.rstrip('/')}/{PREVIEW_DIR}"
+    if fs.exists(folder):  # this run's previews replace the last run's, none left over
+        fs.rm(folder, recursive=True)
     written: list[str] = []
+    columns = ["image_uri", "video_uri", "frame_index", "label_map_png", "error"]
     for path in files:
         with fs.open(path, "rb") as f:
-            table = pq.read_table(f, columns=["image_uri", "label_map_png", "error"])
+            table = pq.read_table(f, columns=columns)
+        videos: dict[str, dict[int, bytes]] = {}
         for row in table.to_pylist():
-            if len(written) >= config.preview:
-                return written
             if row["error"] is not None:
                 continue
+            if row["video_uri"] is not None:
+                frames = videos.setdefault(row["video_uri"], {})
+                if len(frames) < PREVIEW_FRAMES:
+                    frames[row["frame_index"]] = row["label_map_png"]
+                continue
+            if len(written) >= config.preview:
+                return written
             with fsspec.open(row["image_uri"], "rb", **config.storage_options) as f:
                 rgb = decode_rgb(f.read(), config.max_pixels, config.max_image_mib)
             overlay = render_overlay(rgb, decode_label_map(row["label_map_png"]), taxonomy, banner=banner)
-            name = row["image_uri"].rstrip("/").rsplit("/", 1)[-1].rsplit(".", 1)[0]
-            target = f"{root.rstrip('/')}/{PREVIEW_DIR}/{len(written):04d}_{name}.png"
-            fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
-            fs.pipe(target, overlay)
-            written.append(target)
+            written.append(_write_preview(fs, root, len(written), row["image_uri"], "png", overlay))
+        for video_uri, label_maps in videos.items():
+            if len(written) >= config.preview:
+                return written
+            try:
+                preview = render_video_preview(
+                    video_uri, label_maps, taxonomy, config.video_fps, config.storage_options, banner
+                )
+            except Exception as e:  # a preview is a courtesy: the labels are written
+                log.warning("no preview of %s: %s", video_uri, e)
+                continue
+            written.append(_write_preview(fs, root, len(written), video_uri, "webp", preview))
     return written
+
+
+def _write_preview(fs: fsspec.AbstractFileSystem, root: str, number: int, uri: str, extension: str, data: bytes) -> str:
+    name = uri.rstrip("/").rsplit("/", 1)[-1].rsplit(".", 1)[0]
+    target = f"{root.rstrip('/')}/{PREVIEW_DIR}/{number:04d}_{name}.{extension}"
+    fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+    fs.pipe(target, data)
+    return target
 
 
 @dataclass
@@ -178,6 +209,25 @@ def make_provenance(
         short_side=config.short_side,
         max_long_side=config.max_long_side,
         precision=config.precision,
+        video_sampling=video_sampling_tag(config),
+    )
+
+
+def video_sampling_tag(config: LabelJobConfig) -> str:
+    """How videos are sampled, as provenance records it (`fps=2,clip=8`, `stride=15,clip=8`)."""
+    by = f"stride={config.frame_stride}" if config.frame_stride is not None else f"fps={config.video_fps:g}"
+    return f"{by},clip={config.clip_length}"
+
+
+def video_sampling(config: LabelJobConfig) -> VideoSampling:
+    return VideoSampling(
+        clip_length=config.clip_length,
+        fps=config.video_fps,
+        stride=config.frame_stride,
+        short_side=config.short_side,
+        max_long_side=config.max_long_side,
+        max_pixels=config.max_pixels,
+        io_attempts=config.io_attempts,
     )
 
 
@@ -296,6 +346,101 @@ def gpus_per_actor(requested: float | None) -> float:
     return 0.0
 
 
+def _actor_pool(config: LabelJobConfig, gpus: float) -> dict[str, Any]:
+    return {
+        "compute": ray_actor_pool(config.concurrency),
+        "num_gpus": gpus,
+        "num_cpus": 1,
+    }
+
+
+def ray_actor_pool(concurrency: tuple[int, int]) -> Any:
+    import ray
+
+    return ray.data.ActorPoolStrategy(min_size=concurrency[0], max_size=concurrency[1])
+
+
+def split_videos(todo: pa.StringArray) -> tuple[pa.StringArray, pa.StringArray]:
+    """The inputs to label as images, and those to label as videos (by extension)."""
+    pattern = r"\.(" + "|".join(e.lstrip(".") for e in VIDEO_EXTENSIONS) + r")(\?.*)?$"
+    is_video = pc.match_substring_regex(todo, pattern, ignore_case=True)
+    return todo.filter(pc.invert(is_video)), todo.filter(is_video)
+
+
+def label_image_stream(
+    config: LabelJobConfig,
+    todo: pa.StringArray,
+    shared: dict[str, Any],
+    actors: dict[str, Any],
+    fs: fsspec.AbstractFileSystem,
+    root: str,
+    plan: JobPlan,
+) -> None:
+    """URIs -> load, decode, resize (CPU tasks) -> SAN actor pool -> Parquet, a file per block."""
+    import ray
+
+    # one block per output file's worth of images (slices share the plan's buffer)
+    images = pa.table({"image_uri": todo})
+    dataset = ray.data.from_arrow(
+        [images.slice(start, config.rows_per_file) for start in range(0, len(todo), config.rows_per_file)]
+    )
+    dataset = dataset.map_batches(
+        load_images,
+        fn_kwargs={
+            "short_side": config.short_side,
+            "max_long_side": config.max_long_side,
+            "max_pixels": config.max_pixels,
+            "max_image_mib": config.max_image_mib,
+            "storage_options": config.storage_options,
+            "io_attempts": config.io_attempts,
+        },
+        batch_size=config.batch_size,
+        # decoding is light next to inference; a fractional CPU lets it overlap the actors
+        num_cpus=0.5,
+    )
+    dataset = dataset.map_batches(
+        SanLabeler, fn_constructor_kwargs=shared, batch_size=config.batch_size, batch_format="numpy", **actors
+    )
+    dataset.write_parquet(
+        root,
+        filesystem=pyarrow_filesystem(fs),
+        schema=label_row_schema(plan.provenance, plan.run_id),
+        filename_provider=ResultFileNames(),
+        ray_remote_args={"num_cpus": 0.25},  # I/O-bound; must not wait for a whole CPU
+    )
+
+
+def label_video_stream(
+    config: LabelJobConfig, todo: pa.StringArray, shared: dict[str, Any], actors: dict[str, Any]
+) -> set[str]:
+    """Video URIs -> SAN video actors, one video per call: each decodes its video a clip ahead of
+    the model and writes the video's rows to a result file of its own. Returns the files of the
+    calls that finished (an actor killed mid-video leaves a file that is not among them)."""
+    import ray
+
+    videos = ray.data.from_arrow([pa.table({"video_uri": todo.slice(i, 1)}) for i in range(len(todo))])
+    labeled = videos.map_batches(
+        SanVideoLabeler,
+        fn_constructor_kwargs={
+            **shared,
+            "output": config.output,
+            "storage_options": config.storage_options,
+            "sampling": video_sampling(config),
+        },
+        batch_size=1,
+        batch_format="numpy",
+        **actors,
+    )
+    finished = set()
+    for batch in labeled.iter_batches(batch_size=None, batch_format="numpy"):
+        for uri, path, rows, failed in zip(
+            batch["video_uri"], batch["result_file"], batch["rows"], batch["failed"], strict=True
+        ):
+            log.info(f"{uri}: {rows} rows ({failed} errors)")
+            finished.add(str(path))
+    return finished
+
+
 def run_label_job(plan: JobPlan) -> RunSummary:
     """Label the plan's images on the connected Ray cluster; returns what this run did."""
     import ray
@@ -304,59 +449,31 @@ def run_label_job(plan: JobPlan) -> RunSummary:
     table = plan.vocabulary
     fs, root = _output_fs(config)
 
-    # The stream: URIs -> load, decode, resize (CPU tasks) -> SAN actor pool -> Parquet.
+    # The streams: images, then videos, each through a pool of SAN actors into Parquet.
     stream_start = time.time()
+    video_files: set[str] = set()  # the files of the videos labeled to the end
     if len(todo):
         gpus = gpus_per_actor(config.gpus_per_actor)
         # auto: as the actors' hardware allows (the driver's CPU flags stand for the workers')
         precision = resolve_precision(config.precision, "cuda" if gpus > 0 else "cpu")
         progress = ray.remote(num_cpus=0)(ProgressCounter).remote()
-        # one block per output file's worth of images (slices share the plan's buffer)
-        images = pa.table({"image_uri": todo})
-        dataset = ray.data.from_arrow(
-            [images.slice(start, config.rows_per_file) for start in range(0, len(todo), config.rows_per_file)]
-        )
-        dataset = dataset.map_batches(
-            load_images,
-            fn_kwargs={
-                "short_side": config.short_side,
-                "max_long_side": config.max_long_side,
-                "max_pixels": config.max_pixels,
-                "max_image_mib": config.max_image_mib,
-                "storage_options": config.storage_options,
-                "io_attempts": config.io_attempts,
-            },
-            batch_size=config.batch_size,
-            # decoding is light next to inference; a fractional CPU lets it overlap the actors
-            num_cpus=0.5,
-        )
-        dataset = dataset.map_batches(
-            SanLabeler,
-            fn_constructor_kwargs={
-                "weights_ref": [ray.put(plan.shared_weights)],
-                "vocabulary_ref": [ray.put(table)],
-                "class_names": {c.id: c.name for c in taxonomy.classes},
-                "provenance": plan.provenance,
-                "run_id": plan.run_id,
-                "use_gpu": gpus > 0,
-                "precision": precision,
-                "torch_threads": _torch_threads_per_actor(config),
-                "progress": progress,
-            },
-            batch_size=config.batch_size,
-            batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(min_size=config.concurrency[0], max_size=config.concurrency[1]),
-            num_gpus=gpus,
-            num_cpus=1,
-        )
+        shared = {  # what every labeling actor, of images or of videos, is built from
+            "weights_ref": [ray.put(plan.shared_weights)],
+            "vocabulary_ref": [ray.put(table)],
+            "class_names": {c.id: c.name for c in taxonomy.classes},
+            "provenance": plan.provenance,
+            "run_id": plan.run_id,
+            "use_gpu": gpus > 0,
+            "precision": precision,
+            "torch_threads": _torch_threads_per_actor(config),
+            "progress": progress,
+        }
+        images, videos = split_videos(todo)
         with ProgressReporter(progress, len(todo), config.progress_every):
-            dataset.write_parquet(
-                root,
-                filesystem=pyarrow_filesystem(fs),
-                schema=label_row_schema(plan.provenance, plan.run_id),
-                filename_provider=ResultFileNames(),
-                ray_remote_args={"num_cpus": 0.25},  # I/O-bound; must not wait for a whole CPU
-            )
+            if len(images):
+                label_image_stream(config, images, shared, _actor_pool(config, gpus), fs, root, plan)
+            if len(videos):  # after the images, so that one pool of actors holds models at a time
+                video_files = label_video_stream(config, videos, shared, _actor_pool(config, gpus))
     else:
         precision = None  # nothing labeled
     stream_time = time.time() - stream_start
@@ -369,6 +486,11 @@ def run_label_job(plan: JobPlan) -> RunSummary:
     fs.invalidate_cache()
     before = set(plan.files_before)
     new_files = {p: stamp for p, stamp in result_file_stamps(fs, root).items() if is_own_result(p) and p not in before}
+    for path in [p for p in new_files if is_video_result(p) and p not in video_files]:
+        # an actor killed mid-video: Ray Data labeled that video again into another file
+        log.warning("removing %s, left by a labeling actor that did not finish its video", path)
+        fs.rm(path)
+        del new_files[path]
     files_after = sorted([*plan.files_before, *new_files])
     with tempfile.TemporaryDirectory(prefix="san-index-") as scratch:
         new_rows = index_new_files(fs, root, new_files, plan.run_id, scratch, plan.retried)

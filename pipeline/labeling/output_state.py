@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 
 from schemas.output import RUN_ID_KEY, Provenance
 
-from ..results import is_own_result, result_file_name, result_file_stamps
+from ..results import is_own_result, result_file_name, result_file_stamps, source_uris
 from .planning import AntiJoin
 from .row_index import IndexBuilder, ResultFile, index_path, list_indexes, read_keys_parallel
 
@@ -125,7 +125,7 @@ def scan_output(fs: fsspec.AbstractFileSystem, root: str, join: AntiJoin, scratc
 def drop_superseded(
     fs: fsspec.AbstractFileSystem, superseded: dict[str, pa.Array], run_id: str
 ) -> dict[str, str | None]:
-    """Rewrite every file holding superseded rows (path -> their images) without them, or remove
+    """Rewrite every file holding superseded rows (path -> their sources) without them, or remove
     it if none is left; returns each such path's copy (None where none was needed). The copy is a
     new file of the job's own, written before the old one is removed: a kill in between leaves
     duplicates that the next plan resolves the same way."""
@@ -133,7 +133,7 @@ def drop_superseded(
     for path in sorted(superseded):
         with fs.open(path, "rb") as f:
             table = pq.read_table(f)
-        kept = table.filter(pc.invert(pc.is_in(table.column("image_uri"), value_set=superseded[path])))
+        kept = table.filter(pc.invert(pc.is_in(source_uris(table), value_set=superseded[path])))
         copies[path] = None
         if kept.num_rows:
             metadata = dict(table.schema.metadata or {})
@@ -151,7 +151,7 @@ def drop_superseded(
 class NewRows:
     labeled: int
     failed: int
-    replaced: dict[str, pa.Array]  # earlier file -> images whose error row this run replaced
+    replaced: dict[str, pa.Array]  # earlier file -> sources whose error rows this run replaced
 
 
 def index_new_files(
@@ -177,7 +177,7 @@ def index_new_files(
         failed += errors
         labeled += keys.num_rows - errors
         if len(retried_uris):
-            uris = keys.column("image_uri")
+            uris = keys.column("source_uri")
             written.append(uris.filter(pc.is_in(uris, value_set=retried_uris)).combine_chunks())
     if index.files:
         index.write(fs, root, index_path(root, run_id))

@@ -3,8 +3,9 @@
 A hash anti-join that spills to local disk (a "grace" hash join). The input URIs and the output's
 row keys arrive as streams of Arrow batches; each batch is split by a hash of the URI into
 `buckets` partitions appended to a scratch folder. Then each partition pair is joined in memory
-with Arrow's hash kernels: the latest row per image, the images that need no new attempt, and
-the inputs that are left. The driver holds one batch or one partition at a time, never a Python
+with Arrow's hash kernels: the latest rows per source (an image, or a video, whose frames' rows
+all live in one file), the sources that need no new attempt, and the inputs that are left. The
+driver holds one batch or one partition at a time, never a Python
 collection of every URI, and the work is Arrow's compiled kernels, not a Python loop per image.
 """
 
@@ -22,7 +23,7 @@ from .row_index import KEY_SCHEMA
 
 BUCKETS = 64
 SLICE_ROWS = 1 << 16  # rows hashed at once (the hash's temporaries are 8 bytes per URI byte)
-INPUT_SCHEMA = pa.schema([("image_uri", pa.string()), ("position", pa.int64())])
+INPUT_SCHEMA = pa.schema([("source_uri", pa.string()), ("position", pa.int64())])
 # A fixed pseudo-random 64-bit weight per byte position (odd, so no byte value is lost).
 _WEIGHTS = np.random.default_rng(20261125).integers(1, 2**63, size=4096, dtype=np.uint64) | np.uint64(1)
 
@@ -75,7 +76,7 @@ class _Partitions:
         self._pending, self._pending_rows = [], 0
         for start in range(0, table.num_rows, SLICE_ROWS):
             part = table.slice(start, SLICE_ROWS).combine_chunks()
-            bucket = uri_buckets(part.column("image_uri").chunk(0), len(self.paths))
+            bucket = uri_buckets(part.column("source_uri").chunk(0), len(self.paths))
             order = np.argsort(bucket, kind="stable")
             grouped = part.take(pa.array(order))
             bounds = np.concatenate([[0], np.cumsum(np.bincount(bucket, minlength=len(self.paths)))])
@@ -103,10 +104,10 @@ class _Partitions:
 class Decision:
     """What the join decided."""
 
-    todo: pa.StringArray  # input images without a row that counts (in input order, or sorted)
-    inputs: int  # distinct input images
-    superseded: dict[int, pa.Array] = field(default_factory=dict)  # file id -> URIs whose row there lost
-    retried: dict[int, pa.Array] = field(default_factory=dict)  # file id -> error rows this run replaces
+    todo: pa.StringArray  # inputs (images, videos) without rows that count (in input order, or sorted)
+    inputs: int  # distinct inputs
+    superseded: dict[int, pa.Array] = field(default_factory=dict)  # file id -> sources whose rows there lost
+    retried: dict[int, pa.Array] = field(default_factory=dict)  # file id -> sources with error rows this run replaces
 
     @property
     def retried_count(self) -> int:
@@ -114,7 +115,7 @@ class Decision:
 
 
 class AntiJoin:
-    """Inputs minus the images that already have a row that counts, streamed through `scratch`."""
+    """Inputs minus the sources that already have rows that count, streamed through `scratch`."""
 
     def __init__(self, scratch: str, buckets: int = BUCKETS) -> None:
         self.inputs = _Partitions(scratch, "inputs", INPUT_SCHEMA, buckets)
@@ -134,8 +135,9 @@ class AntiJoin:
         self.rows.append(keys)
 
     def decide(self, file_rank: np.ndarray, retry_errors: str, sort_by_uri: bool) -> Decision:
-        """`file_rank[file]` orders the files by age (higher = later run): of two rows for one image,
-        the later file's counts. `retry_errors` (none/transient/all) names the error rows to try again."""
+        """`file_rank[file]` orders the files by age (higher = later run): of two files holding rows
+        of one source, the later file's rows count. `retry_errors` (none/transient/all) names the
+        error rows to try again."""
         self.inputs.close()
         self.rows.close()
         ranks = pa.array(file_rank.astype(np.int64))
@@ -148,26 +150,30 @@ class AntiJoin:
             rows = rows.append_column("rank", pc.take(ranks, rows.column("file")))
             latest = rows
             if rows.num_rows:
-                best = rows.group_by("image_uri").aggregate([("rank", "max"), ("rank", "count")])
-                if pc.max(best.column("rank_count")).as_py() > 1:  # an image with rows in two files
-                    joined = rows.join(best.select(["image_uri", "rank_max"]), "image_uri")
+                best = rows.group_by("source_uri").aggregate([("rank", "max"), ("rank", "count")])
+                if pc.max(best.column("rank_count")).as_py() > 1:  # several rows: a video's, or rows in two files
+                    joined = rows.join(best.select(["source_uri", "rank_max"]), "source_uri")
                     later = pc.equal(joined.column("rank"), joined.column("rank_max"))
                     _collect(superseded, joined.filter(pc.invert(later)))
                     latest = joined.filter(later)
-            again = _retry_mask(latest, retry_errors)
-            done = latest.filter(pc.invert(again)).column("image_uri")
-            wanted = self.inputs.read(bucket).group_by("image_uri").aggregate([("position", "min")])
+            # A source counts as done when no row of its latest file is to be tried again: one
+            # error row of a video (a damaged clip) sends the whole video back.
+            again_sources = pc.unique(latest.filter(_retry_mask(latest, retry_errors)).column("source_uri"))
+            sources = latest.column("source_uri")
+            done = sources.filter(pc.invert(pc.is_in(sources, value_set=again_sources)))
+            wanted = self.inputs.read(bucket).group_by("source_uri").aggregate([("position", "min")])
             inputs += wanted.num_rows
-            todo = wanted.filter(pc.invert(pc.is_in(wanted.column("image_uri"), value_set=done.combine_chunks())))
+            todo = wanted.filter(pc.invert(pc.is_in(wanted.column("source_uri"), value_set=done.combine_chunks())))
             todo_parts.append(todo)
-            retry = latest.filter(again)
-            if retry.num_rows and todo.num_rows:
-                wanted_again = pc.is_in(retry.column("image_uri"), value_set=todo.column("image_uri").combine_chunks())
+            if len(again_sources) and todo.num_rows:
+                retry = latest.filter(pc.is_in(sources, value_set=again_sources))
+                todo_sources = todo.column("source_uri").combine_chunks()
+                wanted_again = pc.is_in(retry.column("source_uri"), value_set=todo_sources)
                 _collect(retried, retry.filter(wanted_again))
         todo = pa.concat_tables(todo_parts) if todo_parts else INPUT_SCHEMA.empty_table()
-        todo = todo.sort_by("image_uri" if sort_by_uri else "position_min") if todo.num_rows else todo
+        todo = todo.sort_by("source_uri" if sort_by_uri else "position_min") if todo.num_rows else todo
         return Decision(
-            todo.column("image_uri").combine_chunks() if todo.num_rows else pa.array([], pa.string()),
+            todo.column("source_uri").combine_chunks() if todo.num_rows else pa.array([], pa.string()),
             inputs,
             {f: pa.concat_arrays(parts) for f, parts in superseded.items()},
             {f: pa.concat_arrays(parts) for f, parts in retried.items()},
@@ -184,7 +190,7 @@ def _retry_mask(rows: pa.Table, retry_errors: str) -> pa.ChunkedArray | pa.Array
 
 
 def _collect(into: dict[int, list[pa.Array]], rows: pa.Table) -> None:
-    """Group these rows' URIs by file."""
+    """Group these rows' sources by file (a video's once, however many rows it has there)."""
     for file in pc.unique(rows.column("file")).to_pylist():
         mine = rows.filter(pc.equal(rows.column("file"), file))
-        into.setdefault(file, []).append(mine.column("image_uri").combine_chunks())
+        into.setdefault(file, []).append(pc.unique(mine.column("source_uri").combine_chunks()))

@@ -15,8 +15,17 @@ BANNER_HEIGHT = 22
 def render_overlay(
     rgb: np.ndarray, label_map: np.ndarray, taxonomy: Taxonomy, alpha: float = 0.5, banner: str | None = None
 ) -> bytes:
-    """PNG bytes: `rgb` [H, W, 3] with each labeled class tinted in its colour, plus a legend
-    (classes by area) on a white strip at the right, and `banner` in white on red across the top."""
+    """PNG bytes of `overlay_image`."""
+    buffer = io.BytesIO()
+    overlay_image(rgb, label_map, taxonomy, alpha, banner).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def overlay_image(
+    rgb: np.ndarray, label_map: np.ndarray, taxonomy: Taxonomy, alpha: float = 0.5, banner: str | None = None
+) -> Image.Image:
+    """`rgb` [H, W, 3] with each labeled class tinted in its colour, plus a legend (classes by
+    area) on a white strip at the right, and `banner` in white on red across the top."""
     palette = np.zeros((int(label_map.max(initial=0)) + 1, 3), dtype=np.float32)
     names = {}
     for cls in taxonomy.classes:
@@ -46,6 +55,4 @@ def render_overlay(
     if banner:
         draw.rectangle([0, 0, canvas.width, BANNER_HEIGHT], fill=(200, 0, 0))
         draw.text((6, 5), banner, fill="white", font=font)
-    buffer = io.BytesIO()
-    canvas.save(buffer, format="PNG")
-    return buffer.getvalue()
+    return canvas

@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 from schemas.output import PROVENANCE_KEY, RUN_ID_KEY, Provenance
 
 from ..inputs import InputError
+from ..results import source_uris
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +34,10 @@ INDEX_SUFFIX = ".arrow"
 _FILES_KEY = b"san_labeler.row_index.files"
 INDEX_BATCH_ROWS = 1 << 16
 READ_THREADS = 32  # result files read at once: on object storage each read is a round trip
-# One row per result row; `file` numbers the files listed in the index's metadata.
+# One row per result row; `file` numbers the files listed in the index's metadata, `source_uri` is
+# the input the row came from (the image, or the video of a frame).
 KEY_SCHEMA = pa.schema(
-    [("file", pa.int32()), ("image_uri", pa.string()), ("is_error", pa.bool_()), ("error_kind", pa.string())]
+    [("file", pa.int32()), ("source_uri", pa.string()), ("is_error", pa.bool_()), ("error_kind", pa.string())]
 )
 
 
@@ -61,7 +63,8 @@ def read_keys(fs: fsspec.AbstractFileSystem, path: str, stamp: str) -> tuple[Res
         with fs.open(path, "rb") as f:
             parquet = pq.ParquetFile(f)
             schema = parquet.schema_arrow
-            columns = ["image_uri", "error"] + (["error_kind"] if "error_kind" in schema.names else [])
+            optional = [name for name in ("error_kind", "video_uri") if name in schema.names]
+            columns = ["image_uri", "error", *optional]
             table = parquet.read(columns=columns)
     except pa.ArrowInvalid:
         return None
@@ -73,7 +76,7 @@ def read_keys(fs: fsspec.AbstractFileSystem, path: str, stamp: str) -> tuple[Res
     n = table.num_rows
     kinds = table.column("error_kind") if "error_kind" in columns else pa.nulls(n, pa.string())
     keys = pa.table(
-        [pa.array([0] * n, pa.int32()), table.column("image_uri"), table.column("error").is_valid(), kinds],
+        [pa.array([0] * n, pa.int32()), source_uris(table), table.column("error").is_valid(), kinds],
         schema=KEY_SCHEMA,
     )
     return result, keys

@@ -10,9 +10,9 @@ container's display matrix says (phones record portrait video as rotated landsca
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, Literal
 
 import numpy as np
 
@@ -30,6 +30,7 @@ class VideoInfo:
     average_fps: float | None
     duration_s: float | None  # what the container declares
     codec: str
+    frames: int | None = None  # frames the container declares (None where it declares none)
 
 
 @dataclass
@@ -41,10 +42,13 @@ class SampledFrame:
 
 @dataclass
 class Damage:
-    """A place where the stream could not be decoded: the frames around it are not to be trusted."""
+    """A place where the stream could not be decoded. `packet`: data in the middle could not be
+    decoded, so the frames around it are not to be trusted; `cut`: the stream ends before its
+    declared end (the frames before are whole); `empty`: no frame could be decoded at all."""
 
     timestamp_s: float | None
     message: str
+    kind: Literal["packet", "cut", "empty"] = "packet"
 
 
 @dataclass
@@ -97,12 +101,16 @@ class VideoReader:
         elif self._container.duration is not None:
             duration = self._container.duration / 1_000_000
         width, height = stream.codec_context.width, stream.codec_context.height
-        return VideoInfo(width, height, float(rate) if rate else None, duration, stream.codec_context.name)
+        frames = int(stream.frames) if stream.frames else None
+        return VideoInfo(width, height, float(rate) if rate else None, duration, stream.codec_context.name, frames)
 
-    def frames(self, fps: float | None = None, stride: int | None = None) -> Iterator[SampledFrame | Damage]:
+    def frames(
+        self, fps: float | None = None, stride: int | None = None, only: Container[int] | None = None
+    ) -> Iterator[SampledFrame | Damage]:
         """The sampled frames in presentation order: the first frame at or after each 1/fps tick
         (by the frames' own timestamps, so variable frame rates sample evenly in time), or every
-        `stride`-th frame, or all. A packet that fails to decode, or a stream that ends well before
+        `stride`-th frame, or all; `only` keeps the frames of these indices alone (and converts
+        no other frame to RGB). A packet that fails to decode, or a stream that ends well before
         the duration its container declares (a cut-off file, or damage the demuxer cannot read
         past), comes out as a Damage in its place; decoding goes on with the next packet. A frame
         that a demuxer drops without an error is not seen."""
@@ -124,7 +132,7 @@ class VideoReader:
                 index += 1
                 time = frame.time if frame.time is not None else (last_time or 0.0) + (interval or 0.0)
                 last_time = time
-                if stride is not None and index % stride:
+                if (stride is not None and index % stride) or (only is not None and index not in only):
                     continue
                 if fps is not None:
                     if time + 1e-9 < next_time:
@@ -132,12 +140,13 @@ class VideoReader:
                     next_time = (math.floor(time * fps + 1e-9) + 1) / fps
                 yield SampledFrame(index, time, _upright(frame.to_ndarray(format="rgb24"), frame.rotation))
         if index < 0:
-            yield Damage(None, f"{self.name}: no frame could be decoded")
+            yield Damage(None, f"{self.name}: no frame could be decoded", "empty")
         elif info.duration_s and interval and last_time is not None and last_time + 3 * interval < info.duration_s:
             yield Damage(
                 last_time,
                 f"{self.name}: the stream ends at {_seconds(last_time)} of the {_seconds(info.duration_s)} "
                 "its container declares (a cut-off or damaged file)",
+                "cut",
             )
 
 

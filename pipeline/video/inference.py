@@ -19,12 +19,15 @@ def label_clip(
     class_ids: torch.Tensor,
     class_names: Mapping[int, str],
     background: bool = True,
+    precision: str = "fp32",
 ) -> list[LabeledImage]:
     """Label one clip: uint8 RGB frames [H, W, 3], all one size (the model's input size), in one
     model call with proposals shared across the frames. Label maps hold taxonomy ids at
-    `output_size` (the video's own size), one per frame."""
+    `output_size` (the video's own size), one per frame; precision as for `label_images`."""
     device = embeddings.device
     writable = [np.require(f, requirements=["C", "W"]) for f in frames]  # decoders may hand out read-only views
     tensors = [torch.from_numpy(f).to(device).permute(2, 0, 1).float() for f in writable]
-    _, per_frame = model.predict_video_label_tiles(tensors, embeddings, output_size, background=background)
+    _, per_frame = model.predict_video_label_tiles(
+        tensors, embeddings, output_size, background=background, precision=precision
+    )
     return [assemble_label_map(tiles, output_size, class_ids, class_names) for tiles in per_frame]
