@@ -57,6 +57,16 @@ def frame_scores(
     return F.interpolate(scores[None], size=output_size, mode="bilinear", align_corners=False)[0]
 
 
+def resize_taps(size_in: int, size_out: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """PyTorch's linear resize (align_corners=False, no antialias) as two taps per output position:
+    (index, index, weight, weight), each [size_out], the heavier tap first, read off
+    `resize_matrix` so the weights are the very ones `F.interpolate` uses."""
+    weights, indices = resize_matrix(size_in, size_out).topk(min(2, size_in), dim=1)
+    if size_in == 1:
+        weights, indices = torch.cat([weights, torch.zeros_like(weights)], 1), torch.cat([indices, indices], 1)
+    return indices[:, 0], indices[:, 1], weights[:, 0], weights[:, 1]
+
+
 @torch.no_grad()
 def frame_label_tiles(
     class_probs: torch.Tensor,
@@ -68,28 +78,38 @@ def frame_label_tiles(
 ) -> Iterator[LabelTile]:
     """The argmax of `frame_scores` and its value, tile by tile, never holding [C, H_out, W_out].
 
-    The sigmoid masks are made once at the frames' own size ([K, H, W]); the last resize is linear,
-    so each output tile's masks are A_y @ sigmoid_mask_k @ A_x^T for the tile's rows of the resize
-    matrices, and its scores the classes' mix of those.
+    In the reference's video order the sigmoid comes between two resizes: mask logits up to the
+    padded size (then cropped to the frame), the sigmoid, and the last resize to the output size.
+    Both resizes are linear. Per tile of output rows, the frame rows its taps need are made at
+    once as one product with the small upsampling matrix (pixel-major, [rows, W, K]), then the
+    sigmoid, then the last resize as two taps along the rows and two along the columns
+    (`resize_taps`, applied to the masks: it commutes with mixing the classes), and the scores as
+    [pixels, K] x [K, C].
     """
-    masks = frame_masks(mask_logits, padded_size, input_size)  # [K, H, W]
-    max_chunk_elements = max_chunk_elements or chunk_elements_for(masks.device)
-    clusters, height, _ = masks.shape
+    clusters, grid_h, grid_w = mask_logits.shape
+    max_chunk_elements = max_chunk_elements or chunk_elements_for(mask_logits.device)
+    device, dtype = mask_logits.device, mask_logits.dtype
+    in_h, in_w = input_size
     out_h, out_w = output_size
-    a_y = resize_matrix(input_size[0], out_h).to(masks)
-    a_x = resize_matrix(input_size[1], out_w).to(masks)
-    probs_t = class_probs.to(masks).T.contiguous()  # [C, K]
-    cols = max(1, min(out_w, max_chunk_elements // max(1, clusters * height)))
-    for left in range(0, out_w, cols):
-        right = min(out_w, left + cols)
-        half = torch.einsum("khw,xw->khx", masks, a_x[left:right])  # [K, H, cols]
-        width = right - left
-        rows = max(1, max_chunk_elements // max(1, max(probs_t.shape[0], clusters) * width))
-        for top in range(0, out_h, rows):
-            bottom = min(out_h, top + rows)
-            tile = torch.einsum("yh,khx->kyx", a_y[top:bottom], half).reshape(clusters, -1)
-            best, index = (probs_t @ tile).max(dim=0)
-            yield LabelTile(top, left, index.view(bottom - top, width), best.view(bottom - top, width))
+    up_y = resize_matrix(grid_h, padded_size[0])[:in_h].to(device, dtype)  # [H, h]: upsample, crop
+    up_x = resize_matrix(grid_w, padded_size[1])[:in_w].to(device, dtype)  # [W, w]
+    half = torch.einsum("khw,xw->hxk", mask_logits, up_x).reshape(grid_h, in_w * clusters)  # [h, W*K]
+    y0, y1, wy0, wy1 = (t.to(device) for t in resize_taps(in_h, out_h))
+    x0, x1, wx0, wx1 = (t.to(device) for t in resize_taps(in_w, out_w))
+    wy0, wy1, wx0, wx1 = (w.to(dtype) for w in (wy0, wy1, wx0, wx1))
+    probs = class_probs.to(device, dtype).contiguous()  # [K, C]
+    per_row = max(probs.shape[1], clusters) * max(out_w, in_w)
+    rows = max(1, max_chunk_elements // max(1, per_row))
+    for top in range(0, out_h, rows):
+        ys = slice(top, min(out_h, top + rows))
+        taps = torch.cat([y0[ys], y1[ys]])  # (the heavier tap first: either may be the lower row)
+        first, last = int(taps.min()), int(taps.max())
+        masks = (up_y[first : last + 1] @ half).view(-1, in_w, clusters).sigmoid_()  # the frame rows needed
+        tile = (masks[y0[ys] - first] * wy0[ys, None, None]).addcmul_(masks[y1[ys] - first], wy1[ys, None, None])
+        tile = (tile[:, x0] * wx0[None, :, None]).addcmul_(tile[:, x1], wx1[None, :, None])  # [rows, W_out, K]
+        best, index = (tile.view(-1, clusters) @ probs).max(dim=1)
+        height = ys.stop - ys.start
+        yield LabelTile(top, 0, index.view(height, out_w), best.view(height, out_w))
 
 
 @dataclass
