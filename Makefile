@@ -30,6 +30,6 @@ test: lint
 	$(PY) -m pytest -q; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
 
+# One table: the job path against the release before the speed work, measured in the same run.
 bench: $(STAMP)
-	$(PY) benchmarks/model_throughput.py
-	$(PY) benchmarks/training_throughput.py
+	$(PY) benchmarks/job_path.py

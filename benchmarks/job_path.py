@@ -7,9 +7,10 @@ CPU mode: the baseline commit is unpacked with `git archive` into a temporary fo
 its own worker process beside a worker of this checkout; both load the same random `san-vit-b16`
 weights (speed does not depend on the values) and the same vocabulary embeddings, and the driver
 asks them in turn, so a noisy machine slows both alike. For each photo (scikit-image's
-astronaut, coffee and chelsea at short side 640) and vocabulary it prints the median seconds per
+astronaut, coffee and chelsea at short side 640) and vocabulary it prints the fastest seconds per
 image of the model alone (the networks, `SAN.forward`) and of the job path (uint8 pixels to the
-label map PNG and segments, what an actor runs per image), fp32 and bf16, the speed-ups over the
+label map PNG and segments, what an actor runs per image), fp32 and bf16 (where the CPU has native
+bf16, or with --bf16 yes), the speed-ups over the
 baseline's fp32 job path, whether the label maps equal the baseline's pixel for pixel, and the
 peak RSS of the worker over those runs.
 
@@ -24,7 +25,6 @@ import hashlib
 import io
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tarfile
@@ -112,7 +112,7 @@ class Worker:
         return maps
 
 
-def _median_seconds(run: Callable[[], Any], repeats: int, sync: Callable[[], None]) -> tuple[float, Any]:
+def _best_seconds(run: Callable[[], Any], repeats: int, sync: Callable[[], None]) -> tuple[float, Any]:
     result = run()  # warm-up
     sync()
     times = []
@@ -121,7 +121,7 @@ def _median_seconds(run: Callable[[], Any], repeats: int, sync: Callable[[], Non
         result = run()
         sync()
         times.append(time.perf_counter() - start)
-    return statistics.median(times), result
+    return min(times), result
 
 
 def worker_main(root: str, weights: str, data: str, device: str) -> None:
@@ -148,13 +148,13 @@ def worker_main(root: str, weights: str, data: str, device: str) -> None:
             torch.cuda.reset_peak_memory_stats()
         if request["mode"] in ("model", "label map"):
             stage = worker.model_only if request["mode"] == "model" else worker.label_map_only
-            seconds, _ = _median_seconds(
+            seconds, _ = _best_seconds(
                 partial(stage, images, embeddings, request["precision"]), request["repeats"], sync
             )
             digest = None
         else:
             run = partial(worker.job, images, embeddings, class_ids, names, request["precision"])
-            seconds, maps = _median_seconds(run, request["repeats"], sync)
+            seconds, maps = _best_seconds(run, request["repeats"], sync)
             digest = hashlib.sha256(maps[0].astype(np.uint16).tobytes()).hexdigest()
         answer = {"seconds": seconds, "digest": digest, "peak_rss_mib": _peak_rss_mib()}
         if device == "cuda":
@@ -226,6 +226,11 @@ def unpack(commit: str, directory: Path) -> Path:
 def cpu_table(args: argparse.Namespace, data: Path, weights: Path) -> None:
     import numpy as np
 
+    from san_core.precision import cpu_runs_bf16_natively
+
+    bf16 = args.bf16 == "yes" or (args.bf16 == "auto" and cpu_runs_bf16_natively())
+    if not bf16:
+        print("bf16 not measured: this CPU has no native bf16 (AVX-512 BF16, AMX); autocast would emulate it")
     baseline = WorkerProcess(unpack(args.baseline, data / "baseline"), weights, data, "cpu")
     current = WorkerProcess(ROOT, weights, data, "cpu")
     head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
@@ -245,18 +250,20 @@ def cpu_table(args: argparse.Namespace, data: Path, weights: Path) -> None:
                 ("base job fp32", baseline, "job", "fp32"),
                 ("model fp32", current, "model", "fp32"),
                 ("job fp32", current, "job", "fp32"),
-                ("model bf16", current, "model", "bf16"),
-                ("job bf16", current, "job", "bf16"),
             ]
-            for _ in range(args.rounds):  # interleaved: each round asks every configuration once
-                for key, worker, mode, precision in runs:
+            if bf16:
+                runs += [("model bf16", current, "model", "bf16"), ("job bf16", current, "job", "bf16")]
+            for round_ in range(args.rounds):  # interleaved, in ABBA order: drift hits both alike
+                for key, worker, mode, precision in runs if round_ % 2 == 0 else runs[::-1]:
                     answer = worker.ask(photo=photo, vocab=vocab, mode=mode, precision=precision, repeats=args.repeats)
                     times.setdefault(key, []).append(answer["seconds"])
                     if answer["digest"]:
                         digests[key] = answer["digest"]
                     side = "base" if worker is baseline else "now"
                     peaks[side] = max(peaks[side], answer["peak_rss_mib"])
-            t = {key: statistics.median(values) for key, values in times.items()}
+            t = {key: min(values) for key, values in times.items()}  # noise only ever adds time
+            t.setdefault("model bf16", float("nan"))
+            t.setdefault("job bf16", float("nan"))
             print(
                 f"| {photo} {size[1]}x{size[0]} | {vocab} | {t['base job fp32']:.2f} | {t['model fp32']:.2f} | "
                 f"{t['job fp32']:.2f} | {t['model bf16']:.2f} | {t['job bf16']:.2f} | "
@@ -363,8 +370,9 @@ def main() -> None:
     parser.add_argument("--vocabs", default="ade150,ade847")
     parser.add_argument("--short-side", type=int, default=640)
     parser.add_argument("--repeats", type=int, default=1, help="timed calls per request (after a warm-up)")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the table holds their median")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds; the table holds the fastest")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--bf16", default="auto", choices=("auto", "yes", "no"), help="CPU: auto = if native")
     parser.add_argument("--batches", default="1,8,32")
     parser.add_argument("--breakdown", action="store_true", help="where the time goes, per stage")
     parser.add_argument("--worker", help=argparse.SUPPRESS)

@@ -37,8 +37,10 @@ def shell_commands() -> list[str]:
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory, tiny_weights, parity_dir) -> Path:
-    """A folder with what the README's Python blocks read: `labels/` and `runs/ft1/model/`."""
+    """A folder with what the README's Python blocks read: `labels/`, `runs/ft1/model/` and
+    `videos/drive.mp4`."""
     import skimage.data
+    from video_fixtures import camera_frames, encode
 
     from jobs.label import main as label_main
     from san_core.build import load_model
@@ -56,6 +58,9 @@ def workdir(tmp_path_factory, tiny_weights, parity_dir) -> Path:
     tiny = parity_dir / "tiny_a"
     loaded = load_model(checkpoint=str(tiny / "checkpoint.pth"), model_config=str(tiny / "config.json"))
     save_checkpoint(loaded.model, loaded.model.config, str(root / "runs" / "ft1" / "model" / "model.safetensors"))
+    (root / "videos").mkdir()
+    drive = camera_frames(skimage.data.coffee(), 20, (96, 128))
+    (root / "videos" / "drive.mp4").write_bytes(encode(drive, "mp4", fps=10))
     return root
 
 
