@@ -14,6 +14,11 @@ bf16, or with --bf16 yes), the speed-ups over the
 baseline's fp32 job path, whether the label maps equal the baseline's pixel for pixel, and the
 peak RSS of the worker over those runs.
 
+Confidence mode (--confidence): the part of the job path after the networks (label-map tiles,
+assembling the map, PNG and segments), on the model's outputs computed once, for the baseline and
+this checkout (which adds the top-two margins, and with --uncertainty-map their PNG), beside the
+networks' time: what computing confidence costs.
+
 GPU mode: images/s of the job path at batch sizes 1, 8 and 32 (equal-sized photos batched
 together, as the actors do), fp32 and bf16, against the card's measured bf16 matrix-product rate.
 """
@@ -86,6 +91,18 @@ class Worker:
             for _ in tiles:
                 pass
 
+    def after_model(self, outputs: Any, size: tuple, class_ids: Any, names: dict, uncertainty_map: bool) -> Any:
+        """From the networks' outputs to what a row stores: label-map tiles, the assembled map,
+        its PNG and segments (and, where this version has them, confidence and margin map)."""
+        from pipeline.labeling.inference import assemble_label_map
+        from san_core.postprocess import semantic_label_tiles
+
+        tiles = semantic_label_tiles(
+            outputs.class_logits[0], outputs.mask_logits[0], outputs.padded_size, outputs.input_sizes[0], size
+        )
+        extra = {"uncertainty_map": True} if uncertainty_map else {}
+        return assemble_label_map(tiles, size, class_ids, names, **extra)
+
     def job(self, images: list, embeddings: Any, class_ids: Any, names: dict, precision: str) -> list:
         """Label maps (uint16 arrays) of the job path; precision is the model's (bf16 autocast)."""
         import numpy as np
@@ -146,7 +163,15 @@ def worker_main(root: str, weights: str, data: str, device: str) -> None:
         _reset_peak_rss()
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        if request["mode"] in ("model", "label map"):
+        if request["mode"] == "after model":
+            tensors = [torch.from_numpy(i).permute(2, 0, 1).float() for i in images[:1]]
+            outputs = worker.model(tensors, embeddings, True)
+            run = partial(
+                worker.after_model, outputs, images[0].shape[:2], class_ids, names, request["uncertainty_map"]
+            )
+            seconds, _ = _best_seconds(run, request["repeats"], sync)
+            digest = None
+        elif request["mode"] in ("model", "label map"):
             stage = worker.model_only if request["mode"] == "model" else worker.label_map_only
             seconds, _ = _best_seconds(
                 partial(stage, images, embeddings, request["precision"]), request["repeats"], sync
@@ -262,14 +287,50 @@ def cpu_table(args: argparse.Namespace, data: Path, weights: Path) -> None:
                     side = "base" if worker is baseline else "now"
                     peaks[side] = max(peaks[side], answer["peak_rss_mib"])
             t = {key: min(values) for key, values in times.items()}  # noise only ever adds time
-            t.setdefault("model bf16", float("nan"))
-            t.setdefault("job bf16", float("nan"))
+            bf16_cells = (
+                f"{t['model bf16']:.2f} | {t['job bf16']:.2f}" if bf16 else "- | -",
+                f"{t['base job fp32'] / t['job bf16']:.2f}x" if bf16 else "-",
+            )
             print(
                 f"| {photo} {size[1]}x{size[0]} | {vocab} | {t['base job fp32']:.2f} | {t['model fp32']:.2f} | "
-                f"{t['job fp32']:.2f} | {t['model bf16']:.2f} | {t['job bf16']:.2f} | "
-                f"{t['base job fp32'] / t['job fp32']:.2f}x | {t['base job fp32'] / t['job bf16']:.2f}x | "
+                f"{t['job fp32']:.2f} | {bf16_cells[0]} | "
+                f"{t['base job fp32'] / t['job fp32']:.2f}x | {bf16_cells[1]} | "
                 f"{'yes' if digests['job fp32'] == digests['base job fp32'] else 'NO'} | "
                 f"{peaks['base']:.0f} / {peaks['now']:.0f} |",
+                flush=True,
+            )
+    baseline.close()
+    current.close()
+
+
+def confidence_table(args: argparse.Namespace, data: Path, weights: Path) -> None:
+    """The job path after the networks, baseline against now, beside the networks' own time."""
+    baseline = WorkerProcess(unpack(args.baseline, data / "baseline"), weights, data, "cpu")
+    current = WorkerProcess(ROOT, weights, data, "cpu")
+    print("after the networks (label map, PNG, segments; now also confidence), seconds per image, fp32, CPU")
+    print(
+        f"| photo | vocabulary | networks | {args.baseline} | now | now, --uncertainty-map | "
+        "cost (now - base) / (networks + base) | with the map |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    runs = [
+        ("base", baseline, {"mode": "after model", "uncertainty_map": False}),
+        ("now", current, {"mode": "after model", "uncertainty_map": False}),
+        ("map", current, {"mode": "after model", "uncertainty_map": True}),
+        ("networks", current, {"mode": "model", "precision": "fp32"}),
+    ]
+    for vocab in args.vocabs.split(","):
+        for photo in PHOTOS:
+            times: dict[str, list[float]] = {}
+            for round_ in range(args.rounds):
+                for key, worker, request in runs if round_ % 2 == 0 else runs[::-1]:
+                    answer = worker.ask(photo=photo, vocab=vocab, repeats=args.repeats, **request)
+                    times.setdefault(key, []).append(answer["seconds"])
+            t = {key: min(values) for key, values in times.items()}
+            whole = t["networks"] + t["base"]
+            print(
+                f"| {photo} | {vocab} | {t['networks']:.3f} | {t['base']:.3f} | {t['now']:.3f} | {t['map']:.3f} | "
+                f"{(t['now'] - t['base']) / whole:+.1%} | {(t['map'] - t['base']) / whole:+.1%} |",
                 flush=True,
             )
     baseline.close()
@@ -375,6 +436,7 @@ def main() -> None:
     parser.add_argument("--bf16", default="auto", choices=("auto", "yes", "no"), help="CPU: auto = if native")
     parser.add_argument("--batches", default="1,8,32")
     parser.add_argument("--breakdown", action="store_true", help="where the time goes, per stage")
+    parser.add_argument("--confidence", action="store_true", help="what confidence costs after the networks")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--weights", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
@@ -391,6 +453,8 @@ def main() -> None:
         weights = prepare(data, args.vocabs.split(","), args.short_side, PHOTOS)
         if args.breakdown:
             breakdown_table(args, data, weights)
+        elif args.confidence:
+            confidence_table(args, data, weights)
         elif args.device == "cuda":
             gpu_table(args, data, weights)
         else:

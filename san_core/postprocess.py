@@ -68,6 +68,7 @@ class LabelTile:
     left: int
     labels: torch.Tensor  # [rows, cols] int64 class indices
     scores: torch.Tensor  # [rows, cols] the winning class's score
+    runner_up: torch.Tensor | None = None  # [rows, cols] the second-best class's score (0 with one class)
 
 
 @torch.no_grad()  # also while a caller iterates, outside the model's own no_grad
@@ -90,9 +91,13 @@ def semantic_label_tiles(
     [pixels, C]): the row resize is one matrix product over every query at once and the argmax
     runs along contiguous memory.
 
-    Large vocabularies are pruned exactly: a class's score at any pixel is at most the sum of its
-    probabilities over queries (masks are <= 1), so in each tile only classes whose sum reaches
-    the best score the queries' own top classes already achieve everywhere in the tile can win.
+    Each tile also carries the runner-up's score, so the top-two margin (how sure a pixel is)
+    costs one more comparison per pixel, not another pass.
+
+    Large vocabularies are pruned exactly: in a tile, a class's score is at most the sum over
+    queries of its probability times the query's largest mask value in the tile, so only classes
+    whose bound reaches the second-best score that the queries' own two top classes already
+    achieve at every pixel of the tile can be first or second there.
     """
     queries, grid_h, grid_w = mask_logits.shape
     out_h, out_w = output_size
@@ -102,8 +107,7 @@ def semantic_label_tiles(
     a_x = composite_resize_matrix(grid_w, padded_size[1], input_size[1], out_w).to(device, dtype)
     probs = class_probabilities(class_logits, background).to(dtype).contiguous()  # [Q, C]
     num_classes = probs.shape[1]
-    upper_bound = probs.sum(dim=0)  # [C] score can never exceed this
-    anchors = torch.unique(probs.argmax(dim=1))  # each query's most likely class
+    anchors = torch.unique(probs.topk(min(2, num_classes), dim=1).indices)  # each query's two likeliest
     anchor_probs = probs[:, anchors].contiguous()
     # the widest column block whose half-resized masks [h, cols, Q] fit the budget
     cols = max(1, min(out_w, max_chunk_elements // max(1, queries * grid_h)))
@@ -115,21 +119,30 @@ def semantic_label_tiles(
         for top in range(0, out_h, rows):
             bottom = min(out_h, top + rows)
             masks = (a_y[top:bottom] @ half).view(-1, queries).sigmoid_()  # [pixels, Q]
-            floor = (masks @ anchor_probs).amax(dim=1).min()  # every pixel scores at least this
-            # the slack covers float rounding of the bound; it only ever keeps more classes
-            candidates = torch.nonzero(upper_bound >= floor - 1e-5).squeeze(1)
-            if len(candidates) == num_classes:
-                best, index = (masks @ probs).max(dim=1)
-                labels = index
+            if len(anchors) >= 2:  # every pixel's second best scores at least this
+                floor = (masks @ anchor_probs).topk(2, dim=1).values[:, 1].min()
             else:
-                best, index = (masks @ probs[:, candidates]).max(dim=1)
-                labels = candidates[index]
-            yield LabelTile(
-                top=top,
-                left=left,
-                labels=labels.view(bottom - top, width),
-                scores=best.view(bottom - top, width),
-            )
+                floor = torch.zeros((), dtype=dtype, device=device)
+            # the slack covers float rounding of the bound; it only ever keeps more classes
+            upper_bound = masks.amax(dim=0) @ probs  # [C] no pixel of the tile scores more
+            candidates = torch.nonzero(upper_bound >= floor - 1e-5).squeeze(1)
+            if len(candidates) < min(2, num_classes):
+                candidates = torch.arange(num_classes, device=device)
+            scores = masks @ (probs if len(candidates) == num_classes else probs[:, candidates])
+            best, index, runner_up = top_two(scores)
+            labels = index if len(candidates) == num_classes else candidates[index]
+            shape = (bottom - top, width)
+            yield LabelTile(top, left, labels.view(shape), best.view(shape), runner_up.view(shape))
+
+
+def top_two(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """scores [pixels, C] -> (best score, its column, second-best score), each [pixels]; with one
+    column the second best is 0 (no rival)."""
+    if scores.shape[1] < 2:
+        best, index = scores.max(dim=1)
+        return best, index, torch.zeros_like(best)
+    values, indices = scores.topk(2, dim=1)
+    return values[:, 0], indices[:, 0], values[:, 1]
 
 
 def semantic_labels(

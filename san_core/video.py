@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-from .postprocess import LabelTile, chunk_elements_for, resize_matrix
+from .postprocess import LabelTile, chunk_elements_for, resize_matrix, top_two
 
 
 def cluster_queries(queries: torch.Tensor, num_clusters: int, random_state: int = 0, n_init: int = 1) -> torch.Tensor:
@@ -107,9 +107,9 @@ def frame_label_tiles(
         masks = (up_y[first : last + 1] @ half).view(-1, in_w, clusters).sigmoid_()  # the frame rows needed
         tile = (masks[y0[ys] - first] * wy0[ys, None, None]).addcmul_(masks[y1[ys] - first], wy1[ys, None, None])
         tile = (tile[:, x0] * wx0[None, :, None]).addcmul_(tile[:, x1], wx1[None, :, None])  # [rows, W_out, K]
-        best, index = (tile.view(-1, clusters) @ probs).max(dim=1)
-        height = ys.stop - ys.start
-        yield LabelTile(top, 0, index.view(height, out_w), best.view(height, out_w))
+        best, index, runner_up = top_two(tile.view(-1, clusters) @ probs)
+        shape = (ys.stop - ys.start, out_w)
+        yield LabelTile(top, 0, index.view(shape), best.view(shape), runner_up.view(shape))
 
 
 @dataclass

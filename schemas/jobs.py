@@ -189,6 +189,10 @@ class LabelJobConfig(_JobConfig):
     preview: int = Field(
         default=0, ge=0, description="write N overlay PNGs to OUTPUT/_previews", json_schema_extra=_cli(metavar="N")
     )
+    uncertainty_map: bool = Field(
+        default=False,
+        description="also store each row's per-pixel top-two margin as an 8-bit PNG (uncertainty_png)",
+    )
     progress_every: float = Field(
         default=30.0, gt=0, description="seconds between progress lines (done/total, images/s, errors, time left)"
     )
@@ -218,7 +222,8 @@ class FinetuneConfig(_JobConfig):
 
     vocab: VocabRef = VOCAB
     train: Uri = Field(
-        description="training pairs: manifest (.parquet/.csv with image_uri, label_uri) or DATASET/images/<split>",
+        description="training pairs: manifest (.parquet/.csv with image_uri, label_uri), DATASET/images/<split>, "
+        "or an annotation tool's export (COCO JSON, Label Studio JSON), categories matched by name",
         json_schema_extra=_cli(metavar="URI"),
     )
     val: Uri | None = Field(
@@ -242,6 +247,11 @@ class FinetuneConfig(_JobConfig):
     weight_decay: float = Field(default=1e-4, ge=0)
     grad_clip: float = Field(default=0.01, gt=0, description="full-model gradient-norm clip")
     crop_size: int = Field(default=640, ge=32, description="training crop; validation resizes the short side to it")
+    augment: Literal["full", "none"] = Field(
+        default="full",
+        description="full: the published recipe (scale jitter, crop, flip, colour); none: short side resized to "
+        "the crop and cropped, for fitting a few corrected images",
+    )
     precision: Literal["auto", "fp32", "bf16"] = Field(default="auto", description="auto: bf16 autocast on GPU")
     eval_every: int | None = Field(default=None, ge=1, description="validation mIoU every N steps (needs --val)")
     checkpoint_every: int = Field(default=500, ge=1)
@@ -314,21 +324,45 @@ class EvaluateScoreConfig(_JobConfig):
 class ExportConfig(_JobConfig):
     """`san export`: a labeling output in a format annotation tools read."""
 
-    format: Literal["coco", "vspw"] = Field(
+    format: Literal["coco", "label-studio", "cvat", "png", "vspw"] = Field(
         default="coco",
-        description="coco: COCO JSON with RLE segmentations (video frames with video fields); vspw: a folder of "
-        "videos' frames and label maps in the layout of the VSPW benchmark",
+        description="coco: COCO JSON (RLE, or --polygons; video frames with video fields); label-studio: tasks "
+        "with pre-annotations (brush masks, or --polygons) and the project's labeling config; cvat: COCO 1.0 "
+        "with polygons for CVAT's import; png: a folder of label PNGs and a class table; vspw: videos' frames "
+        "and label maps in the layout of the VSPW benchmark",
     )
     input: Uri = Field(description="the labeling output", json_schema_extra=_cli(metavar="URI"))
     output: Uri = Field(
-        description="the file (coco) or folder (vspw) to write (path or URI)",
+        description="the file (coco, label-studio, cvat) or folder (png, vspw) to write (path or URI)",
         json_schema_extra=_cli(metavar="URI", deprecated=["--to"]),
     )
     vocab: VocabRef = VOCAB
     image_root: Uri | None = Field(
         default=None,
         description="write each image's file_name relative to this folder or prefix, as annotation tools expect "
-        "(default: the full URI)",
+        "(default: the full URI; for label-studio, local images become /data/local-files/?d= URLs under it)",
         json_schema_extra=_cli(metavar="URI"),
     )
+    polygons: bool = Field(
+        default=False, description="coco, label-studio: segments as polygons (a segment with a hole stays a mask)"
+    )
+    polygon_tolerance: float = Field(
+        default=1.0, ge=0.0, description="how far (pixels) a simplified polygon may stray from the mask's outline"
+    )
+    storage_options: dict[str, Any] = STORAGE_OPTIONS
+
+
+class ReportConfig(_JobConfig):
+    """`san report`: a labeling output as one self-contained HTML page."""
+
+    input: Uri = Field(description="the labeling output", json_schema_extra=_cli(metavar="URI"))
+    output: Uri = Field(description="the HTML file to write (path or URI)", json_schema_extra=_cli(metavar="URI"))
+    vocab: VocabRef = VOCAB
+    evaluation: Uri | None = Field(
+        default=None,
+        description="a `san evaluate` report folder (metrics.json, confusion.npy) to include",
+        json_schema_extra=_cli(metavar="URI"),
+    )
+    least_confident: int = Field(default=12, ge=0, description="how many of the least confident images to show")
+    examples: int = Field(default=24, ge=0, description="how many classes to show an example of")
     storage_options: dict[str, Any] = STORAGE_OPTIONS

@@ -19,7 +19,12 @@ from .arrow import ArrowType, arrow_schema
 
 # 2: error_kind; each file's metadata names the run that wrote it (RUN_ID_KEY)
 # 3: video frames (video_uri, frame_index, timestamp_s, clip_index, frame_count)
-SCHEMA_VERSION = "3"
+# 4: confidence (mean_score, mean_margin, uncertain_fraction, uncertainty_png, segments' margin)
+SCHEMA_VERSION = "4"
+
+# A pixel whose top-two margin ((s1 - s2) / s1) is under this is uncertain: the two likeliest
+# classes are within 10% of each other.
+UNCERTAIN_MARGIN = 0.1
 
 Int32 = Annotated[int, ArrowType(pa.int32())]
 Float32 = Annotated[float, ArrowType(pa.float32())]
@@ -39,6 +44,11 @@ class Segment(BaseModel):
     bbox: list[Int32] = Field(description="[x, y, width, height] in pixels, COCO convention")
     rle_counts: str = Field(description="COCO compressed RLE (pycocotools) of the class's pixels")
     rle_size: list[Int32] = Field(description="[height, width] of the RLE")
+    margin: Float32 | None = Field(
+        default=None,
+        description="mean over its pixels of the top-two margin relative to the top score, (s1 - s2) / s1: "
+        "0 a tie, 1 no rival",
+    )
 
 
 class LabelRow(BaseModel):
@@ -59,6 +69,20 @@ class LabelRow(BaseModel):
         default=None,
         description="null, or whether the error may pass if tried again (I/O: timeouts, throttling, 5xx, "
         "connections) or not (a bad image, a missing file): `--retry-errors` re-attempts by kind",
+    )
+    mean_score: Float32 | None = Field(default=None, description="the winning class's mean score over the pixels")
+    mean_margin: Float32 | None = Field(
+        default=None, description="the pixels' mean top-two margin, (s1 - s2) / s1; low = unsure"
+    )
+    uncertain_fraction: Float32 | None = Field(
+        default=None,
+        description=f"share of the pixels whose top-two margin is under {UNCERTAIN_MARGIN}: review the rows "
+        "with most first",
+    )
+    uncertainty_png: bytes | None = Field(
+        default=None,
+        description="with --uncertainty-map: 8-bit PNG of each pixel's margin at the label map's size, "
+        "round(255 * margin)",
     )
     video_uri: str | None = Field(
         default=None, description="the video this row is a frame of (or an error of); null for an image"

@@ -60,18 +60,20 @@ def test_segments_carry_area_bbox_and_mean_score():
 
 
 @pytest.mark.parametrize(
-    ("classes", "padded", "valid", "output", "chunk"),
+    ("classes", "padded", "valid", "output", "chunk", "sharpness"),
     [
-        (847, (48, 64), (48, 64), (96, 128), 1 << 25),  # ADE-847, one tile
-        (847, (48, 64), (41, 57), (123, 171), 5000),  # padding cropped, many row and column tiles
-        (150, (32, 48), (30, 45), (301, 451), 20000),
-        (5, (16, 16), (13, 9), (7, 5), 10),  # output smaller than the input, tiny tiles
+        (847, (48, 64), (48, 64), (96, 128), 1 << 25, 3),  # ADE-847, one tile
+        (847, (48, 64), (41, 57), (123, 171), 5000, 3),  # padding cropped, many row and column tiles
+        (847, (48, 64), (41, 57), (123, 171), 5000, 30),  # peaked class probabilities: pruning prunes
+        (150, (32, 48), (30, 45), (301, 451), 20000, 3),
+        (5, (16, 16), (13, 9), (7, 5), 10, 3),  # output smaller than the input, tiny tiles
+        (1, (16, 16), (16, 16), (16, 16), 1 << 25, 3),  # one class: no rival
     ],
 )
-def test_label_tiles_are_the_argmax_of_the_full_score_maps(classes, padded, valid, output, chunk):
-    generator = torch.Generator().manual_seed(classes + output[0])
+def test_label_tiles_are_the_argmax_of_the_full_score_maps(classes, padded, valid, output, chunk, sharpness):
+    generator = torch.Generator().manual_seed(classes + output[0] + sharpness)
     queries = 20
-    class_logits = torch.randn(queries, classes + 1, generator=generator) * 3
+    class_logits = torch.randn(queries, classes + 1, generator=generator) * sharpness
     mask_logits = torch.randn(queries, padded[0] // 4, padded[1] // 4, generator=generator) * 4
     scores = semantic_scores(class_logits, mask_logits, padded, valid, output)
     best, index = scores.max(dim=0)
@@ -82,8 +84,11 @@ def test_label_tiles_are_the_argmax_of_the_full_score_maps(classes, padded, vali
         assert (labels[tile.top : tile.top + rows, tile.left : tile.left + cols] == -1).all()  # no overlap
         labels[tile.top : tile.top + rows, tile.left : tile.left + cols] = tile.labels
         assert torch.allclose(tile.scores, best[tile.top : tile.top + rows, tile.left : tile.left + cols], atol=1e-6)
+        window = scores[:, tile.top : tile.top + rows, tile.left : tile.left + cols]
+        second = window.topk(2, dim=0).values[1] if classes > 1 else torch.zeros_like(tile.scores)
+        assert torch.allclose(tile.runner_up, second, atol=1e-6)  # the margin's rival, exact
     assert (labels >= 0).all()  # every pixel covered
-    if chunk < 1 << 25:
+    if chunk < 1 << 25 and classes > 1:
         assert len(tiles) > 1
     # identical up to exact float ties between classes
     disagree = labels != index

@@ -95,6 +95,21 @@ def test_flip_and_photometric_jitter():
     assert np.abs(jittered.astype(int) - rgb).mean() > 1
 
 
+def test_augment_none_is_the_resize_and_crop_alone():
+    rgb, labels = _pair()
+    assert AugmentConfig.named("full", 64) == AugmentConfig.for_crop(64)
+    plain = AugmentConfig.named("none", 64)
+    square = rgb[:, 100:500], labels[:, 100:500]  # 400 x 400
+    expected = resize_pair(*square, 64, 256)
+    rng = np.random.default_rng(0)
+    for _ in range(6):  # no flip, no colour, no scale: the same sample every time
+        image, label = augment(*square, plain, rng)
+        assert np.array_equal(image, expected[0]) and np.array_equal(label, expected[1])
+    image, label = augment(rgb, labels, plain, rng)  # a wide image: the short side fits the crop
+    assert image.shape == (64, 64, 3) and label.shape == (64, 64)
+    assert (label[-1] != IGNORE).all()  # resized to the crop, not padded
+
+
 def test_targets_from_label_maps():
     labels = np.array([[3, 3, IGNORE], [7, 9, 3]], dtype=np.uint16)
     indices, masks = targets_from_labels(labels, {3: 0, 7: 1, 12: 2})  # 9 is not in the taxonomy

@@ -135,9 +135,17 @@ def test_frames_are_labeled_as_san_core_labels_their_clips(video_run, parity_dir
     as_images = 0
     for clip in read_clips(uri, clip_length=4, fps=5):
         direct = label_clip(model, clip.frames, clip.output_size, embeddings, class_ids, names)
-        for frame, labeled in zip(clip.clip.frames, direct, strict=True):
+        tensors = [torch.from_numpy(np.array(f)).permute(2, 0, 1).float() for f in clip.frames]
+        with torch.no_grad():
+            score_maps = model.predict_video(tensors, embeddings, clip.output_size).score_maps
+        for frame, labeled, scores in zip(clip.clip.frames, direct, score_maps, strict=True):
             job = decode_label_map(rows[frame.index]["label_map_png"])
             assert np.array_equal(job, decode_label_map(labeled.label_map_png))
+            # confidence from the clip's own score maps, as for an image
+            top2 = scores.topk(2, dim=0).values
+            margin = ((top2[0] - top2[1]) / top2[0]).clamp(0, 1)
+            assert rows[frame.index]["mean_score"] == pytest.approx(float(top2[0].mean()), rel=1e-4)
+            assert rows[frame.index]["mean_margin"] == pytest.approx(float(margin.mean()), abs=1e-4)
         singles = label_images(model, clip.frames, [clip.output_size] * len(clip.frames), embeddings, class_ids, names)
         as_images += sum(
             not np.array_equal(decode_label_map(a.label_map_png), decode_label_map(b.label_map_png))

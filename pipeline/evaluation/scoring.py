@@ -144,7 +144,10 @@ def evaluate_output(
         scored += int(batch["scored"].sum())
         missing += int(batch["missing_ground_truth"].sum())
         errors += int(batch["errors"].sum())
-    return report(total, taxonomy, {"scored": scored, "missing_ground_truth": missing, "errors": errors})
+    result = report(total, taxonomy, {"scored": scored, "missing_ground_truth": missing, "errors": errors})
+    classes = spec.num_classes  # counts are [prediction, ground truth]: ground-truth rows for people
+    result["confusion"] = total.counts.T[:classes, : classes + 1]  # the last column: left unlabeled
+    return result
 
 
 def report(confusion: ConfusionMatrix, taxonomy: Taxonomy, counts: dict[str, int]) -> dict[str, Any]:
@@ -212,14 +215,21 @@ def iou_bar_chart(result: dict[str, Any], max_classes: int = 60) -> bytes:
 def write_reports(
     result: dict[str, Any], destination: str, storage_options: Mapping[str, Any] | None = None
 ) -> list[str]:
-    """metrics.json, metrics.md and iou.png under `destination`."""
+    """metrics.json, metrics.md and iou.png under `destination` (and confusion.npy, the
+    confusion matrix `san report` draws, when `result` carries it)."""
     fs, root = fsspec.core.url_to_fs(destination, **(storage_options or {}))
     fs.makedirs(root, exist_ok=True)
+    confusion = result.get("confusion")
+    result = {k: v for k, v in result.items() if k != "confusion"}
     files = {
         "metrics.json": json.dumps(result, indent=2).encode(),
         "metrics.md": markdown_table(result).encode(),
         "iou.png": iou_bar_chart(result),
     }
+    if confusion is not None:  # [ground truth, prediction + unlabeled] pixel counts
+        buffer = io.BytesIO()
+        np.save(buffer, np.asarray(confusion))
+        files["confusion.npy"] = buffer.getvalue()
     written = []
     for name, data in files.items():
         target = f"{root.rstrip('/')}/{name}"

@@ -8,6 +8,9 @@ from typing import Any
 
 from schemas.taxonomy import Taxonomy
 
+from ..labeling.segments import rle_to_mask
+from .polygons import mask_polygons
+
 
 def common_folder(uris: list[str]) -> str:
     """The deepest folder (or prefix) holding every URI, ending in '/'."""
@@ -28,7 +31,13 @@ def relative_file_names(uris: list[str], image_root: str | None) -> tuple[list[s
     return [u[len(root) :] for u in uris], root
 
 
-def to_coco(rows: Iterable[dict], taxonomy: Taxonomy, image_root: str | None = None) -> dict[str, Any]:
+def to_coco(
+    rows: Iterable[dict],
+    taxonomy: Taxonomy,
+    image_root: str | None = None,
+    polygons: bool = False,
+    tolerance: float = 1.0,
+) -> dict[str, Any]:
     """COCO-style JSON: categories from the taxonomy, one image per labeled row (its `file_name`
     relative to `image_root`, recorded in `info`), one annotation (compressed RLE) per segment.
     Error rows are left out.
@@ -36,12 +45,17 @@ def to_coco(rows: Iterable[dict], taxonomy: Taxonomy, image_root: str | None = N
     A video frame's image also carries `video_id`, `frame_id` (its index in the video) and
     `timestamp_s`, and its `file_name` is `VIDEO/origin/FRAME.jpg` as `san export --format vspw`
     writes the frames; `videos` lists each video (`id`, `name`, `file_name` relative to
-    `image_root`, `width`, `height`, `length` as its container declares it), as YouTube-VIS does."""
+    `image_root`, `width`, `height`, `length` as its container declares it), as YouTube-VIS does.
+
+    With `polygons`, each segment is its outlines (`polygons.mask_polygons`, simplified within
+    `tolerance` pixels, iscrowd 0), except a segment with a hole, which a COCO polygon cannot
+    hold: it stays RLE with iscrowd 1, as COCO marks masks. `info.rle_fallbacks` counts those."""
     from .vspw import frame_name, video_names
 
     categories = [{"id": c.id, "name": c.name, "supercategory": taxonomy.name} for c in taxonomy.classes]
     images, annotations = [], []
     videos: dict[str, dict[str, Any]] = {}
+    fallbacks = 0
     for row in rows:
         if row["error"] is not None:
             continue
@@ -56,16 +70,25 @@ def to_coco(rows: Iterable[dict], taxonomy: Taxonomy, image_root: str | None = N
             image.update(video_id=video["id"], frame_id=row["frame_index"], timestamp_s=row.get("timestamp_s"))
         images.append(image)
         for segment in row["segments"]:
+            segmentation: Any = {"size": segment["rle_size"], "counts": segment["rle_counts"]}
+            crowd = 0
+            if polygons:
+                traced = mask_polygons(rle_to_mask(segment["rle_counts"], segment["rle_size"]), tolerance)
+                if traced.has_holes or not traced.polygons:
+                    crowd, fallbacks = 1, fallbacks + 1
+                else:
+                    segmentation = traced.polygons
             annotations.append(
                 {
                     "id": len(annotations) + 1,
                     "image_id": image_id,
                     "category_id": segment["class_id"],
-                    "segmentation": {"size": segment["rle_size"], "counts": segment["rle_counts"]},
+                    "segmentation": segmentation,
                     "area": segment["area"],
                     "bbox": segment["bbox"],
-                    "iscrowd": 0,
+                    "iscrowd": crowd,
                     "score": segment["score"],
+                    **({"margin": segment["margin"]} if segment.get("margin") is not None else {}),
                 }
             )
     stills = [image for image in images if "video_id" not in image]
@@ -87,6 +110,8 @@ def to_coco(rows: Iterable[dict], taxonomy: Taxonomy, image_root: str | None = N
         "annotations": annotations,
         "categories": categories,
     }
+    if polygons:
+        coco["info"]["rle_fallbacks"] = fallbacks
     if videos:
         coco["videos"] = list(videos.values())
         coco["info"]["frames"] = "video frames' file_name: VIDEO/origin/FRAME.jpg, as `san export --format vspw` writes"

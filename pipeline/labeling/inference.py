@@ -1,22 +1,31 @@
-"""The job path without Ray: uint8 images in, label maps (PNG) and segments out.
+"""The job path without Ray: uint8 images in, label maps (PNG), segments and confidence out.
 
 `label_images` is what every labeling actor calls per batch, and what the benchmarks time. The
 label map is assembled tile by tile from the model's `predict_label_tiles`, mapped to taxonomy ids
-on the way, with each class's score summed per tile: nothing of the output's size is held but the
-uint16 map itself (2 bytes per pixel) beside the tiles' fixed working set.
+on the way, with each class's score and top-two margin summed per tile: nothing of the output's
+size is held but the uint16 map itself (2 bytes per pixel, and 1 more for an uncertainty map)
+beside the tiles' fixed working set.
+
+Confidence, from the same tiles: a pixel's margin is its top-two score difference relative to
+its top score ((s1 - s2) / s1: 0 is a tie, 1 no rival). A segment's `margin` is its pixels' mean;
+a row's `mean_score` and `mean_margin` are its pixels' means, and `uncertain_fraction` the share
+of its pixels whose margin is under `UNCERTAIN_MARGIN`. The review order, least confident first,
+is `uncertain_fraction` descending, then `mean_margin` ascending.
 """
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from PIL import Image
 
 from san_core.postprocess import LabelTile
-from schemas.output import Segment
+from schemas.output import UNCERTAIN_MARGIN, Segment
 
 from ..label_maps import encode_label_png
 from .segments import segments_from_label_map
@@ -26,6 +35,38 @@ from .segments import segments_from_label_map
 class LabeledImage:
     label_map_png: bytes  # 16-bit PNG of taxonomy ids at the requested output size
     segments: list[Segment]
+    mean_score: float  # the winning class's mean score over the pixels
+    mean_margin: float  # the mean relative top-two margin
+    uncertain_fraction: float  # the share of pixels whose margin is under UNCERTAIN_MARGIN
+    uncertainty_png: bytes | None = None  # 8-bit PNG of the margin (255 = no rival), if asked for
+
+
+@dataclass
+class CollectedMap:
+    """A label map put together on the host, and the sums its confidence is made of."""
+
+    label_map: np.ndarray  # [H, W] uint16 taxonomy ids
+    score_sums: dict[int, float]  # taxonomy id -> its pixels' summed score
+    margin_sums: dict[int, float]  # taxonomy id -> its pixels' summed margin
+    uncertain_pixels: int
+    margin_map: np.ndarray | None  # [H, W] uint8, round(255 * margin), if asked for
+
+    def labeled_image(self, class_names: Mapping[int, str]) -> LabeledImage:
+        """What an output row stores: the PNG, the segments and the confidence."""
+        pixels = max(1, self.label_map.size)
+        uncertainty = None
+        if self.margin_map is not None:
+            buffer = io.BytesIO()
+            Image.fromarray(self.margin_map, mode="L").save(buffer, format="PNG")
+            uncertainty = buffer.getvalue()
+        return LabeledImage(
+            label_map_png=encode_label_png(self.label_map),
+            segments=segments_from_label_map(self.label_map, self.score_sums, class_names, self.margin_sums),
+            mean_score=sum(self.score_sums.values()) / pixels,
+            mean_margin=sum(self.margin_sums.values()) / pixels,
+            uncertain_fraction=self.uncertain_pixels / pixels,
+            uncertainty_png=uncertainty,
+        )
 
 
 # Threads that encode PNGs and find segments while the device makes the next image's label map
@@ -44,13 +85,15 @@ def label_images(
     background: bool = True,
     precision: str = "fp32",
     host_threads: int = HOST_THREADS,
+    uncertainty_map: bool = False,
 ) -> list[LabeledImage]:
     """Label uint8 RGB images [H, W, 3] (already at the model's input size) in one model call.
 
     embeddings: [C, D] vocabulary embeddings; class_ids: [C] the taxonomy id of each row (0 for
     distractor prompts, which then count as unlabeled). Label maps are at `output_sizes`;
     precision is fp32, bf16 (autocast) or auto, as for `SAN.predict`. `host_threads` encode the
-    PNGs and segments while the device works on the next image.
+    PNGs and segments while the device works on the next image; `uncertainty_map` adds each
+    image's margin map.
     """
     device = embeddings.device
     tensors = [torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1).float() for image in images]
@@ -59,40 +102,51 @@ def label_images(
     )
     with ThreadPoolExecutor(max_workers=max(1, host_threads)) as host:
         encoded = [
-            host.submit(encode_label_map, *collect_label_map(tiles, size, class_ids), class_names)
+            host.submit(collect_label_map(tiles, size, class_ids, uncertainty_map).labeled_image, class_names)
             for tiles, size in zip(per_image, output_sizes, strict=True)
         ]
         return [future.result() for future in encoded]
 
 
 def collect_label_map(
-    tiles: Iterable[LabelTile], size: tuple[int, int], class_ids: torch.Tensor
-) -> tuple[np.ndarray, dict[int, float]]:
+    tiles: Iterable[LabelTile], size: tuple[int, int], class_ids: torch.Tensor, uncertainty_map: bool = False
+) -> CollectedMap:
     """A label map of taxonomy ids put together on the host from a model's label tiles (class
-    indices), and each id's summed score (for its segment's mean score)."""
+    indices), with each id's summed score and margin, and the margin map if asked for."""
     height, width = size
     label_map = np.empty((height, width), dtype=np.uint16)
-    sums = torch.zeros(int(class_ids.max()) + 1, dtype=torch.float64, device=class_ids.device)
+    margin_map = np.empty((height, width), dtype=np.uint8) if uncertainty_map else None
+    bins = int(class_ids.max()) + 1
+    sums = torch.zeros(bins, dtype=torch.float64, device=class_ids.device)
+    margins = torch.zeros(bins, dtype=torch.float64, device=class_ids.device)
+    uncertain = torch.zeros((), dtype=torch.int64, device=class_ids.device)
     for tile in tiles:
-        ids = class_ids[tile.labels]
-        sums += torch.bincount(ids.flatten(), weights=tile.scores.flatten().double(), minlength=sums.numel())
-        rows, cols = ids.shape
-        label_map[tile.top : tile.top + rows, tile.left : tile.left + cols] = ids.cpu().numpy()
-    return label_map, dict(enumerate(sums.cpu().tolist()))
-
-
-def encode_label_map(
-    label_map: np.ndarray, score_sums: Mapping[int, float], class_names: Mapping[int, str]
-) -> LabeledImage:
-    """What an output row stores of a label map: its PNG and its segments."""
-    return LabeledImage(
-        label_map_png=encode_label_png(label_map),
-        segments=segments_from_label_map(label_map, score_sums, class_names),
+        ids = class_ids[tile.labels].flatten()
+        runner_up = tile.runner_up if tile.runner_up is not None else torch.zeros_like(tile.scores)
+        margin = ((tile.scores - runner_up) / tile.scores.clamp_min(1e-12)).clamp_(0, 1).flatten()
+        sums += torch.bincount(ids, weights=tile.scores.flatten().double(), minlength=bins)
+        margins += torch.bincount(ids, weights=margin.double(), minlength=bins)
+        uncertain += (margin < UNCERTAIN_MARGIN).sum()
+        rows, cols = tile.labels.shape
+        where = (slice(tile.top, tile.top + rows), slice(tile.left, tile.left + cols))
+        label_map[where] = ids.view(rows, cols).to(torch.int32).cpu().numpy()
+        if margin_map is not None:
+            margin_map[where] = (margin * 255).round_().to(torch.uint8).view(rows, cols).cpu().numpy()
+    return CollectedMap(
+        label_map,
+        dict(enumerate(sums.cpu().tolist())),
+        dict(enumerate(margins.cpu().tolist())),
+        int(uncertain),
+        margin_map,
     )
 
 
 def assemble_label_map(
-    tiles: Iterable[LabelTile], size: tuple[int, int], class_ids: torch.Tensor, class_names: Mapping[int, str]
+    tiles: Iterable[LabelTile],
+    size: tuple[int, int],
+    class_ids: torch.Tensor,
+    class_names: Mapping[int, str],
+    uncertainty_map: bool = False,
 ) -> LabeledImage:
-    """`collect_label_map` then `encode_label_map`, in this thread."""
-    return encode_label_map(*collect_label_map(tiles, size, class_ids), class_names)
+    """`collect_label_map`, then what a row stores of it, in this thread."""
+    return collect_label_map(tiles, size, class_ids, uncertainty_map).labeled_image(class_names)

@@ -467,6 +467,7 @@ def run_label_job(plan: JobPlan) -> RunSummary:
             "precision": precision,
             "torch_threads": _torch_threads_per_actor(config),
             "progress": progress,
+            "uncertainty_map": config.uncertainty_map,
         }
         images, videos = split_videos(todo)
         with ProgressReporter(progress, len(todo), config.progress_every):

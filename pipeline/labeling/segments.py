@@ -65,10 +65,14 @@ def class_rles(label_map: np.ndarray) -> dict[int, dict]:
 
 
 def segments_from_label_map(
-    label_map: np.ndarray, score_sums: Mapping[int, float], class_names: Mapping[int, str]
+    label_map: np.ndarray,
+    score_sums: Mapping[int, float],
+    class_names: Mapping[int, str],
+    margin_sums: Mapping[int, float] | None = None,
 ) -> list[Segment]:
     """One Segment per class id present (0 = unlabeled is skipped), in id order. `score_sums`
-    holds each class's summed winning score over its pixels: a segment's score is its mean."""
+    holds each class's summed winning score over its pixels, `margin_sums` its summed top-two
+    margin: a segment's score and margin are their means."""
     segments = []
     for class_id, rle in sorted(class_rles(label_map).items()):
         if class_id == 0:
@@ -80,6 +84,7 @@ def segments_from_label_map(
                 class_id=class_id,
                 class_name=class_names[class_id],
                 score=float(score_sums[class_id] / area),
+                margin=float(margin_sums[class_id] / area) if margin_sums is not None else None,
                 area=area,
                 bbox=[x, y, w, h],
                 rle_counts=rle["counts"].decode("ascii"),

@@ -19,10 +19,22 @@ from schemas.output import LabelRow, Provenance, label_row_schema
 from ..images import describe_error
 from ..results import result_file_name
 from ..retries import PERMANENT
-from .inference import HOST_THREADS, label_images
+from .inference import HOST_THREADS, LabeledImage, label_images
 from .progress import LabelingMetrics, peak_rss_mib
 
 log = logging.getLogger(__name__)
+
+
+def row_fields(labeled: LabeledImage) -> dict[str, Any]:
+    """What an output row takes from a labeled image (or video frame)."""
+    return {
+        "label_map_png": labeled.label_map_png,
+        "segments": labeled.segments,
+        "mean_score": labeled.mean_score,
+        "mean_margin": labeled.mean_margin,
+        "uncertain_fraction": labeled.uncertain_fraction,
+        "uncertainty_png": labeled.uncertainty_png,
+    }
 
 
 class SanLabeler:
@@ -39,6 +51,7 @@ class SanLabeler:
         torch_threads: int,
         progress: Any = None,
         precision: str = "fp32",
+        uncertainty_map: bool = False,
     ) -> None:
         import ray
 
@@ -53,6 +66,7 @@ class SanLabeler:
         self.class_ids = torch.from_numpy(self.vocabulary.class_ids.astype(np.int64)).to(self.device)
         self.class_names = class_names
         self.precision = precision  # fp32 or bf16, resolved by the driver
+        self.uncertainty_map = uncertainty_map
         self.progress = progress  # a ProgressCounter actor, told of every batch
         self.metrics = LabelingMetrics(provenance.model_id)
         self.schema = label_row_schema(provenance, run_id)
@@ -77,8 +91,9 @@ class SanLabeler:
             self.vocabulary.background,
             self.precision,
             self.host_threads,
+            self.uncertainty_map,
         )
-        return [{"label_map_png": r.label_map_png, "segments": r.segments} for r in labeled]
+        return [row_fields(r) for r in labeled]
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         started = time.perf_counter()

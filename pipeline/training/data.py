@@ -7,7 +7,9 @@ Augmentation, as the reference's training config: short side resized to a random
 384, ..., 960 (0.5-1.5 x the 640 crop; long side at most 2560), a random 640x640 crop (padded with
 128 / ignore when smaller), a horizontal flip with probability 0.5, and SSD-style photometric
 jitter (brightness, contrast, saturation, hue). Labels follow every geometric step with
-nearest-neighbour sampling.
+nearest-neighbour sampling. `AugmentConfig.plain` (`san finetune --augment none`) keeps only the
+resize of the short side to the crop and the crop: what fitting a handful of corrected images
+needs, where the recipe's jitter, meant for tens of thousands of images, slows learning.
 """
 
 from __future__ import annotations
@@ -54,6 +56,16 @@ class AugmentConfig:
         """The recipe scaled to another crop: short sides 0.5-1.5 x crop, long side <= 4 x crop."""
         sides = tuple(max(1, round(crop_size * x / 10)) for x in range(5, 16))
         return cls(sides, 4 * crop_size, crop_size, photometric=photometric)
+
+    @classmethod
+    def plain(cls, crop_size: int) -> AugmentConfig:
+        """No augmentation: the short side resized to the crop, a random crop along the long side."""
+        return cls((crop_size,), 4 * crop_size, crop_size, flip_probability=0.0, photometric=False)
+
+    @classmethod
+    def named(cls, name: str, crop_size: int) -> AugmentConfig:
+        """`full` (the published recipe) or `none` (`plain`), as `san finetune --augment` names them."""
+        return {"full": cls.for_crop, "none": cls.plain}[name](crop_size)
 
 
 def resize_pair(

@@ -44,6 +44,7 @@ from .data import (
     list_training_pairs,
     load_validation_pairs,
 )
+from .imports import import_annotations
 from .loop import (
     METRIC_NAMES,
     POSITION_FILE,
@@ -101,11 +102,21 @@ def total_steps(config: FinetuneConfig, num_pairs: int) -> int:
     return min(candidates)
 
 
+def _pairs(source: str, split: str, config: FinetuneConfig, taxonomy: Taxonomy) -> TrainingPairs:
+    """A split's pairs; an annotation tool's JSON export (COCO, Label Studio) is first turned
+    into label maps and a manifest under OUTPUT/_imported/<split>/."""
+    if source.lower().rsplit("?", 1)[0].endswith(".json"):
+        source = import_annotations(
+            source, taxonomy, _join(config.output, f"_imported/{split}"), config.storage_options
+        )
+    return list_training_pairs(source, config.storage_options)
+
+
 def plan_finetune(config: FinetuneConfig, taxonomy: Taxonomy) -> FinetunePlan:
     """Check data, storage and weights; raise InputError / WeightsError / FinetuneError."""
-    train = list_training_pairs(config.train, config.storage_options)
-    val = list_training_pairs(config.val, config.storage_options) if config.val else None
     check_output_writable(config.output, config.storage_options)
+    train = _pairs(config.train, "train", config, taxonomy)
+    val = _pairs(config.val, "val", config, taxonomy) if config.val else None
 
     run_dir = _join(config.output, RUN_NAME)
     position = read_position(_join(run_dir, POSITION_FILE), config.storage_options)
@@ -246,7 +257,7 @@ def run_finetune(plan: FinetunePlan, log_level: str = "INFO") -> FinetuneResult:
         "train": TrainDatasetFactory(
             pairs_ref=[ray.put((plan.train.image_uris, plan.train.label_uris))],
             order=SampleOrder(len(plan.train), config.seed),
-            augment_config=AugmentConfig.for_crop(config.crop_size),
+            augment_config=AugmentConfig.named(config.augment, config.crop_size),
             total_samples=plan.total_steps * config.batch_size,
             position_uri=position_uri,
             storage_options=config.storage_options,

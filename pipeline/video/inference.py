@@ -20,6 +20,7 @@ def label_clip(
     class_names: Mapping[int, str],
     background: bool = True,
     precision: str = "fp32",
+    uncertainty_map: bool = False,
 ) -> list[LabeledImage]:
     """Label one clip: uint8 RGB frames [H, W, 3], all one size (the model's input size), in one
     model call with proposals shared across the frames. Label maps hold taxonomy ids at
@@ -30,4 +31,4 @@ def label_clip(
     _, per_frame = model.predict_video_label_tiles(
         tensors, embeddings, output_size, background=background, precision=precision
     )
-    return [assemble_label_map(tiles, output_size, class_ids, class_names) for tiles in per_frame]
+    return [assemble_label_map(tiles, output_size, class_ids, class_names, uncertainty_map) for tiles in per_frame]

@@ -33,6 +33,7 @@ from schemas.output import LabelRow, Provenance, frame_uri, label_row_schema
 from ..images import describe_error
 from ..labeling.inference import HOST_THREADS
 from ..labeling.progress import LabelingMetrics, peak_rss_mib
+from ..labeling.stages import row_fields
 from ..results import video_result_file_name
 from ..retries import PERMANENT, classify, is_transient
 from .clips import ModelClip, prefetched, read_clips
@@ -100,7 +101,7 @@ def clip_rows(
     elif frames:
         try:
             labeled = label(clip)
-            rows += [frame_row(i, label_map_png=r.label_map_png, segments=r.segments) for i, r in enumerate(labeled)]
+            rows += [frame_row(i, **row_fields(r)) for i, r in enumerate(labeled)]
         except Exception as e:  # e.g. out of memory on a long clip of a huge video
             log.exception("labeling clip %d of %s failed", clip.index, video_uri)
             error = f"labeling failed: {describe_error(e)}"
@@ -209,6 +210,7 @@ class SanVideoLabeler:
         sampling: VideoSampling,
         progress: Any = None,
         precision: str = "fp32",
+        uncertainty_map: bool = False,
     ) -> None:
         import ray
 
@@ -222,6 +224,7 @@ class SanVideoLabeler:
         self.class_ids = torch.from_numpy(self.vocabulary.class_ids.astype(np.int64)).to(self.device)
         self.class_names = class_names
         self.precision = precision
+        self.uncertainty_map = uncertainty_map
         self.sampling = sampling
         self.storage_options = storage_options
         self.fs, self.root = fsspec.core.url_to_fs(output, **storage_options)
@@ -245,6 +248,7 @@ class SanVideoLabeler:
             self.class_names,
             self.vocabulary.background,
             self.precision,
+            self.uncertainty_map,
         )
 
     def label_video(self, video_uri: str) -> dict[str, Any]:

@@ -181,7 +181,7 @@ def test_the_memory_budget_counts_a_jpeg_at_its_reduced_decoding_scale():
 
 def test_a_pixel_limit_above_pillows_own_is_honoured():
     """Aerial users raise --max-pixels past Pillow's built-in refusal (about 179 Mpx)."""
-    from tests.image_fixtures import png_header_only
+    from image_fixtures import png_header_only
 
     header_only = png_header_only(20_000, 10_000)  # 200 Mpx declared, no data
     with pytest.raises(ValueError, match="pixel limit"):

@@ -1,0 +1,149 @@
+"""Label Studio tasks with SAN's labels as pre-annotations (predictions), and the labeling config
+of a project that shows them.
+
+Each labeled image becomes a task whose `data.image` is a URL Label Studio opens: an object-store
+URI as it is (Label Studio signs `s3://`, `gs://` and `azure-blob://` URLs of a bucket connected
+as cloud storage), a local file as `/data/local-files/?d=PATH` relative to `--image-root` (Label
+Studio's local file serving, LOCAL_FILES_DOCUMENT_ROOT). Each segment becomes one result: a brush
+mask in Label Studio's RLE, or with `polygons` one polygon per connected part, carrying the
+segment's score; the prediction's score is the image's mean top-two margin (0 to 1), so that
+Label Studio's sort by prediction score shows the least confident first.
+
+Label Studio's brush RLE (the rle-pack format of thi.ng/umbrella) packs the mask as an RGBA
+image, row-major, every channel 255 inside the mask and 0 outside: a header (value count in 32
+bits, word size - 1 in 5 bits, four run-length field widths - 1 in 4 bits each), then per run a
+1 bit, the index of a field width in 2 bits, the run length - 1 in that many bits, the value in
+8 bits.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Iterable
+from typing import Any
+from urllib.parse import quote
+from xml.sax.saxutils import quoteattr
+
+import numpy as np
+
+from schemas.taxonomy import Taxonomy
+
+from ..labeling.segments import rle_to_mask
+from .polygons import mask_polygons
+
+RUN_FIELD_BITS = (3, 4, 8, 16)  # the field widths Label Studio's own encoder uses
+FROM_NAME, TO_NAME = "label", "image"
+_CLOUD_SCHEMES = ("s3://", "gs://", "azure-blob://", "http://", "https://")
+
+
+def brush_rle(mask: np.ndarray) -> list[int]:
+    """A 2-D bool mask as Label Studio's brush RLE (a list of byte values)."""
+    values = mask.ravel().astype(np.uint8) * 255
+    changes = np.flatnonzero(values[1:] != values[:-1]) + 1
+    starts = np.concatenate(([0], changes))
+    lengths = np.diff(np.append(starts, values.size)) * 4  # four channels per pixel
+    bits = [f"{values.size * 4:032b}", f"{8 - 1:05b}", "".join(f"{b - 1:04b}" for b in RUN_FIELD_BITS)]
+    for start, length in zip(starts.tolist(), lengths.tolist(), strict=True):
+        value = f"{int(values[start]):08b}"
+        while length > 0:
+            run = min(length, 1 << RUN_FIELD_BITS[-1])
+            field = next(i for i, width in enumerate(RUN_FIELD_BITS) if run <= 1 << width)
+            bits.append(f"1{field:02b}{run - 1:0{RUN_FIELD_BITS[field]}b}{value}")
+            length -= run
+    stream = "".join(bits)
+    stream += "0" * (-len(stream) % 8)
+    return [int(stream[i : i + 8], 2) for i in range(0, len(stream), 8)]
+
+
+def image_url(uri: str, image_root: str | None) -> str:
+    """The URL Label Studio opens for an image (see the module's docstring)."""
+    if uri.startswith(_CLOUD_SCHEMES):
+        return uri
+    path = uri.removeprefix("file://")
+    if image_root is None:
+        return path
+    root = image_root.removeprefix("file://").rstrip("/") + "/"
+    if not path.startswith(root):
+        raise ValueError(f"{uri} is not under --image-root {image_root}")
+    return "/data/local-files/?d=" + quote(posixpath.relpath(path, root.rstrip("/") or "/"))
+
+
+def _hex(rgb: tuple[int, int, int]) -> str:
+    return "#" + "".join(f"{int(v):02x}" for v in rgb)
+
+
+def labeling_config(taxonomy: Taxonomy, polygons: bool = False) -> str:
+    """The XML labeling config of a project whose tasks these are (classes in the taxonomy's colours)."""
+    tag = "PolygonLabels" if polygons else "BrushLabels"
+    labels = "\n".join(
+        f"    <Label value={quoteattr(c.name)} background={quoteattr(_hex(c.rgb()))}/>" for c in taxonomy.classes
+    )
+    return (
+        f'<View>\n  <Image name="{TO_NAME}" value="$image" zoom="true"/>\n'
+        f'  <{tag} name="{FROM_NAME}" toName="{TO_NAME}">\n{labels}\n  </{tag}>\n</View>\n'
+    )
+
+
+def to_label_studio(
+    rows: Iterable[dict[str, Any]],
+    taxonomy: Taxonomy,
+    image_root: str | None = None,
+    polygons: bool = False,
+    tolerance: float = 1.0,
+    model_version: str = "san",
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Tasks for Label Studio's JSON import, and counts (tasks, results, video frames left out)."""
+    tasks: list[dict[str, Any]] = []
+    counts = {"tasks": 0, "results": 0, "video_frames_skipped": 0}
+    for row in rows:
+        if row["error"] is not None:
+            continue
+        if row.get("video_uri") is not None:  # Label Studio labels video frames in its own video editor
+            counts["video_frames_skipped"] += 1
+            continue
+        width, height = row["width"], row["height"]
+        results = []
+        for segment in row["segments"]:
+            mask = rle_to_mask(segment["rle_counts"], segment["rle_size"])
+            common = {
+                "from_name": FROM_NAME,
+                "to_name": TO_NAME,
+                "original_width": width,
+                "original_height": height,
+                "image_rotation": 0,
+                "score": segment["score"],
+            }
+            if polygons:
+                for part, outline in enumerate(mask_polygons(mask, tolerance).polygons):
+                    points = [
+                        [100 * outline[i] / width, 100 * outline[i + 1] / height] for i in range(0, len(outline), 2)
+                    ]
+                    results.append(
+                        {
+                            "id": f"s{segment['class_id']}p{part}",
+                            "type": "polygonlabels",
+                            "value": {"points": points, "closed": True, "polygonlabels": [segment["class_name"]]},
+                            **common,
+                        }
+                    )
+            else:
+                results.append(
+                    {
+                        "id": f"s{segment['class_id']}",
+                        "type": "brushlabels",
+                        "value": {"format": "rle", "rle": brush_rle(mask), "brushlabels": [segment["class_name"]]},
+                        **common,
+                    }
+                )
+        # the image's mean top-two margin (0..1): sorting tasks by prediction score puts the least
+        # confident first, which is the order to review them in
+        score = row.get("mean_margin")
+        tasks.append(
+            {
+                "data": {TO_NAME: image_url(row["image_uri"], image_root), "san_image_uri": row["image_uri"]},
+                "predictions": [{"model_version": model_version, "score": score, "result": results}],
+            }
+        )
+        counts["tasks"] += 1
+        counts["results"] += len(results)
+    return tasks, counts
