@@ -1,7 +1,8 @@
 """What a report says about a labeling output, gathered in one pass over its rows: counts and
 errors, pixels and images per class, the confidence of every labeled row, the least confident
-rows and an example of each class. Rows stream file by file; what is kept is bounded (a heap of
-the least confident, one example per class), whatever the size of the output."""
+rows and an example of each class. Rows stream file by file; the shown rows are bounded (a heap
+of the least confident, one example per class), while the confidence values behind the
+histograms are kept whole: a few floats per row."""
 
 from __future__ import annotations
 
@@ -18,7 +19,6 @@ import pyarrow.parquet as pq
 from ..labeling.progress import error_kind
 from ..results import MANIFEST_NAME, is_own_result, result_files
 
-# review order, least confident first: most uncertain pixels, then smallest mean margin
 COLUMNS = [
     "image_uri",
     "video_uri",
@@ -35,7 +35,7 @@ COLUMNS = [
 class Example:
     """A row to show: its sort key first (heapq keeps the largest keys)."""
 
-    key: float
+    key: Any  # the review key (least confident) or a segment's area (class examples)
     image_uri: str = field(compare=False)
     video_uri: str | None = field(compare=False, default=None)
     detail: dict[str, Any] = field(compare=False, default_factory=dict)
@@ -98,8 +98,7 @@ def _add_row(summary: OutputSummary, row: dict[str, Any], least: int, examples: 
         summary.mean_scores.append(row["mean_score"])
         summary.mean_margins.append(row["mean_margin"])
         summary.uncertain_fractions.append(row["uncertain_fraction"])
-    uncertain, margin = review_key(row)
-    entry = Example(uncertain * 1e6 + margin, row["image_uri"], row.get("video_uri"), {"row": _light(row)})
+    entry = Example(review_key(row), row["image_uri"], row.get("video_uri"), {"row": _light(row)})
     if len(summary.least_confident) < least:
         heapq.heappush(summary.least_confident, entry)
     elif entry > summary.least_confident[0]:
