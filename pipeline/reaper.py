@@ -4,9 +4,11 @@ A job that starts Ray itself (no cluster to join) starts a GCS, a raylet, agents
 a normal exit `ray.shutdown` stops them; a driver killed outright (SIGKILL, the OOM killer, a
 scheduler's timeout) cannot, and they stay behind holding memory and ports, night after night.
 Before Ray starts, the driver marks its environment with a token that every process it starts
-inherits, and starts this small watcher in a session of its own. When the driver is gone, the
-watcher waits a moment for an orderly shutdown to finish, then kills every process still carrying
-the token. Processes of a cluster the job merely joined never carry it.
+inherits, and starts this small watcher in a session of its own. While the driver lives, the
+watcher notes every second the processes carrying the token and those below them. When the
+driver is gone, it waits a moment for an orderly shutdown to finish, then kills every process
+still carrying the token or below one, and every process it noted that still runs. Processes of
+a cluster the job merely joined never carry it.
 
 Standard library only: it runs as `python pipeline/reaper.py PID TOKEN`.
 """
@@ -24,6 +26,10 @@ from pathlib import Path
 
 MARKER = "SAN_LABELER_DRIVER"
 GRACE_S = 3.0  # after the driver exits, before its leftovers are killed
+WATCH_INTERVAL_S = 1.0  # how often the watcher notes the processes of the run while the driver lives
+
+
+REAPER = Path(__file__).resolve()
 
 
 def start_reaper() -> None:
@@ -37,7 +43,7 @@ def start_reaper() -> None:
     os.environ.pop(MARKER, None)
     os.environ[MARKER] = token
     subprocess.Popen(
-        [sys.executable, str(Path(__file__).resolve()), str(os.getpid()), token],
+        [sys.executable, str(REAPER), str(os.getpid()), token],
         env=environment,  # the watcher itself does not carry the token
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
@@ -46,15 +52,20 @@ def start_reaper() -> None:
     )
 
 
-def wait_for_exit(pid: int) -> None:
+def wait_for_exit(pid: int, timeout_s: float | None = None) -> bool:
+    """Whether the process has exited, waiting at most `timeout_s` (None: until it has)."""
     try:
         handle = os.pidfd_open(pid)
     except (AttributeError, OSError):  # not Linux >= 5.3, or already gone
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while _alive(pid):
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
             time.sleep(0.5)
-        return
+        return True
     try:
-        select.select([handle], [], [])  # readable once the process has exited
+        readable, _, _ = select.select([handle], [], [], timeout_s)  # readable once it has exited
+        return bool(readable)
     finally:
         os.close(handle)
 
@@ -84,21 +95,24 @@ def pids_with_env(name: str, value: str) -> list[int]:
     return found
 
 
+def _stat(pid: int) -> tuple[str, int, int] | None:
+    """(state, parent pid, start time in clock ticks since boot) from /proc/PID/stat; None if gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[-1].split()  # after "(comm)", which may hold spaces
+    return fields[0], int(fields[1]), int(fields[19])
+
+
 def with_descendants(pids: list[int]) -> list[int]:
     """These processes and every process below them (by parent pid in /proc/PID/stat). Some of
-    Ray's agents retitle themselves over the start of their environment, where the token may sit;
-    they are found as children of the raylet, which carries it."""
+    Ray's agents retitle themselves over their environment, where the token may sit; they are
+    found as children of the raylet, which carries it."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[-1].split()  # after "(comm)", which may hold spaces
-        if len(fields) > 1:
-            children.setdefault(int(fields[1]), []).append(int(entry.name))
+        if entry.name.isdigit() and (stat := _stat(int(entry.name))):
+            children.setdefault(stat[1], []).append(int(entry.name))
     found, todo = set(), list(pids)
     while todo:
         pid = todo.pop()
@@ -109,14 +123,42 @@ def with_descendants(pids: list[int]) -> list[int]:
     return sorted(found)
 
 
-def reap(token: str, timeout_s: float = 30.0, quiet_s: float = 3.0) -> None:
-    """Kill every process carrying the token, and everything they started, until none has been
-    seen for `quiet_s` (a process a dying parent was still starting shows up a moment later) or
-    `timeout_s` has passed."""
+def run_processes(token: str) -> dict[int, int]:
+    """The live processes of the run now: those carrying the token and everything below them,
+    each with its start time (which tells it from a later process given the same pid)."""
+    found = {}
+    for pid in with_descendants(pids_with_env(MARKER, token)):
+        stat = _stat(pid)
+        if stat and stat[0] != "Z":
+            found[pid] = stat[2]
+    return found
+
+
+def watch(pid: int, token: str, interval_s: float = WATCH_INTERVAL_S) -> dict[int, int]:
+    """Wait for the driver to exit, noting the processes of its run as it goes. A retitled agent
+    is found only below the raylet; should the raylet stop on its own before the watcher's last
+    look (it may, once the driver is gone), the agent is reparented and would be lost but for
+    this record."""
+    seen: dict[int, int] = {}
+    while not wait_for_exit(pid, interval_s):
+        seen.update(run_processes(token))
+    return seen
+
+
+def reap(token: str, seen: dict[int, int] | None = None, timeout_s: float = 30.0, quiet_s: float = 3.0) -> None:
+    """Kill every live process of the run (see `run_processes`) and every process in `seen`
+    still running under the same start time, until none has been found for `quiet_s` (a process a
+    dying parent was still starting shows up a moment later) or `timeout_s` has passed."""
+    seen = seen or {}
     deadline = time.monotonic() + timeout_s
     last_seen = time.monotonic()
     while time.monotonic() < deadline and time.monotonic() - last_seen < quiet_s:
-        for pid in with_descendants(pids_with_env(MARKER, token)):
+        targets = set(run_processes(token))
+        for pid, started in seen.items():
+            stat = _stat(pid)
+            if stat and stat[0] != "Z" and stat[2] == started:
+                targets.add(pid)
+        for pid in targets:
             last_seen = time.monotonic()
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -127,9 +169,9 @@ def reap(token: str, timeout_s: float = 30.0, quiet_s: float = 3.0) -> None:
 
 def main(argv: list[str]) -> None:
     pid, token = int(argv[0]), argv[1]
-    wait_for_exit(pid)
+    seen = watch(pid, token)
     time.sleep(GRACE_S)
-    reap(token)
+    reap(token, seen)
 
 
 if __name__ == "__main__":

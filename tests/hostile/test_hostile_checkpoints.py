@@ -81,4 +81,4 @@ def test_an_oversized_file_is_refused_before_it_is_read(tmp_path):
     started = time.monotonic()
     with pytest.raises(CheckpointError, match="over the .*-byte checkpoint limit"):
         read_checkpoint(str(sparse))
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < 5.0  # milliseconds when idle; a busy CI machine may be slow

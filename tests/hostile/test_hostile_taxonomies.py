@@ -41,7 +41,7 @@ def test_alias_bomb_fails_at_once(tmp_path):
     started = time.monotonic()
     with pytest.raises(TaxonomyError, match="anchors and aliases"):
         load_taxonomy(str(path))
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < 5.0  # milliseconds when idle; a busy CI machine may be slow
     rc, err, _ = _check(path)
     assert rc == 2 and "(line 2): YAML anchors and aliases" in err
 
@@ -55,7 +55,7 @@ def test_a_file_over_the_size_limit_is_refused_without_reading_it_whole(tmp_path
     started = time.monotonic()
     with pytest.raises(TaxonomyError, match="larger than"):
         load_taxonomy(str(path))
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < 5.0  # milliseconds when idle; a busy CI machine may be slow
 
 
 def test_deep_nesting_is_refused(tmp_path):
@@ -69,14 +69,21 @@ def test_deep_nesting_is_refused(tmp_path):
 
 
 def test_too_many_classes_and_a_bounded_error_list(tmp_path):
-    many = tmp_path / "many.yaml"
-    many.write_text(
-        "name: many\nclasses:\n" + "".join(f"  - {{id: {i}, name: c{i}}}\n" for i in range(MAX_CLASSES + 1))
-    )
+    def classes(count: int) -> str:
+        return "name: many\nclasses:\n" + "".join(f"  - {{id: {i}, name: c{i}}}\n" for i in range(1, count + 1))
+
+    at_limit, over = tmp_path / "at_limit.yaml", tmp_path / "many.yaml"
+    at_limit.write_text(classes(MAX_CLASSES))
+    over.write_text(classes(MAX_CLASSES + 1))
+    started = time.monotonic()
+    assert len(load_taxonomy(str(at_limit)).classes) == MAX_CLASSES
+    built_s = time.monotonic() - started
     started = time.monotonic()
     with pytest.raises(TaxonomyError, match=f"more than {MAX_CLASSES:,} classes"):
-        load_taxonomy(str(many))
-    assert time.monotonic() - started < 1.0
+        load_taxonomy(str(over))
+    # refused in the structure pass, before anything is built: a fraction of a full load (about a
+    # sixth here), compared within one run rather than against a clock a busy machine would miss
+    assert time.monotonic() - started < 0.5 * built_s
 
     bad = tmp_path / "bad.yaml"  # 100,000 problems (ids out of range) in a file under the class limit
     bad.write_text(
