@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as a pl
 
 from pydantic import ValidationError  # noqa: E402
 
-from pipeline.logs import configure_logging, init_ray  # noqa: E402
+from pipeline.logs import configure_logging, ray_for_job  # noqa: E402
 from schemas.cli import (  # noqa: E402
     add_config_flags,
     add_logging_flags,
@@ -62,7 +62,6 @@ def _summary(result: dict, written: list[str]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     configure_logging(log_level(args))
-    import ray
 
     from pipeline.evaluation.scoring import evaluate_output, write_reports
     from pipeline.inputs import InputError
@@ -79,13 +78,10 @@ def run(args: argparse.Namespace) -> int:
         except ProvenanceError as e:
             log.error("%s", e)
             return 2
-        init_ray(log_level(args))
-        try:
+        with ray_for_job(log_level(args)):
             result = evaluate_output(
                 score.input, score.ground_truth, taxonomy, score.ignore_label, score.storage_options
             )
-        finally:
-            ray.shutdown()
         _summary(result, write_reports(result, score.output, score.storage_options))
         return 0
 
@@ -107,12 +103,9 @@ def run(args: argparse.Namespace) -> int:
         log.error("%s", e)
         return 1
     _, gt_dir, ignore = benchmark_paths(config)
-    init_ray(log_level(args))
-    try:
+    with ray_for_job(log_level(args)):
         run_label_job(plan)
         result = evaluate_output(labels_location(config), gt_dir, taxonomy, ignore, config.storage_options)
-    finally:
-        ray.shutdown()
     _summary(result, write_reports(result, config.output, config.storage_options))
     return 0
 

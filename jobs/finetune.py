@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as a plain script
 
-from pipeline.logs import configure_logging, init_ray  # noqa: E402
+from pipeline.logs import configure_logging, ray_for_job  # noqa: E402
 from schemas.cli import (  # noqa: E402
     DeprecatedFlag,
     add_config_flags,
@@ -83,14 +83,20 @@ def run(args: argparse.Namespace) -> int:
     # fewer cores than that, declare more (they are shared, not reserved). Never when joining a cluster.
     needed = int(config.workers * config.cpus_per_worker) + 2
     small = not os.environ.get("RAY_ADDRESS") and (os.cpu_count() or 1) < needed
-    init_ray(log_level(args), num_cpus=needed if small else None)
-    try:
-        result = run_finetune(plan, log_level(args))
-    except Exception as e:
-        log.error("fine-tuning failed: %s: %s", type(e).__name__, e)
-        return 1
-    finally:
-        ray.shutdown()
+    with ray_for_job(log_level(args), num_cpus=needed if small else None) as started:
+        cpus = ray.cluster_resources().get("CPU", 0)
+        if not started and cpus < needed:  # Ray Train would wait for them forever
+            log.error(
+                "fine-tuning needs %d CPUs (--workers %d x --cpus-per-worker %g, and 2 to load data); the "
+                "Ray this process runs has %g: start it with ray.init(num_cpus=%d), or ask for fewer",
+                needed, config.workers, config.cpus_per_worker, cpus, needed,
+            )  # fmt: skip
+            return 1
+        try:
+            result = run_finetune(plan, log_level(args))
+        except Exception as e:
+            log.error("fine-tuning failed: %s: %s", type(e).__name__, e)
+            return 1
     log.info(
         "label with: san label --checkpoint %s --vocab %s --input ... --output ...", result.export_uri, config.vocab
     )

@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from .reaper import start_reaper
@@ -130,6 +131,24 @@ def init_ray(level: str = "INFO", **init_kwargs: Any) -> None:
     ray.data.DataContext.get_current().enable_progress_bars = terminal
     if not verbose:
         _quiet_ray_loggers()  # ray.init set Ray's logging up anew
+
+
+@contextmanager
+def ray_for_job(level: str = "INFO", **init_kwargs: Any) -> Iterator[bool]:
+    """The Ray a job runs on. A Ray this process already runs (a notebook's, an application's) is
+    joined as it is and left running; `ray.init` would refuse a second start. Otherwise the
+    job starts one with `init_ray` (or joins RAY_ADDRESS's cluster) and shuts it down when it
+    ends. Yields whether this job started it."""
+    import ray
+
+    if ray.is_initialized():
+        yield False
+        return
+    init_ray(level, **init_kwargs)
+    try:
+        yield True
+    finally:
+        ray.shutdown()
 
 
 def ray_train_log_level(level: str) -> str:

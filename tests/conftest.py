@@ -34,6 +34,9 @@ _BEFORE = SANDBOX.snapshot_outside(REPO_ROOT)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    import ray
+
+    ray.shutdown()  # the shared one (see `ray_session`), if a test left it up
     changes = SANDBOX.changes_outside(REPO_ROOT, _BEFORE)
     if changes:
         print("\ntests wrote outside their sandbox:\n  " + "\n  ".join(changes))
@@ -122,3 +125,28 @@ def s3_bucket(s3_server: str) -> Iterator[str]:
     fs.mkdir(name)
     yield f"s3://{name}"
     fs.rm(name, recursive=True)
+
+
+@pytest.fixture(scope="module")
+def ray_session(s3_server: str) -> Iterator[None]:
+    """A Ray in this process, started by the first module that asks and left up for the next: a
+    job run in-process joins it as it would a notebook's (`pipeline.logs.ray_for_job`) instead
+    of starting and stopping its own, about a third of a small job's CPU. Started after the S3
+    server's variables are set, since its workers keep the environment they started with. A job
+    runs the same either way, so no result depends on it; a test that needs its own Ray or none
+    asks for `no_ray_session`, and the tests after it in its module start their own again."""
+    import ray
+
+    from pipeline.logs import init_ray
+
+    if not ray.is_initialized():
+        init_ray("INFO")
+    yield
+
+
+@pytest.fixture()
+def no_ray_session() -> None:
+    """No Ray in this process: for a test that starts its own or checks that nothing started one."""
+    import ray
+
+    ray.shutdown()

@@ -20,6 +20,8 @@ from pipeline.label_maps import decode_label_map
 from pipeline.results import read_output_rows
 from schemas.taxonomy import Taxonomy, load_taxonomy
 
+pytestmark = pytest.mark.usefixtures("ray_session")
+
 
 def _png(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
@@ -51,7 +53,7 @@ def test_sixteen_bit_tiff_ground_truth_with_65535_ignore(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def labeled(tmp_path_factory, tiny_weights):
+def labeled(ray_session, tmp_path_factory, tiny_weights):
     root = tmp_path_factory.mktemp("eval")
     images = root / "images"
     images.mkdir()

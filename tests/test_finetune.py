@@ -39,6 +39,9 @@ def data(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def two_worker_run(data, parity_dir, tmp_path_factory) -> dict:
+    import ray
+
+    ray.shutdown()  # two training workers need a Ray of their own size, not the shared one (conftest)
     storage = tmp_path_factory.mktemp("finetune-run") / "run"
     tiny = parity_dir / "tiny_a"
     args = [
@@ -184,7 +187,7 @@ def test_run_length_from_steps_or_epochs():
     assert total_steps(config(epochs=2, max_steps=3), 10) == 3  # the smaller
 
 
-def test_the_sample_stream_starts_at_the_checkpoint_position(data, tmp_path):
+def test_the_sample_stream_starts_at_the_checkpoint_position(no_ray_session, data, tmp_path):
     import ray
 
     pairs = list_training_pairs(str(data["manifest"]))

@@ -7,10 +7,13 @@ import json
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from image_fixtures import jpeg_bytes
 
 from jobs.label import main as label_main
 from pipeline.results import is_own_result, read_output_rows
+
+pytestmark = pytest.mark.usefixtures("ray_session")
 
 
 def _photo(name: str) -> bytes:

@@ -14,6 +14,8 @@ import ray
 
 from jobs.label import main as label_main
 
+pytestmark = pytest.mark.usefixtures("no_ray_session")
+
 
 def _local(tmp_path: Path, *weights: str) -> list[str]:
     """Arguments for an empty local input folder and a local output, plus the given weights."""

@@ -25,6 +25,8 @@ from san_core.build import load_model
 from schemas.output import SCHEMA_VERSION, LabelRow
 from schemas.taxonomy import load_taxonomy
 
+pytestmark = pytest.mark.usefixtures("ray_session")
+
 TAXONOMY = """\
 name: test-street
 version: 1
@@ -52,7 +54,7 @@ def _rows(output: str) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def local_run(tmp_path_factory, tiny_weights):
+def local_run(ray_session, tmp_path_factory, tiny_weights):
     root = tmp_path_factory.mktemp("label")
     expected = write_image_set(root / "images" / "nested")  # found recursively
     (root / "images" / "notes.txt").write_text("not an image extension: ignored")

@@ -19,6 +19,8 @@ from san_core.precision import cpu_runs_bf16_natively, resolve_precision
 from schemas.output import Provenance
 from schemas.taxonomy import load_taxonomy
 
+pytestmark = pytest.mark.usefixtures("ray_session")
+
 
 def test_auto_follows_the_hardware():
     assert resolve_precision("fp32", "cuda") == "fp32" and resolve_precision("bf16", "cpu") == "bf16"

@@ -17,6 +17,8 @@ from san_core.checkpoint import save_checkpoint
 from schemas.output import PROVENANCE_KEY, SCHEMA_VERSION, Provenance
 from schemas.taxonomy import load_taxonomy
 
+pytestmark = pytest.mark.usefixtures("ray_session")
+
 OTHER_TAXONOMY = "name: other\nclasses:\n  - {id: 1, name: sky}\n  - {id: 2, name: person}\n"
 
 
@@ -25,7 +27,7 @@ def _snapshot(folder):
 
 
 @pytest.fixture(scope="module")
-def labeled(tmp_path_factory, tiny_weights):
+def labeled(ray_session, tmp_path_factory, tiny_weights):
     import skimage.data
 
     root = tmp_path_factory.mktemp("provenance")

@@ -17,6 +17,8 @@ from image_fixtures import jpeg_bytes
 
 from jobs.cli import build_parser
 
+pytestmark = pytest.mark.usefixtures("ray_session")
+
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()
 BLOCK = re.compile(r"^```(\w+)\n(.*?)^```", re.MULTILINE | re.DOTALL)
@@ -36,7 +38,7 @@ def shell_commands() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory, tiny_weights, parity_dir) -> Path:
+def workdir(ray_session, tmp_path_factory, tiny_weights, parity_dir) -> Path:
     """A folder with what the README's Python blocks read: `labels/`, `runs/ft1/model/` and
     `videos/drive.mp4`."""
     import skimage.data

@@ -32,6 +32,8 @@ from pipeline.labeling.planning import AntiJoin
 from pipeline.retries import is_transient, read_bytes
 from schemas.output import label_row_schema
 
+pytestmark = pytest.mark.usefixtures("ray_session")
+
 
 def _jpeg(index: int) -> bytes:
     buffer = io.BytesIO()

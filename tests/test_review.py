@@ -39,6 +39,8 @@ from san_core.build import load_model
 from schemas.output import UNCERTAIN_MARGIN
 from schemas.taxonomy import load_taxonomy
 
+pytestmark = pytest.mark.usefixtures("ray_session")
+
 TAXONOMY = """\
 name: test-review
 version: 1
@@ -54,7 +56,7 @@ SHORT_SIDE = 160
 
 
 @pytest.fixture(scope="module")
-def labeled(tmp_path_factory, tiny_weights):
+def labeled(ray_session, tmp_path_factory, tiny_weights):
     root = tmp_path_factory.mktemp("review")
     images = root / "images"
     images.mkdir()
@@ -304,7 +306,7 @@ def test_the_report_is_one_page_that_renders_in_chromium(labeled, tmp_path):
     assert "SMOKE TEST" not in text  # the tiny model's weights are a checkpoint, not the random smoke weights
 
 
-def test_corrections_flow_back_the_whole_loop(labeled, parity_dir, tmp_path):
+def test_corrections_flow_back_the_whole_loop(no_ray_session, labeled, parity_dir, tmp_path):
     """label -> export -> a person's correction (programmatic: a cat drawn over the astronaut) ->
     fine-tune on the corrected COCO export -> label again: the cat is where it was drawn."""
     from jobs.finetune import main as finetune_main

@@ -31,6 +31,8 @@ from san_core.build import load_model
 from schemas.output import frame_uri
 from schemas.taxonomy import load_taxonomy
 
+pytestmark = pytest.mark.usefixtures("ray_session")
+
 TAXONOMY = """\
 name: test-video
 version: 1
@@ -55,7 +57,7 @@ def _damaged_in_the_middle(data: bytes) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def video_run(tmp_path_factory, tiny_weights):
+def video_run(ray_session, tmp_path_factory, tiny_weights):
     root = tmp_path_factory.mktemp("video-job")
     inputs = root / "inputs"
     inputs.mkdir()

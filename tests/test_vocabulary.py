@@ -176,7 +176,7 @@ def test_background_none_scores_only_the_classes(tiny, tiny_inputs):
     assert torch.allclose(probs.sum(-1), torch.ones(4))
 
 
-def test_one_table_in_the_object_store_shared_by_actors_without_text_encoding(parity_dir, tmp_path):
+def test_one_table_in_the_object_store_shared_by_actors_without_text_encoding(no_ray_session, parity_dir, tmp_path):
     """The driver builds the table once; actors read the object-store copy (zero-copy numpy)
     and never run the text encoder."""
     import ray

@@ -544,14 +544,13 @@ def label(
     config: LabelJobConfig, taxonomy: Taxonomy, smoke_if_no_weights: bool = False, log_level: str = "INFO"
 ) -> RunSummary:
     """The whole job: plan (raising InputError / WeightsError before Ray starts), then label on
-    the Ray cluster this process joins or starts."""
+    the Ray this process already runs, else the cluster it joins or starts (see `ray_for_job`)."""
     import ray
 
-    from ..logs import init_ray
+    from ..logs import ray_for_job
 
     plan = plan_label_job(config, taxonomy, smoke_if_no_weights)
-    init_ray(log_level)
-    try:
+    with ray_for_job(log_level):
         paths = {
             "--input": config.input,
             "an image of --input": plan.todo[0].as_py() if len(plan.todo) else None,
@@ -560,5 +559,3 @@ def label(
         nodes = len([node for node in ray.nodes() if node.get("Alive")])
         check_paths_for_cluster(paths, nodes, config.shared_local_paths)
         return run_label_job(plan)
-    finally:
-        ray.shutdown()

@@ -11,11 +11,14 @@ import os
 from pathlib import Path
 
 import pyarrow.dataset as ds
+import pytest
 import skimage.data
 from PIL import Image
 
 from jobs.export import main as export_main
 from jobs.label import main as label_main
+
+pytestmark = pytest.mark.usefixtures("ray_session")
 
 CLASS_NAMES = ["../../../escaped", "<script>alert(1)</script>", "/etc/passwd", "sky"]
 FILE_NAMES = ["line\nbreak.jpg", "фото 😀.jpg", "-rf --overwrite.jpg", "..jpg", "quote'\"$(id).jpg"]
