@@ -47,12 +47,13 @@ from ..video.labeling import SanVideoLabeler, VideoSampling
 from ..video.preview import PREVIEW_FRAMES, render_video_preview
 from ..vocabulary import DEFAULT_CACHE_DIR, VocabularyTable, load_or_build_vocabulary
 from ..weights import SMOKE_BANNER, SharedWeights, WeightsSpec, resolve_weights
+from .file_names import ResultFileNames
 from .output_state import OutputState, drop_superseded, index_new_files, scan_output
 from .planning import AntiJoin, Decision
 from .preview import render_overlay
 from .progress import ProgressCounter, ProgressReporter, peak_rss_mib
 from .row_index import INDEX_DIR, index_path
-from .stages import ResultFileNames, SanLabeler
+from .stages import SanLabeler
 
 log = logging.getLogger(__name__)
 

@@ -12,12 +12,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import torch
-from ray.data.datasource import FilenameProvider
 
 from schemas.output import LabelRow, Provenance, label_row_schema
 
 from ..images import describe_error
-from ..results import result_file_name
 from ..retries import PERMANENT
 from .inference import HOST_THREADS, LabeledImage, label_images
 from .progress import LabelingMetrics, peak_rss_mib
@@ -138,13 +136,3 @@ class SanLabeler:
         if self.progress is not None:  # fire and forget: progress must never slow the labeling
             self.progress.add.remote(count, [e for e in errors if e is not None], peak_rss_mib())
         return pa.Table.from_pylist(rows, schema=self.schema)
-
-
-class ResultFileNames(FilenameProvider):
-    """Names the Parquet files the job writes, so that it knows its own files from anyone else's."""
-
-    def __init__(self) -> None:
-        super().__init__(file_format="parquet")
-
-    def get_filename_for_task(self, write_uuid: str, task_index: int) -> str:
-        return result_file_name(write_uuid, task_index)
