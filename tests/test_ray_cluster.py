@@ -226,7 +226,7 @@ def test_resume_after_sigkill_labels_every_image_exactly_once(tmp_path, tiny_wei
     count = 40
     for i in range(count):
         photo = getattr(skimage.data, GOOD_PHOTOS[i % len(GOOD_PHOTOS)])()
-        (images / f"img{i:03d}.jpg").write_bytes(jpeg_bytes(photo[i % 7 :, i % 5 :]))
+        (images / f"img{i:03d}.jpg").write_bytes(jpeg_bytes(photo[i % 7 :: 2, i % 5 :: 2]))  # distinct
     output = tmp_path / "out"
     command = [
         sys.executable,
@@ -314,7 +314,7 @@ def test_a_labeling_actor_killed_mid_run_loses_no_row(tmp_path, tiny_weights, sa
     count = 24
     for i in range(count):
         photo = getattr(skimage.data, GOOD_PHOTOS[i % len(GOOD_PHOTOS)])()
-        (images / f"img{i:03d}.jpg").write_bytes(jpeg_bytes(photo[i % 7 :, i % 5 :]))
+        (images / f"img{i:03d}.jpg").write_bytes(jpeg_bytes(photo[i % 7 :: 2, i % 5 :: 2]))  # distinct
     output = tmp_path / "out"
     command = [
         sys.executable, str(REPO / "jobs" / "label.py"), "--vocab", "voc20",

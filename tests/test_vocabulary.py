@@ -136,20 +136,21 @@ def _peak_rss_mib() -> float:
     raise AssertionError("no VmHWM")
 
 
-def test_twenty_thousand_classes_build_and_classify_in_bounded_memory(tiny, tmp_path):
-    taxonomy = Taxonomy(name="big", classes=[{"id": i, "name": f"object number {i}"} for i in range(1, 20_001)])
+def test_thousands_of_classes_build_and_classify_in_bounded_memory(tiny, tmp_path):
+    classes = 6_000  # enough that any full per-class map is gigabytes; 20,000 build in the benchmark
+    taxonomy = Taxonomy(name="big", classes=[{"id": i, "name": f"object number {i}"} for i in range(1, classes + 1)])
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak-RSS counter
     before = _peak_rss_mib()
     table = load_or_build_vocabulary(taxonomy, tiny, cache_dir=str(tmp_path))
-    assert table.embeddings.shape == (20_000, 32)
+    assert table.embeddings.shape == (classes, 32)
     image = torch.rand(3, 96, 128) * 255
     ((labels, scores),) = tiny.predict_labels(
         [image], torch.from_numpy(table.embeddings), output_sizes=[(480, 640)], max_chunk_elements=1 << 22
     )
     growth = _peak_rss_mib() - before
-    # a [Q, H, W, C] map would be 8 x 480 x 640 x 20000 floats (196 GB); [C, H, W] alone 24 GB
+    # a [Q, H, W, C] map would be 8 x 480 x 640 x 6000 floats (59 GB); [C, H, W] alone 7.4 GB
     assert growth < 1024, f"peak memory grew by {growth:.0f} MiB"
-    assert labels.shape == (480, 640) and 0 <= int(labels.min()) and int(labels.max()) < 20_000
+    assert labels.shape == (480, 640) and 0 <= int(labels.min()) and int(labels.max()) < classes
     assert torch.all(scores > 0)
 
 
