@@ -123,15 +123,20 @@ def with_descendants(pids: list[int]) -> list[int]:
     return sorted(found)
 
 
-def run_processes(token: str) -> dict[int, int]:
-    """The live processes of the run now: those carrying the token and everything below them,
+def process_tree(name: str, value: str) -> dict[int, int]:
+    """The live processes whose environment holds name=value and every live process below them,
     each with its start time (which tells it from a later process given the same pid)."""
     found = {}
-    for pid in with_descendants(pids_with_env(MARKER, token)):
+    for pid in with_descendants(pids_with_env(name, value)):
         stat = _stat(pid)
         if stat and stat[0] != "Z":
             found[pid] = stat[2]
     return found
+
+
+def run_processes(token: str) -> dict[int, int]:
+    """The live processes of the run now: those carrying the token and everything below them."""
+    return process_tree(MARKER, token)
 
 
 def watch(pid: int, token: str, interval_s: float = WATCH_INTERVAL_S) -> dict[int, int]:

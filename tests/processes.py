@@ -10,15 +10,16 @@ import os
 import signal
 import time
 
-from pipeline.reaper import pids_with_env  # the scan the job's own watcher makes
+from pipeline.reaper import pids_with_env, process_tree  # the scans the job's own watcher makes
 
 __all__ = ["kill_run", "pids_with_env"]
 
 
 def kill_run(name: str, value: str, timeout_s: float = 60) -> None:
-    """SIGKILL every process of the run (as a machine failure would) and wait until all are gone."""
+    """SIGKILL every process of the run and every process below one (as a machine failure would),
+    and wait until all are gone. Unlike `ray stop`, it leaves every other Ray on the machine be."""
     deadline = time.monotonic() + timeout_s
-    while pids := pids_with_env(name, value):
+    while pids := list(process_tree(name, value)):
         for pid in pids:
             try:
                 os.kill(pid, signal.SIGKILL)

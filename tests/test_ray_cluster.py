@@ -32,6 +32,12 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _own_ports() -> list[str]:
+    """`ray start` flags for the ports it would otherwise take at their fixed defaults (52365,
+    10001), which any other Ray on the machine (this process's own, say) may hold."""
+    return [f"--dashboard-agent-listen-port={_free_port()}", f"--ray-client-server-port={_free_port()}"]
+
+
 def _env(**extra: str) -> dict[str, str]:
     # Token authentication explicitly on for server and client alike: left unset, `ray start`
     # turns it on whenever ~/.ray/auth_token exists but `ray job submit` may not send the token.
@@ -115,9 +121,11 @@ class HeadNode:
 
 
 @pytest.fixture()
-def head_node():
-    """A real single-node Ray cluster started with `ray start --head`; stopped afterwards."""
+def head_node(sandbox):
+    """A real single-node Ray cluster started with `ray start --head`; killed afterwards, by its
+    own RAY_TMPDIR (`ray stop` would stop every Ray on the machine, this process's own included)."""
     gcs_port, dashboard_port, metrics_port = _free_port(), _free_port(), _free_port()
+    ray_tmpdir = tempfile.mkdtemp(prefix="head-", dir=sandbox.root)
     # creates ~/.ray/auth_token only when there is none
     subprocess.run([str(BIN / "ray"), "get-auth-token", "--generate"], env=_env(), check=True, capture_output=True)
     subprocess.run(
@@ -131,8 +139,9 @@ def head_node():
             "--num-cpus=2",
             "--disable-usage-stats",
             f"--metrics-export-port={metrics_port}",
+            *_own_ports(),
         ],
-        env=_env(RAY_metrics_report_interval_ms="500"),  # workers report their metrics twice a second
+        env=_env(RAY_TMPDIR=ray_tmpdir, RAY_metrics_report_interval_ms="500"),  # metrics twice a second
         check=True,
         capture_output=True,
         timeout=180,
@@ -142,7 +151,7 @@ def head_node():
         wait_for_job_agent(address)
         yield HeadNode(address, f"http://127.0.0.1:{metrics_port}/metrics")
     finally:
-        subprocess.run([str(BIN / "ray"), "stop", "--force"], env=_env(), capture_output=True, timeout=120)
+        kill_run("RAY_TMPDIR", ray_tmpdir)
 
 
 def test_ray_job_submit_label_and_finetune_s3_to_s3(head_node, s3_bucket, s3_server, parity_dir, tmp_path):
@@ -353,20 +362,22 @@ def test_a_labeling_actor_killed_mid_run_loses_no_row(tmp_path, tiny_weights, sa
     assert json.loads((output / "_manifest.json").read_text())["counts"]["skipped"] == count
 
 
-def test_local_paths_on_a_multi_node_cluster_stop_the_job(tmp_path, tiny_weights):
+def test_local_paths_on_a_multi_node_cluster_stop_the_job(tmp_path, tiny_weights, sandbox):
     """Two real nodes (`ray start --head`, then `ray start --address`): the second node cannot see
     this machine's folders, so the job stops with the flags to change before any work."""
     gcs_port = _free_port()
+    ray_tmpdir = tempfile.mkdtemp(prefix="nodes-", dir=sandbox.root)  # names both nodes' processes
     subprocess.run([str(BIN / "ray"), "get-auth-token", "--generate"], env=_env(), check=True, capture_output=True)
     start = [str(BIN / "ray"), "start", "--num-cpus=1", "--disable-usage-stats"]
     try:
         subprocess.run(
-            [*start, "--head", f"--port={gcs_port}", "--include-dashboard=false"],
-            env=_env(), check=True, capture_output=True, timeout=180,
+            [*start, "--head", f"--port={gcs_port}", "--include-dashboard=false", *_own_ports()],
+            env=_env(RAY_TMPDIR=ray_tmpdir), check=True, capture_output=True, timeout=180,
         )  # fmt: skip
         subprocess.run(
-            [*start, f"--address=127.0.0.1:{gcs_port}"], env=_env(), check=True, capture_output=True, timeout=180
-        )
+            [*start, f"--address=127.0.0.1:{gcs_port}", f"--dashboard-agent-listen-port={_free_port()}"],
+            env=_env(RAY_TMPDIR=ray_tmpdir), check=True, capture_output=True, timeout=180,
+        )  # fmt: skip
         images = tmp_path / "images"
         images.mkdir()
         pattern = (np.arange(64 * 64 * 3) % 251).astype(np.uint8).reshape(64, 64, 3)
@@ -386,7 +397,7 @@ def test_local_paths_on_a_multi_node_cluster_stop_the_job(tmp_path, tiny_weights
         assert "--checkpoint" not in message  # a local checkpoint is fine: only the driver reads it
         assert not list(output.glob("*.parquet"))  # nothing was labeled
     finally:
-        subprocess.run([str(BIN / "ray"), "stop", "--force"], env=_env(), capture_output=True, timeout=120)
+        kill_run("RAY_TMPDIR", ray_tmpdir)
 
 
 def test_a_video_actor_killed_mid_video_leaves_each_frame_once_and_no_broken_file(tmp_path, tiny_weights, sandbox):
