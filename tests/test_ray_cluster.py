@@ -232,7 +232,7 @@ def test_resume_after_sigkill_labels_every_image_exactly_once(tmp_path, tiny_wei
 
     images = tmp_path / "images"
     images.mkdir()
-    count = 40
+    count = 28
     for i in range(count):
         photo = getattr(skimage.data, GOOD_PHOTOS[i % len(GOOD_PHOTOS)])()
         (images / f"img{i:03d}.jpg").write_bytes(jpeg_bytes(photo[i % 7 :: 2, i % 5 :: 2]))  # distinct
@@ -320,7 +320,7 @@ def test_a_labeling_actor_killed_mid_run_loses_no_row(tmp_path, tiny_weights, sa
 
     images = tmp_path / "images"
     images.mkdir()
-    count = 24
+    count = 16
     for i in range(count):
         photo = getattr(skimage.data, GOOD_PHOTOS[i % len(GOOD_PHOTOS)])()
         (images / f"img{i:03d}.jpg").write_bytes(jpeg_bytes(photo[i % 7 :: 2, i % 5 :: 2]))  # distinct
@@ -408,7 +408,7 @@ def test_a_video_actor_killed_mid_video_leaves_each_frame_once_and_no_broken_fil
 
     videos = tmp_path / "videos"
     videos.mkdir()
-    count, frames = 3, 24
+    count, frames = 3, 16
     for i in range(count):
         photo = getattr(skimage.data, GOOD_PHOTOS[i % len(GOOD_PHOTOS)])()[..., :3]
         (videos / f"cam{i}.mkv").write_bytes(encode(camera_frames(photo, frames, (72, 96)), "mkv", fps=10))
