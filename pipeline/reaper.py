@@ -27,8 +27,6 @@ from pathlib import Path
 MARKER = "SAN_LABELER_DRIVER"
 GRACE_S = 3.0  # after the driver exits, before its leftovers are killed
 WATCH_INTERVAL_S = 1.0  # how often the watcher notes the processes of the run while the driver lives
-
-
 REAPER = Path(__file__).resolve()
 
 
@@ -123,14 +121,20 @@ def with_descendants(pids: list[int]) -> list[int]:
     return sorted(found)
 
 
+def _start_time_if_live(pid: int) -> int | None:
+    """The process's start time (which tells it from a later process given the same pid), or None
+    when it is gone or a zombie."""
+    stat = _stat(pid)
+    return stat[2] if stat and stat[0] != "Z" else None
+
+
 def process_tree(name: str, value: str) -> dict[int, int]:
     """The live processes whose environment holds name=value and every live process below them,
-    each with its start time (which tells it from a later process given the same pid)."""
+    each with its start time."""
     found = {}
     for pid in with_descendants(pids_with_env(name, value)):
-        stat = _stat(pid)
-        if stat and stat[0] != "Z":
-            found[pid] = stat[2]
+        if (started := _start_time_if_live(pid)) is not None:
+            found[pid] = started
     return found
 
 
@@ -159,10 +163,7 @@ def reap(token: str, seen: dict[int, int] | None = None, timeout_s: float = 30.0
     last_seen = time.monotonic()
     while time.monotonic() < deadline and time.monotonic() - last_seen < quiet_s:
         targets = set(run_processes(token))
-        for pid, started in seen.items():
-            stat = _stat(pid)
-            if stat and stat[0] != "Z" and stat[2] == started:
-                targets.add(pid)
+        targets.update(pid for pid, started in seen.items() if _start_time_if_live(pid) == started)
         for pid in targets:
             last_seen = time.monotonic()
             try:

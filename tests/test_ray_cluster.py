@@ -284,9 +284,7 @@ def test_resume_after_sigkill_labels_every_image_exactly_once(tmp_path, tiny_wei
     assert manifest["counts"]["skipped"] + manifest["counts"]["labeled"] == count
 
 
-def test_actors_ask_for_gpus_that_the_autoscaler_can_bring_up(
-    no_ray_session,
-):
+def test_actors_ask_for_gpus_that_the_autoscaler_can_bring_up(no_ray_session):
     """With no GPU up, the default GPU request follows the autoscaler's node types, recorded in
     the GCS as an autoscaler reports them (written here as one would)."""
     import ray

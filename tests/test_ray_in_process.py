@@ -4,6 +4,7 @@ its own Ray stops it at the end."""
 
 from __future__ import annotations
 
+import numpy as np
 from image_fixtures import jpeg_bytes
 from training_fixtures import TAXONOMY_YAML, write_manifest_dataset
 
@@ -13,8 +14,6 @@ from pipeline.logs import ray_for_job
 
 
 def _one_image(folder) -> None:
-    import numpy as np
-
     folder.mkdir()
     pattern = (np.arange(48 * 64 * 3) % 251).astype(np.uint8).reshape(48, 64, 3)
     (folder / "pattern.jpg").write_bytes(jpeg_bytes(pattern))
