@@ -16,12 +16,14 @@ class MLP(nn.Module):
         affine = (lambda i, o: nn.Conv2d(i, o, kernel_size=1)) if conv else nn.Linear
         self.layers = nn.ModuleList(affine(i, o) for i, o in zip(dims[:-1], dims[1:], strict=True))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for i, layer in enumerate(self.layers):
-            x = layer(x)
-            if i < len(self.layers) - 1:
-                x = F.relu(x)
+    def hidden(self, x: torch.Tensor) -> torch.Tensor:
+        """The input of the last affine map: every layer but the last, each with its ReLU."""
+        for layer in self.layers[:-1]:
+            x = F.relu(layer(x))
         return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers[-1](self.hidden(x))
 
 
 class MaskDecoder(nn.Module):
@@ -54,7 +56,23 @@ class MaskDecoder(nn.Module):
         pix = self.pix_mlp(pixels)
         batch, channels, h, w = pix.shape
         mask_logits = torch.einsum("bqc,bchw->bqhw", query, pix)
-        attn = self.attn_mlp(pixels).reshape(batch, self.attn_layers, self.attn_heads, channels, h, w)
-        bias = torch.einsum("bqc,blnchw->blnqhw", query, attn)
+        bias = self.attention_bias(query, pixels).reshape(batch, self.attn_layers, self.attn_heads, -1, h, w)
         bias = self.bias_scaling(bias[..., None]).squeeze(-1)
         return mask_logits, list(bias.unbind(1))
+
+    def attention_bias(self, query: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
+        """query: [B, Q, C_embed] (after query_mlp), pixels: [B, C, h, w] -> [B, layers * heads, Q, h, w].
+
+        The reference projects the pixels to one C_embed map per (layer, head) with the last 1x1
+        convolution (weight W, bias b) and takes each query's dot product with it. The same
+        numbers come from moving W to the query side, query @ W (small) dotted with the hidden
+        map, plus query . b: a third of the arithmetic, and no [B, layers * heads * C_embed, h, w]
+        map in memory.
+        """
+        hidden = self.attn_mlp.hidden(pixels)  # [B, D, h, w]
+        last = self.attn_mlp.layers[-1]
+        maps = self.attn_layers * self.attn_heads
+        weight = last.weight.reshape(maps, -1, last.weight.shape[1])  # [maps, C_embed, D]
+        query_weight = torch.einsum("bqc,mcd->bmqd", query, weight)
+        query_bias = torch.einsum("bqc,mc->bmq", query, last.bias.reshape(maps, -1))
+        return torch.einsum("bmqd,bdhw->bmqhw", query_weight, hidden) + query_bias[..., None, None]

@@ -20,6 +20,9 @@ MAX_CHUNK_ELEMENTS = 1 << 23
 # A GPU pays for every small launch and host sync and has memory to spare: its tiles are 16 times
 # larger (512 MiB for the largest tensor), so a 640x960 image takes one tile at ADE-150.
 MAX_CHUNK_ELEMENTS_GPU = 1 << 27
+# Classes a label tile scores first, beside each query's two likeliest: the tile's likeliest by
+# their upper bound. When no other class can reach the second place, these scores are the answer.
+TILE_ANCHORS = 8
 
 
 def chunk_elements_for(device: torch.device) -> int:
@@ -60,6 +63,16 @@ def composite_resize_matrix(grid: int, padded: int, valid: int, output: int) -> 
     return resize_matrix(valid, output) @ resize_matrix(grid, padded)[:valid]
 
 
+@lru_cache(maxsize=64)
+def composite_resize_bands(grid: int, padded: int, valid: int, output: int) -> tuple[list[int], list[int]]:
+    """Per output row of `composite_resize_matrix`, its first and one-past-last nonzero column:
+    each output value interpolates only the few grid values in that band."""
+    nonzero = (composite_resize_matrix(grid, padded, valid, output) != 0).to(torch.int8)
+    first = nonzero.argmax(dim=1)
+    end = grid - nonzero.flip(1).argmax(dim=1)
+    return first.tolist(), end.tolist()
+
+
 @dataclass
 class LabelTile:
     """One rectangle of a label map, its top-left corner at (top, left) of the output."""
@@ -94,45 +107,75 @@ def semantic_label_tiles(
     Each tile also carries the runner-up's score, so the top-two margin (how sure a pixel is)
     costs one more comparison per pixel, not another pass.
 
-    Large vocabularies are pruned exactly: in a tile, a class's score is at most the sum over
-    queries of its probability times the query's largest mask value in the tile, so only classes
-    whose bound reaches the second-best score that the queries' own two top classes already
-    achieve at every pixel of the tile can be first or second there.
+    A tile's row resize multiplies only the band of grid rows its pixels interpolate from (a
+    bilinear resize has a few nonzero weights per row), not the whole grid.
+
+    Large vocabularies are pruned exactly: every resized mask logit is a convex combination of
+    grid values (the weights are nonnegative and sum to one), so in a tile a class's score is at
+    most the sum over queries of its probability times the sigmoid of the query's largest value in
+    the tile's band. A few anchor classes are scored at every pixel of the tile first (each
+    query's two likeliest and the tile's likeliest by bound): only classes whose bound reaches the
+    anchors' second-best score at every pixel can be first or second there. When those are all
+    anchors, the anchors' top two is the answer; otherwise the remaining candidates are scored.
     """
     queries, grid_h, grid_w = mask_logits.shape
     out_h, out_w = output_size
     dtype, device = mask_logits.dtype, mask_logits.device
     max_chunk_elements = max_chunk_elements or chunk_elements_for(device)
     a_y = composite_resize_matrix(grid_h, padded_size[0], input_size[0], out_h).to(device, dtype)
+    band_first, band_end = composite_resize_bands(grid_h, padded_size[0], input_size[0], out_h)
     a_x = composite_resize_matrix(grid_w, padded_size[1], input_size[1], out_w).to(device, dtype)
     probs = class_probabilities(class_logits, background).to(dtype).contiguous()  # [Q, C]
     num_classes = probs.shape[1]
     anchors = torch.unique(probs.topk(min(2, num_classes), dim=1).indices)  # each query's two likeliest
-    anchor_probs = probs[:, anchors].contiguous()
     # the widest column block whose half-resized masks [h, cols, Q] fit the budget
     cols = max(1, min(out_w, max_chunk_elements // max(1, queries * grid_h)))
     for left in range(0, out_w, cols):
         right = min(out_w, left + cols)
         width = right - left
         half = torch.einsum("qhw,xw->hxq", mask_logits, a_x[left:right]).reshape(grid_h, width * queries)
-        rows = max(1, max_chunk_elements // max(1, max(num_classes, queries) * width))
+        # a tile holds [pixels, Q] masks and [pixels, anchors] scores; other classes' scores are
+        # taken in pixel chunks, so a large vocabulary does not make the tiles thin
+        widest = max(queries, min(num_classes, len(anchors) + TILE_ANCHORS))
+        rows = max(1, max_chunk_elements // max(1, widest * width))
         for top in range(0, out_h, rows):
             bottom = min(out_h, top + rows)
-            masks = (a_y[top:bottom] @ half).view(-1, queries).sigmoid_()  # [pixels, Q]
-            if len(anchors) >= 2:  # every pixel's second best scores at least this
-                floor = (masks @ anchor_probs).topk(2, dim=1).values[:, 1].min()
+            first, end = min(band_first[top:bottom]), max(band_end[top:bottom])
+            band = half[first:end]  # [band rows, width * Q], the grid rows this tile interpolates
+            masks = (a_y[top:bottom, first:end] @ band).view(-1, queries).sigmoid_()  # [pixels, Q]
+            if num_classes < 2:
+                best, index, runner_up = top_two(masks @ probs)
             else:
-                floor = torch.zeros((), dtype=dtype, device=device)
-            # the slack covers float rounding of the bound; it only ever keeps more classes
-            upper_bound = masks.amax(dim=0) @ probs  # [C] no pixel of the tile scores more
-            candidates = torch.nonzero(upper_bound >= floor - 1e-5).squeeze(1)
-            if len(candidates) < min(2, num_classes):
-                candidates = torch.arange(num_classes, device=device)
-            scores = masks @ (probs if len(candidates) == num_classes else probs[:, candidates])
-            best, index, runner_up = top_two(scores)
-            labels = index if len(candidates) == num_classes else candidates[index]
+                upper_bound = band.view(-1, queries).amax(dim=0).sigmoid() @ probs  # [C] no pixel scores more
+                # the queries' own two top classes and the tile's likeliest by bound
+                likeliest = upper_bound.topk(min(TILE_ANCHORS, num_classes)).indices
+                tile_anchors = torch.unique(torch.cat([anchors, likeliest]))
+                values, columns = (masks @ probs[:, tile_anchors]).topk(2, dim=1)
+                floor = values[:, 1].min()  # every pixel's second best scores at least this
+                # the slack covers float rounding of the bound; it only ever keeps more classes
+                candidates = torch.nonzero(upper_bound >= floor - 1e-5).squeeze(1)
+                if len(candidates) < 2:
+                    candidates = torch.arange(num_classes, device=device)
+                if bool(torch.isin(candidates, tile_anchors).all()):  # first and second are anchors
+                    best, index, runner_up = values[:, 0], tile_anchors[columns[:, 0]], values[:, 1]
+                else:
+                    best, index, runner_up = top_two_of_product(masks, probs[:, candidates], max_chunk_elements)
+                    index = candidates[index]
             shape = (bottom - top, width)
-            yield LabelTile(top, left, labels.view(shape), best.view(shape), runner_up.view(shape))
+            yield LabelTile(top, left, index.view(shape), best.view(shape), runner_up.view(shape))
+
+
+def top_two_of_product(
+    masks: torch.Tensor, probs: torch.Tensor, max_elements: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`top_two(masks @ probs)` ([pixels, Q] x [Q, C]), taken over pixel chunks whose [pixels, C]
+    scores stay within `max_elements`."""
+    step = max(1, max_elements // max(1, probs.shape[1]))
+    parts = [top_two(masks[start : start + step] @ probs) for start in range(0, masks.shape[0], step)]
+    if len(parts) == 1:
+        return parts[0]
+    best, index, runner_up = (torch.cat(column) for column in zip(*parts, strict=True))
+    return best, index, runner_up
 
 
 def top_two(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -65,13 +65,14 @@ def test_segments_carry_area_bbox_and_mean_score():
         (847, (48, 64), (48, 64), (96, 128), 1 << 25, 3),  # ADE-847, one tile
         (847, (48, 64), (41, 57), (123, 171), 5000, 3),  # padding cropped, many row and column tiles
         (847, (48, 64), (41, 57), (123, 171), 5000, 30),  # peaked class probabilities: pruning prunes
+        (847, (48, 64), (41, 57), (123, 171), 5000, 0.1),  # nearly flat: candidates' scores in pixel chunks
         (150, (32, 48), (30, 45), (301, 451), 20000, 3),
         (5, (16, 16), (13, 9), (7, 5), 10, 3),  # output smaller than the input, tiny tiles
         (1, (16, 16), (16, 16), (16, 16), 1 << 25, 3),  # one class: no rival
     ],
 )
 def test_label_tiles_are_the_argmax_of_the_full_score_maps(classes, padded, valid, output, chunk, sharpness):
-    generator = torch.Generator().manual_seed(classes + output[0] + sharpness)
+    generator = torch.Generator().manual_seed(classes + output[0] + round(sharpness))
     queries = 20
     class_logits = torch.randn(queries, classes + 1, generator=generator) * sharpness
     mask_logits = torch.randn(queries, padded[0] // 4, padded[1] // 4, generator=generator) * 4
