@@ -63,14 +63,19 @@ def composite_resize_matrix(grid: int, padded: int, valid: int, output: int) -> 
     return resize_matrix(valid, output) @ resize_matrix(grid, padded)[:valid]
 
 
+def nonzero_bands(matrix: torch.Tensor) -> tuple[list[int], list[int]]:
+    """Per row of a resize matrix [out, in], its first and one-past-last nonzero column: each
+    output value interpolates only the few input values in that band."""
+    nonzero = (matrix != 0).to(torch.int8)
+    first = nonzero.argmax(dim=1)
+    end = matrix.shape[1] - nonzero.flip(1).argmax(dim=1)
+    return first.tolist(), end.tolist()
+
+
 @lru_cache(maxsize=64)
 def composite_resize_bands(grid: int, padded: int, valid: int, output: int) -> tuple[list[int], list[int]]:
-    """Per output row of `composite_resize_matrix`, its first and one-past-last nonzero column:
-    each output value interpolates only the few grid values in that band."""
-    nonzero = (composite_resize_matrix(grid, padded, valid, output) != 0).to(torch.int8)
-    first = nonzero.argmax(dim=1)
-    end = grid - nonzero.flip(1).argmax(dim=1)
-    return first.tolist(), end.tolist()
+    """`nonzero_bands` of `composite_resize_matrix`."""
+    return nonzero_bands(composite_resize_matrix(grid, padded, valid, output))
 
 
 @dataclass

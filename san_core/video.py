@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-from .postprocess import LabelTile, chunk_elements_for, resize_matrix, top_two
+from .postprocess import LabelTile, chunk_elements_for, nonzero_bands, resize_matrix, top_two
 
 
 def cluster_queries(queries: torch.Tensor, num_clusters: int, random_state: int = 0, n_init: int = 1) -> torch.Tensor:
@@ -81,17 +81,19 @@ def frame_label_tiles(
     In the reference's video order the sigmoid comes between two resizes: mask logits up to the
     padded size (then cropped to the frame), the sigmoid, and the last resize to the output size.
     Both resizes are linear. Per tile of output rows, the frame rows its taps need are made at
-    once as one product with the small upsampling matrix (pixel-major, [rows, W, K]), then the
-    sigmoid, then the last resize as two taps along the rows and two along the columns
-    (`resize_taps`, applied to the masks: it commutes with mixing the classes), and the scores as
-    [pixels, K] x [K, C].
+    once as one product with the small upsampling matrix, over only the grid rows they
+    interpolate (pixel-major, [rows, W, K]), then the sigmoid, then the last resize as two taps
+    along the rows and two along the columns (`resize_taps`, applied to the masks: it commutes
+    with mixing the classes), and the scores as [pixels, K] x [K, C].
     """
     clusters, grid_h, grid_w = mask_logits.shape
     max_chunk_elements = max_chunk_elements or chunk_elements_for(mask_logits.device)
     device, dtype = mask_logits.device, mask_logits.dtype
     in_h, in_w = input_size
     out_h, out_w = output_size
-    up_y = resize_matrix(grid_h, padded_size[0])[:in_h].to(device, dtype)  # [H, h]: upsample, crop
+    up_y = resize_matrix(grid_h, padded_size[0])[:in_h]  # [H, h]: upsample, crop
+    band_first, band_end = nonzero_bands(up_y)
+    up_y = up_y.to(device, dtype)
     up_x = resize_matrix(grid_w, padded_size[1])[:in_w].to(device, dtype)  # [W, w]
     half = torch.einsum("khw,xw->hxk", mask_logits, up_x).reshape(grid_h, in_w * clusters)  # [h, W*K]
     y0, y1, wy0, wy1 = (t.to(device) for t in resize_taps(in_h, out_h))
@@ -104,7 +106,9 @@ def frame_label_tiles(
         ys = slice(top, min(out_h, top + rows))
         taps = torch.cat([y0[ys], y1[ys]])  # (the heavier tap first: either may be the lower row)
         first, last = int(taps.min()), int(taps.max())
-        masks = (up_y[first : last + 1] @ half).view(-1, in_w, clusters).sigmoid_()  # the frame rows needed
+        grid_first, grid_end = min(band_first[first : last + 1]), max(band_end[first : last + 1])
+        masks = up_y[first : last + 1, grid_first:grid_end] @ half[grid_first:grid_end]  # the frame rows needed
+        masks = masks.view(-1, in_w, clusters).sigmoid_()
         tile = (masks[y0[ys] - first] * wy0[ys, None, None]).addcmul_(masks[y1[ys] - first], wy1[ys, None, None])
         tile = (tile[:, x0] * wx0[None, :, None]).addcmul_(tile[:, x1], wx1[None, :, None])  # [rows, W_out, K]
         best, index, runner_up = top_two(tile.view(-1, clusters) @ probs)
