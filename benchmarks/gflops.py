@@ -29,7 +29,6 @@ from pipeline_throughput import weights_for  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode, flop_registry, register_flop_formula, sdpa_flop_count  # noqa: E402
 
-from pipeline.allocator import keep_freed_memory  # noqa: E402
 from pipeline.images import resize_short_side  # noqa: E402
 from pipeline.vocabulary import load_or_build_vocabulary  # noqa: E402
 from pipeline.weights import resolve_weights  # noqa: E402
@@ -80,7 +79,6 @@ def main() -> None:
     import skimage.data
 
     torch.set_grad_enabled(False)
-    keep_freed_memory()  # as a labeling actor does
     peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
     with tempfile.TemporaryDirectory() as tmp:
         model, _ = resolve_weights(weights_for("san-vit-b16", Path(tmp)), {}, True).load("cpu")

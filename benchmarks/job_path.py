@@ -68,10 +68,6 @@ class Worker:
         from san_core.presets import get_preset
 
         torch.set_grad_enabled(False)
-        if (Path(root) / "pipeline" / "allocator.py").exists():  # as this version's labeling actor does
-            from pipeline.allocator import keep_freed_memory
-
-            keep_freed_memory()
         self.torch = torch
         self.device = device
         model = build_model(get_preset(MODEL).config)

@@ -15,7 +15,6 @@ import torch
 
 from schemas.output import LabelRow, Provenance, label_row_schema
 
-from ..allocator import keep_freed_memory
 from ..images import describe_error
 from ..retries import PERMANENT
 from .inference import HOST_THREADS, LabeledImage, label_images
@@ -54,7 +53,6 @@ class SanLabeler:
     ) -> None:
         import ray
 
-        keep_freed_memory()  # the same large tensors every image: no page faults for them
         torch.set_num_threads(max(1, torch_threads))
         self.host_threads = max(HOST_THREADS, torch_threads)  # PNGs and segments beside the device
         self.device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"

@@ -30,7 +30,6 @@ import torch
 
 from schemas.output import LabelRow, Provenance, frame_uri, label_row_schema
 
-from ..allocator import keep_freed_memory
 from ..images import describe_error
 from ..labeling.inference import HOST_THREADS
 from ..labeling.progress import LabelingMetrics, peak_rss_mib
@@ -215,7 +214,6 @@ class SanVideoLabeler:
     ) -> None:
         import ray
 
-        keep_freed_memory()  # the same large tensors every image: no page faults for them
         torch.set_num_threads(max(1, torch_threads))
         self.device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
         self.model = ray.get(weights_ref[0]).build(self.device)
