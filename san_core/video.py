@@ -64,7 +64,10 @@ def resize_taps(size_in: int, size_out: int) -> tuple[torch.Tensor, torch.Tensor
     weights, indices = resize_matrix(size_in, size_out).topk(min(2, size_in), dim=1)
     if size_in == 1:
         weights, indices = torch.cat([weights, torch.zeros_like(weights)], 1), torch.cat([indices, indices], 1)
-    return indices[:, 0], indices[:, 1], weights[:, 0], weights[:, 1]
+    # a tap of weight 0 (an output on an input position) would name any input: name the other
+    # tap's, so that the rows a tile reads stay next to its own
+    second = torch.where(weights[:, 1] > 0, indices[:, 1], indices[:, 0])
+    return indices[:, 0], second, weights[:, 0], weights[:, 1]
 
 
 @torch.no_grad()

@@ -12,8 +12,9 @@ import torch
 
 from jobs.verify import main as verify_main
 from san_core.build import load_model
+from san_core.postprocess import resize_matrix
 from san_core.verify import PARITY_TOLERANCE, run_video_parity
-from san_core.video import clip_labels, cluster_queries
+from san_core.video import clip_labels, cluster_queries, resize_taps
 from schemas.model_config import SanModelConfig
 
 
@@ -140,6 +141,19 @@ def test_frames_of_mixed_sizes_are_cropped_to_the_first_as_the_reference_does(ti
     assert prediction.score_maps.shape == (2, 2, 64, 64)
     with pytest.raises(ValueError, match="too short"):
         cluster_queries(torch.zeros(1, 8, 4), 9)
+
+
+@pytest.mark.parametrize(("size_in", "size_out"), [(8, 8), (6, 12), (12, 5), (1, 4)])
+def test_resize_taps_are_the_resize_and_name_neighbouring_rows(size_in, size_out):
+    """Two taps per output give PyTorch's resize weights; a tap of weight 0 (an output on an input
+    position) names its neighbour's row, so a tile reads only the frame rows around its own."""
+    first, second, first_weight, second_weight = resize_taps(size_in, size_out)
+    rows = torch.arange(size_out)
+    dense = torch.zeros(size_out, size_in, dtype=torch.float64)
+    dense[rows, first] += first_weight
+    dense[rows, second] += second_weight
+    assert torch.allclose(dense, resize_matrix(size_in, size_out))
+    assert bool(((second - first).abs() <= 1).all())
 
 
 @pytest.mark.parametrize("output_size", [(75, 110), (150, 221), (40, 57)])
