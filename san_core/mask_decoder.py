@@ -54,7 +54,7 @@ class MaskDecoder(nn.Module):
         """
         query = self.query_mlp(query)
         pix = self.pix_mlp(pixels)
-        batch, channels, h, w = pix.shape
+        batch, _, h, w = pix.shape
         mask_logits = torch.einsum("bqc,bchw->bqhw", query, pix)
         bias = self.attention_bias(query, pixels).reshape(batch, self.attn_layers, self.attn_heads, -1, h, w)
         bias = self.bias_scaling(bias[..., None]).squeeze(-1)

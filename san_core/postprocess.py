@@ -133,15 +133,15 @@ def semantic_label_tiles(
     probs = class_probabilities(class_logits, background).to(dtype).contiguous()  # [Q, C]
     num_classes = probs.shape[1]
     anchors = torch.unique(probs.topk(min(2, num_classes), dim=1).indices)  # each query's two likeliest
+    # a tile holds [pixels, Q] masks and [pixels, anchors] scores; other classes' scores are
+    # taken in pixel chunks, so a large vocabulary does not make the tiles thin
+    widest = max(queries, min(num_classes, len(anchors) + TILE_ANCHORS))
     # the widest column block whose half-resized masks [h, cols, Q] fit the budget
     cols = max(1, min(out_w, max_chunk_elements // max(1, queries * grid_h)))
     for left in range(0, out_w, cols):
         right = min(out_w, left + cols)
         width = right - left
         half = torch.einsum("qhw,xw->hxq", mask_logits, a_x[left:right]).reshape(grid_h, width * queries)
-        # a tile holds [pixels, Q] masks and [pixels, anchors] scores; other classes' scores are
-        # taken in pixel chunks, so a large vocabulary does not make the tiles thin
-        widest = max(queries, min(num_classes, len(anchors) + TILE_ANCHORS))
         rows = max(1, max_chunk_elements // max(1, widest * width))
         for top in range(0, out_h, rows):
             bottom = min(out_h, top + rows)
