@@ -12,6 +12,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +37,30 @@ def _own_ports() -> list[str]:
     """`ray start` flags for the ports it would otherwise take at their fixed defaults (52365,
     10001), which any other Ray on the machine (this process's own, say) may hold."""
     return [f"--dashboard-agent-listen-port={_free_port()}", f"--ray-client-server-port={_free_port()}"]
+
+
+def _ray_start(flags: Callable[[], list[str]], env: dict[str, str], ray_tmpdir: str | None = None) -> None:
+    """`ray start` with the flags `flags()` makes, tried three times with the fresh ports each call of
+    it picks: a port found free here can be taken by another process before Ray binds it. Before
+    a retry, the processes a failed head start left are killed (by `ray_tmpdir`, when given). The
+    error, if every try fails, carries what `ray start` printed and the tails of Ray's own logs."""
+    failures = []
+    for _ in range(3):
+        args = flags()
+        result = subprocess.run(
+            [str(BIN / "ray"), "start", *args], env=env, capture_output=True, text=True, timeout=180, check=False
+        )
+        if result.returncode == 0:
+            return
+        failures.append(
+            f"ray start {' '.join(args)} exited {result.returncode}:\n{result.stdout[-2000:]}{result.stderr[-3000:]}"
+        )
+        if ray_tmpdir is not None:
+            for log in sorted(Path(ray_tmpdir).glob("*/session_latest/logs/*.err")):
+                if log.stat().st_size:
+                    failures.append(f"{log.name}: {log.read_text(errors='replace')[-1000:]}")
+            kill_run("RAY_TMPDIR", ray_tmpdir)
+    raise AssertionError("\n\n".join(failures))
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -124,28 +149,27 @@ class HeadNode:
 def head_node(sandbox):
     """A real single-node Ray cluster started with `ray start --head`; killed afterwards, by its
     own RAY_TMPDIR (`ray stop` would stop every Ray on the machine, this process's own included)."""
-    gcs_port, dashboard_port, metrics_port = _free_port(), _free_port(), _free_port()
     ray_tmpdir = tempfile.mkdtemp(prefix="head-", dir=sandbox.root)
-    # creates ~/.ray/auth_token only when there is none
-    subprocess.run([str(BIN / "ray"), "get-auth-token", "--generate"], env=_env(), check=True, capture_output=True)
-    subprocess.run(
-        [
-            str(BIN / "ray"),
-            "start",
+    ports: dict[str, int] = {}
+
+    def flags() -> list[str]:
+        ports.update(gcs=_free_port(), dashboard=_free_port(), metrics=_free_port())
+        return [
             "--head",
-            f"--port={gcs_port}",
-            f"--dashboard-port={dashboard_port}",
+            f"--port={ports['gcs']}",
+            f"--dashboard-port={ports['dashboard']}",
             "--dashboard-host=127.0.0.1",
             "--num-cpus=2",
             "--disable-usage-stats",
-            f"--metrics-export-port={metrics_port}",
+            f"--metrics-export-port={ports['metrics']}",
             *_own_ports(),
-        ],
-        env=_env(RAY_TMPDIR=ray_tmpdir, RAY_metrics_report_interval_ms="500"),  # metrics twice a second
-        check=True,
-        capture_output=True,
-        timeout=180,
-    )
+        ]
+
+    # creates ~/.ray/auth_token only when there is none
+    subprocess.run([str(BIN / "ray"), "get-auth-token", "--generate"], env=_env(), check=True, capture_output=True)
+    # metrics twice a second
+    _ray_start(flags, _env(RAY_TMPDIR=ray_tmpdir, RAY_metrics_report_interval_ms="500"), ray_tmpdir)
+    dashboard_port, metrics_port = ports["dashboard"], ports["metrics"]
     address = f"http://127.0.0.1:{dashboard_port}"
     try:
         wait_for_job_agent(address)
@@ -363,19 +387,22 @@ def test_a_labeling_actor_killed_mid_run_loses_no_row(tmp_path, tiny_weights, sa
 def test_local_paths_on_a_multi_node_cluster_stop_the_job(tmp_path, tiny_weights, sandbox):
     """Two real nodes (`ray start --head`, then `ray start --address`): the second node cannot see
     this machine's folders, so the job stops with the flags to change before any work."""
-    gcs_port = _free_port()
     ray_tmpdir = tempfile.mkdtemp(prefix="nodes-", dir=sandbox.root)  # names both nodes' processes
     subprocess.run([str(BIN / "ray"), "get-auth-token", "--generate"], env=_env(), check=True, capture_output=True)
-    start = [str(BIN / "ray"), "start", "--num-cpus=1", "--disable-usage-stats"]
+    start = ["--num-cpus=1", "--disable-usage-stats"]
+    ports: dict[str, int] = {}
+
+    def head_flags() -> list[str]:
+        ports["gcs"] = _free_port()
+        return [*start, "--head", f"--port={ports['gcs']}", "--include-dashboard=false", *_own_ports()]
+
+    def worker_flags() -> list[str]:
+        return [*start, f"--address=127.0.0.1:{ports['gcs']}", f"--dashboard-agent-listen-port={_free_port()}"]
+
     try:
-        subprocess.run(
-            [*start, "--head", f"--port={gcs_port}", "--include-dashboard=false", *_own_ports()],
-            env=_env(RAY_TMPDIR=ray_tmpdir), check=True, capture_output=True, timeout=180,
-        )  # fmt: skip
-        subprocess.run(
-            [*start, f"--address=127.0.0.1:{gcs_port}", f"--dashboard-agent-listen-port={_free_port()}"],
-            env=_env(RAY_TMPDIR=ray_tmpdir), check=True, capture_output=True, timeout=180,
-        )  # fmt: skip
+        _ray_start(head_flags, _env(RAY_TMPDIR=ray_tmpdir), ray_tmpdir)
+        _ray_start(worker_flags, _env(RAY_TMPDIR=ray_tmpdir))  # a retry must not kill the head
+        gcs_port = ports["gcs"]
         images = tmp_path / "images"
         images.mkdir()
         pattern = (np.arange(64 * 64 * 3) % 251).astype(np.uint8).reshape(64, 64, 3)
