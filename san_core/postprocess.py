@@ -132,7 +132,7 @@ def semantic_label_tiles(
     a_x = composite_resize_matrix(grid_w, padded_size[1], input_size[1], out_w).to(device, dtype)
     probs = class_probabilities(class_logits, background).to(dtype).contiguous()  # [Q, C]
     num_classes = probs.shape[1]
-    anchors = torch.unique(probs.topk(min(2, num_classes), dim=1).indices)  # each query's two likeliest
+    anchors = query_anchors(probs)
     # a tile holds [pixels, Q] masks and [pixels, anchors] scores; other classes' scores are
     # taken in pixel chunks, so a large vocabulary does not make the tiles thin
     widest = max(queries, min(num_classes, len(anchors) + TILE_ANCHORS))
@@ -148,26 +148,49 @@ def semantic_label_tiles(
             first, end = min(band_first[top:bottom]), max(band_end[top:bottom])
             band = half[first:end]  # [band rows, width * Q], the grid rows this tile interpolates
             masks = (a_y[top:bottom, first:end] @ band).view(-1, queries).sigmoid_()  # [pixels, Q]
-            if num_classes < 2:
-                best, index, runner_up = top_two(masks @ probs)
-            else:
-                upper_bound = band.view(-1, queries).amax(dim=0).sigmoid() @ probs  # [C] no pixel scores more
-                # the queries' own two top classes and the tile's likeliest by bound
-                likeliest = upper_bound.topk(min(TILE_ANCHORS, num_classes)).indices
-                tile_anchors = torch.unique(torch.cat([anchors, likeliest]))
-                values, columns = (masks @ probs[:, tile_anchors]).topk(2, dim=1)
-                floor = values[:, 1].min()  # every pixel's second best scores at least this
-                # the slack covers float rounding of the bound; it only ever keeps more classes
-                candidates = torch.nonzero(upper_bound >= floor - 1e-5).squeeze(1)
-                if len(candidates) < 2:
-                    candidates = torch.arange(num_classes, device=device)
-                if bool(torch.isin(candidates, tile_anchors).all()):  # first and second are anchors
-                    best, index, runner_up = values[:, 0], tile_anchors[columns[:, 0]], values[:, 1]
-                else:
-                    best, index, runner_up = top_two_of_product(masks, probs[:, candidates], max_chunk_elements)
-                    index = candidates[index]
+            ceiling = band.view(-1, queries).amax(dim=0).sigmoid()  # [Q] no pixel's mask is higher
+            best, index, runner_up = top_two_pruned(masks, probs, ceiling, anchors, max_chunk_elements)
             shape = (bottom - top, width)
             yield LabelTile(top, left, index.view(shape), best.view(shape), runner_up.view(shape))
+
+
+def query_anchors(probs: torch.Tensor) -> torch.Tensor:
+    """probs [Q, C] -> the classes every label tile scores first: each query's two likeliest."""
+    return torch.unique(probs.topk(min(2, probs.shape[1]), dim=1).indices)
+
+
+def top_two_pruned(
+    masks: torch.Tensor, probs: torch.Tensor, ceiling: torch.Tensor, anchors: torch.Tensor, max_elements: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`top_two(masks @ probs)` for one tile (masks [pixels, Q], probs [Q, C]) without scoring every
+    class at every pixel. `ceiling` [Q] is at least each query's largest mask value in the tile, so
+    `ceiling @ probs` bounds each class's score there. The anchors and the tile's likeliest classes
+    by that bound are scored first; only a class whose bound reaches the lowest second-best score
+    among them can be first or second anywhere. When all such classes were scored, their top two is
+    the answer; otherwise the others are scored too, in pixel chunks within `max_elements`, and
+    the two top twos merged."""
+    num_classes = probs.shape[1]
+    if num_classes < 2:
+        return top_two(masks @ probs)
+    upper_bound = ceiling @ probs  # [C]
+    likeliest = upper_bound.topk(min(TILE_ANCHORS, num_classes)).indices
+    tile_anchors = torch.unique(torch.cat([anchors, likeliest]))
+    values, columns = (masks @ probs[:, tile_anchors]).topk(2, dim=1)
+    floor = values[:, 1].min()  # every pixel's second best scores at least this
+    # the slack covers float rounding of the bound; it only ever keeps more classes
+    candidates = torch.nonzero(upper_bound >= floor - 1e-5).squeeze(1)
+    others = candidates[~torch.isin(candidates, tile_anchors)]
+    best, index, runner_up = values[:, 0], tile_anchors[columns[:, 0]], values[:, 1]
+    if len(others) == 0:  # first and second are anchors
+        return best, index, runner_up
+    # the top two of the anchors and of the others, merged (scores are >= 0, as `top_two`'s 0 is)
+    other_best, other_index, other_second = top_two_of_product(masks, probs[:, others], max_elements)
+    other_wins = other_best > best
+    return (
+        torch.where(other_wins, other_best, best),
+        torch.where(other_wins, others[other_index], index),
+        torch.where(other_wins, torch.maximum(best, other_second), torch.maximum(runner_up, other_best)),
+    )
 
 
 def top_two_of_product(

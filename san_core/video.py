@@ -20,7 +20,15 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-from .postprocess import LabelTile, chunk_elements_for, nonzero_bands, resize_matrix, top_two
+from .postprocess import (
+    TILE_ANCHORS,
+    LabelTile,
+    chunk_elements_for,
+    nonzero_bands,
+    query_anchors,
+    resize_matrix,
+    top_two_pruned,
+)
 
 
 def cluster_queries(queries: torch.Tensor, num_clusters: int, random_state: int = 0, n_init: int = 1) -> torch.Tensor:
@@ -87,7 +95,9 @@ def frame_label_tiles(
     once as one product with the small upsampling matrix, over only the grid rows they
     interpolate (pixel-major, [rows, W, K]), then the sigmoid, then the last resize as two taps
     along the rows and two along the columns (`resize_taps`, applied to the masks: it commutes
-    with mixing the classes), and the scores as [pixels, K] x [K, C].
+    with mixing the classes), and the scores as [pixels, K] x [K, C], pruned exactly as the image
+    path's are (`top_two_pruned`): all these resizes take convex combinations, so no mask value
+    in a tile exceeds the sigmoid of the largest grid value its frame rows come from.
     """
     clusters, grid_h, grid_w = mask_logits.shape
     max_chunk_elements = max_chunk_elements or chunk_elements_for(mask_logits.device)
@@ -103,7 +113,11 @@ def frame_label_tiles(
     x0, x1, wx0, wx1 = (t.to(device) for t in resize_taps(in_w, out_w))
     wy0, wy1, wx0, wx1 = (w.to(dtype) for w in (wy0, wy1, wx0, wx1))
     probs = class_probs.to(device, dtype).contiguous()  # [K, C]
-    per_row = max(probs.shape[1], clusters) * max(out_w, in_w)
+    anchors = query_anchors(probs)
+    # a tile holds [pixels, K] masks and [pixels, anchors] scores; other classes' are taken in
+    # pixel chunks (`top_two_pruned`), so a large vocabulary does not make the tiles thin
+    widest = max(clusters, min(probs.shape[1], len(anchors) + TILE_ANCHORS))
+    per_row = widest * max(out_w, in_w)
     rows = max(1, max_chunk_elements // max(1, per_row))
     for top in range(0, out_h, rows):
         ys = slice(top, min(out_h, top + rows))
@@ -114,7 +128,9 @@ def frame_label_tiles(
         masks = masks.view(-1, in_w, clusters).sigmoid_()
         tile = (masks[y0[ys] - first] * wy0[ys, None, None]).addcmul_(masks[y1[ys] - first], wy1[ys, None, None])
         tile = (tile[:, x0] * wx0[None, :, None]).addcmul_(tile[:, x1], wx1[None, :, None])  # [rows, W_out, K]
-        best, index, runner_up = top_two(tile.view(-1, clusters) @ probs)
+        # every mask value in the tile is a convex combination of these grid values, after the sigmoid
+        ceiling = half[grid_first:grid_end].view(-1, clusters).amax(dim=0).sigmoid()  # [K]
+        best, index, runner_up = top_two_pruned(tile.view(-1, clusters), probs, ceiling, anchors, max_chunk_elements)
         shape = (ys.stop - ys.start, out_w)
         yield LabelTile(top, 0, index.view(shape), best.view(shape), runner_up.view(shape))
 

@@ -14,7 +14,7 @@ from jobs.verify import main as verify_main
 from san_core.build import load_model
 from san_core.postprocess import resize_matrix
 from san_core.verify import PARITY_TOLERANCE, run_video_parity
-from san_core.video import clip_labels, cluster_queries, resize_taps
+from san_core.video import clip_labels, cluster_queries, frame_label_tiles, frame_scores, resize_taps
 from schemas.model_config import SanModelConfig
 
 
@@ -154,6 +154,41 @@ def test_resize_taps_are_the_resize_and_name_neighbouring_rows(size_in, size_out
     dense[rows, second] += second_weight
     assert torch.allclose(dense, resize_matrix(size_in, size_out))
     assert bool(((second - first).abs() <= 1).all())
+
+
+@pytest.mark.parametrize(
+    ("classes", "output_size", "chunk", "sharpness"),
+    [
+        (847, (123, 171), 5000, 30),  # peaked class probabilities: the anchors answer most tiles
+        (847, (123, 171), 5000, 0.1),  # nearly flat: the candidates' scores come in pixel chunks
+        (847, (41, 57), 1 << 25, 3),  # one tile, at the frame's own size
+        (150, (30, 40), 2000, 3),  # smaller than the frame
+        (1, (50, 60), 1 << 25, 3),  # one class: no rival
+    ],
+)
+def test_frame_label_tiles_prune_classes_exactly(classes, output_size, chunk, sharpness):
+    """With a large vocabulary most classes are never scored, and the labels, scores and runners-up
+    are still those of the full score maps."""
+    generator = torch.Generator().manual_seed(classes + output_size[0] + round(sharpness))
+    clusters, padded, frame = 12, (48, 64), (41, 57)
+    class_probs = (torch.randn(clusters, classes + 1, generator=generator) * sharpness).softmax(-1)[:, :-1]
+    mask_logits = torch.randn(clusters, padded[0] // 4, padded[1] // 4, generator=generator) * 4
+    scores = frame_scores(class_probs, mask_logits, padded, frame, output_size)
+    best, index = scores.max(dim=0)
+    second = scores.topk(2, dim=0).values[1] if classes > 1 else torch.zeros_like(best)
+    labels = torch.full(output_size, -1, dtype=torch.int64)
+    tiles = list(frame_label_tiles(class_probs, mask_logits, padded, frame, output_size, max_chunk_elements=chunk))
+    for tile in tiles:
+        rows, cols = tile.labels.shape
+        window = (slice(tile.top, tile.top + rows), slice(tile.left, tile.left + cols))
+        assert (labels[window] == -1).all()  # no overlap
+        labels[window] = tile.labels
+        assert torch.allclose(tile.scores, best[window], atol=1e-6)
+        assert torch.allclose(tile.runner_up, second[window], atol=1e-6)
+    assert bool((labels >= 0).all()) and (len(tiles) > 1 or chunk == 1 << 25)
+    disagree = labels != index
+    if disagree.any():  # only exact float ties between classes
+        assert (scores.gather(0, labels[None])[0] - best)[disagree].abs().max() <= 1e-6
 
 
 @pytest.mark.parametrize("output_size", [(75, 110), (150, 221), (40, 57)])
