@@ -4,6 +4,10 @@ its own Ray stops it at the end."""
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
+
 import numpy as np
 from image_fixtures import jpeg_bytes
 from training_fixtures import TAXONOMY_YAML, write_manifest_dataset
@@ -62,3 +66,12 @@ def test_a_job_that_starts_ray_stops_it(no_ray_session, tmp_path, tiny_weights):
     args = ["--vocab", "voc20", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), *tiny_weights]
     assert label_main(args) == 0
     assert not ray.is_initialized()
+
+    # with nothing new to label, no Ray is started at all: no new session directory
+    sessions = Path(os.environ["RAY_TMPDIR"]) / "ray"
+    before = sorted(sessions.glob("session_2*"))
+    assert before  # (the first run's, where Ray keeps them)
+    assert label_main(args) == 0
+    assert sorted(sessions.glob("session_2*")) == before and not ray.is_initialized()
+    manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
+    assert manifest["counts"] == {"inputs": 1, "labeled": 0, "failed": 0, "skipped": 1}

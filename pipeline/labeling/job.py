@@ -443,7 +443,8 @@ def label_video_stream(
 
 
 def run_label_job(plan: JobPlan) -> RunSummary:
-    """Label the plan's images on the connected Ray cluster; returns what this run did."""
+    """Label the plan's images on the connected Ray cluster (none is used when there are none);
+    returns what this run did."""
     import ray
 
     config, taxonomy, weights, todo = plan.config, plan.taxonomy, plan.weights, plan.todo
@@ -545,12 +546,15 @@ def label(
     config: LabelJobConfig, taxonomy: Taxonomy, smoke_if_no_weights: bool = False, log_level: str = "INFO"
 ) -> RunSummary:
     """The whole job: plan (raising InputError / WeightsError before Ray starts), then label on
-    the Ray this process already runs, else the cluster it joins or starts (see `ray_for_job`)."""
+    the Ray this process already runs, else the cluster it joins or starts (see `ray_for_job`).
+    A run with nothing to label writes its manifest without starting or joining any Ray."""
     import ray
 
     from ..logs import ray_for_job
 
     plan = plan_label_job(config, taxonomy, smoke_if_no_weights)
+    if not len(plan.todo):  # everything is labeled already (a nightly run without new input): no Ray
+        return run_label_job(plan)
     with ray_for_job(log_level):
         paths = {
             "--input": config.input,
