@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -79,20 +78,16 @@ def tiny_expected(parity_dir: Path) -> dict:
     return torch.load(parity_dir / "tiny_a" / "expected.pth", weights_only=True)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[str]:
     """A moto S3 API server on 127.0.0.1; s3fs finds it through the standard AWS variables."""
     from moto.server import ThreadedMotoServer
 
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    # port 0: the server binds whatever port is free, so no other process can take it first
+    # (and a port taken first would leave `start` waiting forever for a server that failed)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
     server.start()
+    _, port = server.get_host_and_port()
     endpoint = f"http://127.0.0.1:{port}"
     env = {
         "AWS_ENDPOINT_URL": endpoint,
