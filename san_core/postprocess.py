@@ -133,9 +133,7 @@ def semantic_label_tiles(
     probs = class_probabilities(class_logits, background).to(dtype).contiguous()  # [Q, C]
     num_classes = probs.shape[1]
     anchors = query_anchors(probs)
-    # a tile holds [pixels, Q] masks and [pixels, anchors] scores; other classes' scores are
-    # taken in pixel chunks, so a large vocabulary does not make the tiles thin
-    widest = max(queries, min(num_classes, len(anchors) + TILE_ANCHORS))
+    widest = pruned_tile_columns(queries, num_classes, anchors)
     # the widest column block whose half-resized masks [h, cols, Q] fit the budget
     cols = max(1, min(out_w, max_chunk_elements // max(1, queries * grid_h)))
     for left in range(0, out_w, cols):
@@ -157,6 +155,13 @@ def semantic_label_tiles(
 def query_anchors(probs: torch.Tensor) -> torch.Tensor:
     """probs [Q, C] -> the classes every label tile scores first: each query's two likeliest."""
     return torch.unique(probs.topk(min(2, probs.shape[1]), dim=1).indices)
+
+
+def pruned_tile_columns(queries: int, num_classes: int, anchors: torch.Tensor) -> int:
+    """The widest per-pixel row `top_two_pruned` holds at once: [pixels, Q] masks and [pixels,
+    anchors] scores. Other classes' scores are taken in pixel chunks, so tiles are sized by this,
+    not by the vocabulary, and a large vocabulary does not make them thin."""
+    return max(queries, min(num_classes, len(anchors) + TILE_ANCHORS))
 
 
 def top_two_pruned(

@@ -21,10 +21,10 @@ import torch
 from torch.nn import functional as F
 
 from .postprocess import (
-    TILE_ANCHORS,
     LabelTile,
     chunk_elements_for,
     nonzero_bands,
+    pruned_tile_columns,
     query_anchors,
     resize_matrix,
     top_two_pruned,
@@ -114,10 +114,7 @@ def frame_label_tiles(
     wy0, wy1, wx0, wx1 = (w.to(dtype) for w in (wy0, wy1, wx0, wx1))
     probs = class_probs.to(device, dtype).contiguous()  # [K, C]
     anchors = query_anchors(probs)
-    # a tile holds [pixels, K] masks and [pixels, anchors] scores; other classes' are taken in
-    # pixel chunks (`top_two_pruned`), so a large vocabulary does not make the tiles thin
-    widest = max(clusters, min(probs.shape[1], len(anchors) + TILE_ANCHORS))
-    per_row = widest * max(out_w, in_w)
+    per_row = pruned_tile_columns(clusters, probs.shape[1], anchors) * max(out_w, in_w)
     rows = max(1, max_chunk_elements // max(1, per_row))
     for top in range(0, out_h, rows):
         ys = slice(top, min(out_h, top + rows))
