@@ -22,7 +22,7 @@ from PIL import Image  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
 
 from pipeline.logs import configure_logging  # noqa: E402
-from schemas.cli import add_logging_flags, explain, log_level  # noqa: E402
+from schemas.cli import add_local_ray_flags, add_logging_flags, explain, log_level  # noqa: E402
 from schemas.jobs import LabelJobConfig, ModelChoice  # noqa: E402
 from schemas.taxonomy import TaxonomyError, load_taxonomy  # noqa: E402
 
@@ -50,6 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-config", default=None, help="JSON model config for a --checkpoint without one")
     short_side = LabelJobConfig.model_fields["short_side"]
     parser.add_argument("--short-side", type=int, default=short_side.default, help=short_side.description)
+    add_local_ray_flags(parser)
     add_logging_flags(parser)
 
 
@@ -85,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.weights import SMOKE_BANNER, WeightsError
 
     try:
-        summary = label(config, taxonomy, smoke_if_no_weights=True, log_level=level)
+        summary = label(config, taxonomy, smoke_if_no_weights=True, log_level=level, ray_dashboard=args.ray_dashboard)
     except (InputError, WeightsError) as e:
         log.error("%s", e)
         return 1

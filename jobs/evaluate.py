@@ -24,6 +24,7 @@ from pydantic import ValidationError  # noqa: E402
 from pipeline.logs import configure_logging, ray_for_job  # noqa: E402
 from schemas.cli import (  # noqa: E402
     add_config_flags,
+    add_local_ray_flags,
     add_logging_flags,
     build_config,
     config_and_taxonomy,
@@ -41,9 +42,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     modes = parser.add_subparsers(dest="mode", required=True, metavar="{run,score}")
     run_parser = modes.add_parser("run", help=EvaluateRunConfig.__doc__.split(": ", 1)[1])
     add_config_flags(run_parser, EvaluateRunConfig)
+    add_local_ray_flags(run_parser)
     add_logging_flags(run_parser)
     score_parser = modes.add_parser("score", help=EvaluateScoreConfig.__doc__.split(": ", 1)[1])
     add_config_flags(score_parser, EvaluateScoreConfig)
+    add_local_ray_flags(score_parser)
     add_logging_flags(score_parser)
 
 
@@ -78,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         except ProvenanceError as e:
             log.error("%s", e)
             return 2
-        with ray_for_job(log_level(args)):
+        with ray_for_job(log_level(args), args.ray_dashboard):
             result = evaluate_output(
                 score.input, score.ground_truth, taxonomy, score.ignore_label, score.storage_options
             )
@@ -103,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
         log.error("%s", e)
         return 1
     _, gt_dir, ignore = benchmark_paths(config)
-    with ray_for_job(log_level(args)):
+    with ray_for_job(log_level(args), args.ray_dashboard):
         run_label_job(plan)
         result = evaluate_output(labels_location(config), gt_dir, taxonomy, ignore, config.storage_options)
     _summary(result, write_reports(result, config.output, config.storage_options))

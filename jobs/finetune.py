@@ -23,6 +23,7 @@ from pipeline.logs import configure_logging, ray_for_job  # noqa: E402
 from schemas.cli import (  # noqa: E402
     DeprecatedFlag,
     add_config_flags,
+    add_local_ray_flags,
     add_logging_flags,
     config_and_taxonomy,
     log_level,
@@ -57,6 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=argparse.SUPPRESS,
         help=argparse.SUPPRESS,
     )
+    add_local_ray_flags(parser)
     add_logging_flags(parser)
 
 
@@ -83,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     # fewer cores than that, declare more (they are shared, not reserved). Never when joining a cluster.
     needed = int(config.workers * config.cpus_per_worker) + 2
     small = not os.environ.get("RAY_ADDRESS") and (os.cpu_count() or 1) < needed
-    with ray_for_job(log_level(args), num_cpus=needed if small else None) as started:
+    with ray_for_job(log_level(args), args.ray_dashboard, num_cpus=needed if small else None) as started:
         cpus = ray.cluster_resources().get("CPU", 0)
         if not started and cpus < needed:  # Ray Train would wait for them forever
             log.error(

@@ -18,7 +18,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as a plain script
 
 from pipeline.logs import configure_logging  # noqa: E402
-from schemas.cli import add_config_flags, add_logging_flags, config_and_taxonomy, log_level  # noqa: E402
+from schemas.cli import (  # noqa: E402
+    add_config_flags,
+    add_local_ray_flags,
+    add_logging_flags,
+    config_and_taxonomy,
+    log_level,
+)
 from schemas.jobs import LabelJobConfig  # noqa: E402
 
 log = logging.getLogger("jobs.label")
@@ -32,6 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="quick start only: without the published weights, run random weights (labels meaningless)",
     )
+    add_local_ray_flags(parser)
     add_logging_flags(parser)
 
 
@@ -48,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.weights import WeightsError
 
     try:  # input, output, weights and earlier results are checked before Ray starts
-        summary = label(config, taxonomy, args.smoke_if_no_weights, log_level(args))
+        summary = label(config, taxonomy, args.smoke_if_no_weights, log_level(args), args.ray_dashboard)
     except ProvenanceError as e:
         log.error("%s", e)
         return 2

@@ -112,9 +112,14 @@ def worker_setup_hook(level: str) -> Callable[[], None]:
     return setup_worker_logging
 
 
-def init_ray(level: str = "INFO", **init_kwargs: Any) -> None:
+def init_ray(level: str = "INFO", dashboard: bool = False, **init_kwargs: Any) -> None:
     """`ray.init` for a job: workers log as this process does, Ray itself speaks up only for
-    warnings (all of it with -v), progress bars only on a terminal."""
+    warnings (all of it with -v), progress bars only on a terminal.
+
+    A Ray this starts has no dashboard unless `dashboard`: it lives only as long as the job, and
+    the dashboard is ten more processes at every start, whose start `ray.init` waits on (a
+    minute when one of its modules fails to come up). Joining a cluster, `dashboard` changes
+    nothing: the cluster's head runs its own. The metrics agent runs either way."""
     import ray
 
     verbose = logging.getLevelName(level) <= logging.DEBUG
@@ -126,6 +131,7 @@ def init_ray(level: str = "INFO", **init_kwargs: Any) -> None:
     ray.init(
         logging_level=logging.INFO if verbose else logging.WARNING,
         runtime_env={"worker_process_setup_hook": worker_setup_hook(level)},
+        include_dashboard=dashboard,
         **init_kwargs,
     )
     ray.data.DataContext.get_current().enable_progress_bars = terminal
@@ -134,7 +140,7 @@ def init_ray(level: str = "INFO", **init_kwargs: Any) -> None:
 
 
 @contextmanager
-def ray_for_job(level: str = "INFO", **init_kwargs: Any) -> Iterator[bool]:
+def ray_for_job(level: str = "INFO", dashboard: bool = False, **init_kwargs: Any) -> Iterator[bool]:
     """The Ray a job runs on. A Ray this process already runs (a notebook's, an application's) is
     joined as it is and left running; `ray.init` would refuse a second start. Otherwise the
     job starts one with `init_ray` (or joins RAY_ADDRESS's cluster) and shuts it down when it
@@ -144,7 +150,7 @@ def ray_for_job(level: str = "INFO", **init_kwargs: Any) -> Iterator[bool]:
     if ray.is_initialized():
         yield False
         return
-    init_ray(level, **init_kwargs)
+    init_ray(level, dashboard, **init_kwargs)
     try:
         yield True
     finally:

@@ -162,6 +162,17 @@ def add_logging_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("-q", "--quiet", action="store_true", help="warnings, errors and the summary only")
 
 
+def add_local_ray_flags(parser: argparse.ArgumentParser) -> None:
+    """Flags of the jobs that start a local Ray when they find none (see `pipeline.logs.init_ray`)."""
+    group = parser.add_argument_group("local Ray")
+    group.add_argument(
+        "--ray-dashboard",
+        action="store_true",
+        help="start Ray's dashboard (http://127.0.0.1:8265) with the local Ray this job starts; "
+        "a cluster's head runs its own",
+    )
+
+
 def log_level(args: argparse.Namespace) -> str:
     if getattr(args, "log_level", None):
         return args.log_level

@@ -58,7 +58,12 @@ def test_fine_tuning_on_a_joined_ray_too_small_for_it_says_so(ray_session, tmp_p
     assert ray.is_initialized()
 
 
-# last: it stops the module's shared Ray (ray_session is set up once per module)
+def _dashboard_module_logs(session: Path) -> list[str]:
+    """The logs of the dashboard's modules (MetricsHead, JobHead, ...) in a Ray session's folder."""
+    return sorted(path.name for path in (session / "logs").glob("dashboard_*Head.log"))
+
+
+# these last two stop the module's shared Ray (ray_session is set up once per module)
 def test_a_job_that_starts_ray_stops_it(no_ray_session, tmp_path, tiny_weights):
     import ray
 
@@ -71,7 +76,20 @@ def test_a_job_that_starts_ray_stops_it(no_ray_session, tmp_path, tiny_weights):
     sessions = Path(os.environ["RAY_TMPDIR"]) / "ray"
     before = sorted(sessions.glob("session_2*"))
     assert before  # (the first run's, where Ray keeps them)
+    assert not _dashboard_module_logs(before[-1])  # and the Ray it started ran no dashboard
     assert label_main(args) == 0
     assert sorted(sessions.glob("session_2*")) == before and not ray.is_initialized()
     manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
     assert manifest["counts"] == {"inputs": 1, "labeled": 0, "failed": 0, "skipped": 1}
+
+
+def test_a_ray_a_job_starts_runs_the_dashboard_only_when_asked(no_ray_session):
+    """--ray-dashboard (`ray_for_job(dashboard=True)`): the dashboard and its modules come up."""
+    import ray
+
+    sessions = Path(os.environ["RAY_TMPDIR"]) / "ray"
+    with ray_for_job(dashboard=True) as started:
+        assert started
+        session = sessions / ray.get_runtime_context().get_session_name()
+        assert "dashboard_MetricsHead.log" in _dashboard_module_logs(session), sorted(session.rglob("*"))
+    assert not ray.is_initialized()

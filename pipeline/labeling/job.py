@@ -543,11 +543,16 @@ def run_label_job(plan: JobPlan) -> RunSummary:
 
 
 def label(
-    config: LabelJobConfig, taxonomy: Taxonomy, smoke_if_no_weights: bool = False, log_level: str = "INFO"
+    config: LabelJobConfig,
+    taxonomy: Taxonomy,
+    smoke_if_no_weights: bool = False,
+    log_level: str = "INFO",
+    ray_dashboard: bool = False,
 ) -> RunSummary:
     """The whole job: plan (raising InputError / WeightsError before Ray starts), then label on
-    the Ray this process already runs, else the cluster it joins or starts (see `ray_for_job`).
-    A run with nothing to label writes its manifest without starting or joining any Ray."""
+    the Ray this process already runs, else the cluster it joins or starts (see `ray_for_job`;
+    `ray_dashboard` gives a Ray it starts the dashboard). A run with nothing to label writes its
+    manifest without starting or joining any Ray."""
     import ray
 
     from ..logs import ray_for_job
@@ -555,7 +560,7 @@ def label(
     plan = plan_label_job(config, taxonomy, smoke_if_no_weights)
     if not len(plan.todo):  # everything is labeled already (a nightly run without new input): no Ray
         return run_label_job(plan)
-    with ray_for_job(log_level):
+    with ray_for_job(log_level, ray_dashboard):
         paths = {
             "--input": config.input,
             "an image of --input": plan.todo[0].as_py() if len(plan.todo) else None,
