@@ -83,14 +83,6 @@ class Worker:
         with self._autocast(precision):
             self.model(tensors, embeddings, True)
 
-    def label_map_only(self, images: list, embeddings: Any, precision: str) -> None:
-        """The model and the label maps' tiles on the device, nothing brought to the host."""
-        tensors = [self.torch.from_numpy(i).to(self.device).permute(2, 0, 1).float() for i in images]
-        sizes = [i.shape[:2] for i in images]
-        for tiles in self.model.predict_label_tiles(tensors, embeddings, sizes, precision=precision):
-            for _ in tiles:
-                pass
-
     def after_model(self, outputs: Any, size: tuple, class_ids: Any, names: dict, uncertainty_map: bool) -> Any:
         """From the networks' outputs to what a row stores: label-map tiles, the assembled map,
         its PNG and segments (and, where this version has them, confidence and margin map)."""
@@ -102,6 +94,37 @@ class Worker:
         )
         extra = {"uncertainty_map": True} if uncertainty_map else {}
         return assemble_label_map(tiles, size, class_ids, names, **extra)
+
+    def stages(self, images: list, embeddings: Any, class_ids: Any, names: dict, precision: str) -> dict:
+        """The job path's stages one after another in one call, seconds each: the networks; the
+        label maps (tiles on the device, assembled on the host with their confidence sums); the
+        host's PNG and segments. (`label_images` overlaps the last with the next image's work.)"""
+        from pipeline.labeling.inference import collect_label_map
+        from san_core.postprocess import semantic_label_tiles
+
+        sync = self.torch.cuda.synchronize if self.device == "cuda" else (lambda: None)
+        start = time.perf_counter()
+        tensors = [self.torch.from_numpy(i).to(self.device).permute(2, 0, 1).float() for i in images]
+        with self._autocast(precision):
+            outputs = self.model(tensors, embeddings, True)
+        sync()
+        networks = time.perf_counter()
+        collected = []
+        for index, image in enumerate(images):
+            size = image.shape[:2]
+            tiles = semantic_label_tiles(
+                outputs.class_logits[index].float(),
+                outputs.mask_logits[index].float(),
+                outputs.padded_size,
+                outputs.input_sizes[index],
+                size,
+            )
+            collected.append(collect_label_map(tiles, size, class_ids))
+        label_maps = time.perf_counter()
+        for label_map in collected:
+            label_map.labeled_image(names)
+        host = time.perf_counter()
+        return {"networks": networks - start, "label map": label_maps - networks, "host": host - label_maps}
 
     def job(self, images: list, embeddings: Any, class_ids: Any, names: dict, precision: str) -> list:
         """Label maps (uint16 arrays) of the job path; precision is the model's (bf16 autocast)."""
@@ -171,10 +194,16 @@ def worker_main(root: str, weights: str, data: str, device: str) -> None:
             )
             seconds, _ = _best_seconds(run, request["repeats"], sync)
             digest = None
-        elif request["mode"] in ("model", "label map"):
-            stage = worker.model_only if request["mode"] == "model" else worker.label_map_only
+        elif request["mode"] == "stages":
+            run = partial(worker.stages, images, embeddings, class_ids, names, request["precision"])
+            worker.stages(images, embeddings, class_ids, names, request["precision"])  # warm-up
+            stages = [run() for _ in range(request["repeats"])]
+            answer = {name: min(s[name] for s in stages) for name in stages[0]}
+            print(json.dumps({"stages": answer, "peak_rss_mib": _peak_rss_mib()}), flush=True)
+            continue
+        elif request["mode"] == "model":
             seconds, _ = _best_seconds(
-                partial(stage, images, embeddings, request["precision"]), request["repeats"], sync
+                partial(worker.model_only, images, embeddings, request["precision"]), request["repeats"], sync
             )
             digest = None
         else:
@@ -386,7 +415,7 @@ def gpu_table(args: argparse.Namespace, data: Path, weights: Path) -> None:
     for vocab in args.vocabs.split(","):
         for photo in PHOTOS:
             flop = flop_per_image(data, weights, vocab, photo)
-            for batch in (int(b) for b in args.batches.split(",")):
+            for batch in (int(b) for b in (args.batches or "1,8,32").split(",")):
                 for precision in ("fp32", "bf16"):
                     request = {"photo": photo, "vocab": vocab, "precision": precision, "repeats": args.repeats}
                     model = current.ask(mode="model", batch=batch, **request)
@@ -402,24 +431,37 @@ def gpu_table(args: argparse.Namespace, data: Path, weights: Path) -> None:
 
 
 def breakdown_table(args: argparse.Namespace, data: Path, weights: Path) -> None:
-    """Where a batch's time goes: the networks, the label maps on the device, the host's part
-    (label maps to the host, PNG, segments), as milliseconds per image."""
+    """Where a batch's time goes, milliseconds per image: each stage timed on its own inside one
+    call (`Worker.stages`), and the job path as the actors run it (`label_images`, whose threads
+    overlap the host's work with the device's), in interleaved rounds, the fastest of each."""
+    from san_core.precision import cpu_runs_bf16_natively
+
     current = WorkerProcess(ROOT, weights, data, args.device)
-    print(f"where the job path's time goes, {args.device}, milliseconds per image")
+    precisions = ["fp32"]
+    if args.device == "cuda" or args.bf16 == "yes" or (args.bf16 == "auto" and cpu_runs_bf16_natively()):
+        precisions.append("bf16")
+    else:
+        print("bf16 not measured: this CPU has no native bf16 (AVX-512 BF16, AMX); autocast would emulate it")
+    batches = args.batches or ("1,8,32" if args.device == "cuda" else "1")
+    print(f"where the job path's time goes, {args.device}, milliseconds per image, fastest of {args.rounds} rounds")
     print("| photo | vocabulary | batch | precision | networks | label map | host: PNG, segments | job |")
     print("|---|---|---|---|---|---|---|---|")
     for vocab in args.vocabs.split(","):
         for photo in PHOTOS:
-            for batch in (int(b) for b in args.batches.split(",")):
-                for precision in ("fp32", "bf16"):
+            for batch in (int(b) for b in batches.split(",")):
+                for precision in precisions:
                     request = {"photo": photo, "vocab": vocab, "precision": precision, "repeats": args.repeats}
-                    ms = {
-                        mode: current.ask(mode=mode, batch=batch, **request)["seconds"] * 1e3 / batch
-                        for mode in ("model", "label map", "job")
-                    }
+                    stages: dict[str, list[float]] = {}
+                    jobs = []
+                    for _ in range(args.rounds):
+                        answer = current.ask(mode="stages", batch=batch, **request)["stages"]
+                        for name, seconds in answer.items():
+                            stages.setdefault(name, []).append(seconds * 1e3 / batch)
+                        jobs.append(current.ask(mode="job", batch=batch, **request)["seconds"] * 1e3 / batch)
+                    ms = {name: min(values) for name, values in stages.items()}
                     print(
-                        f"| {photo} | {vocab} | {batch} | {precision} | {ms['model']:.1f} | "
-                        f"{ms['label map'] - ms['model']:.1f} | {ms['job'] - ms['label map']:.1f} | {ms['job']:.1f} |",
+                        f"| {photo} | {vocab} | {batch} | {precision} | {ms['networks']:.1f} | {ms['label map']:.1f} | "
+                        f"{ms['host']:.1f} | {min(jobs):.1f} |",
                         flush=True,
                     )
     current.close()
@@ -434,7 +476,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds; the table holds the fastest")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--bf16", default="auto", choices=("auto", "yes", "no"), help="CPU: auto = if native")
-    parser.add_argument("--batches", default="1,8,32")
+    parser.add_argument("--batches", help="GPU table and breakdown; default 1,8,32 on a GPU, 1 on the CPU")
     parser.add_argument("--breakdown", action="store_true", help="where the time goes, per stage")
     parser.add_argument("--confidence", action="store_true", help="what confidence costs after the networks")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
