@@ -87,20 +87,29 @@ class Worker:
         """From the networks' outputs to what a row stores: label-map tiles, the assembled map,
         its PNG and segments (and, where this version has them, confidence and margin map)."""
         from pipeline.labeling.inference import assemble_label_map
+
+        extra = {"uncertainty_map": True} if uncertainty_map else {}
+        return assemble_label_map(self.label_tiles(outputs, 0, size), size, class_ids, names, **extra)
+
+    @staticmethod
+    def label_tiles(outputs: Any, index: int, size: tuple) -> Any:
+        """The label-map tiles of image `index` of a batch's outputs, at `size` (logits in fp32,
+        as the job path makes its label maps)."""
         from san_core.postprocess import semantic_label_tiles
 
-        tiles = semantic_label_tiles(
-            outputs.class_logits[0], outputs.mask_logits[0], outputs.padded_size, outputs.input_sizes[0], size
+        return semantic_label_tiles(
+            outputs.class_logits[index].float(),
+            outputs.mask_logits[index].float(),
+            outputs.padded_size,
+            outputs.input_sizes[index],
+            size,
         )
-        extra = {"uncertainty_map": True} if uncertainty_map else {}
-        return assemble_label_map(tiles, size, class_ids, names, **extra)
 
     def stages(self, images: list, embeddings: Any, class_ids: Any, names: dict, precision: str) -> dict:
         """The job path's stages one after another in one call, seconds each: the networks; the
         label maps (tiles on the device, assembled on the host with their confidence sums); the
         host's PNG and segments. (`label_images` overlaps the last with the next image's work.)"""
         from pipeline.labeling.inference import collect_label_map
-        from san_core.postprocess import semantic_label_tiles
 
         sync = self.torch.cuda.synchronize if self.device == "cuda" else (lambda: None)
         start = time.perf_counter()
@@ -109,17 +118,10 @@ class Worker:
             outputs = self.model(tensors, embeddings, True)
         sync()
         networks = time.perf_counter()
-        collected = []
-        for index, image in enumerate(images):
-            size = image.shape[:2]
-            tiles = semantic_label_tiles(
-                outputs.class_logits[index].float(),
-                outputs.mask_logits[index].float(),
-                outputs.padded_size,
-                outputs.input_sizes[index],
-                size,
-            )
-            collected.append(collect_label_map(tiles, size, class_ids))
+        collected = [
+            collect_label_map(self.label_tiles(outputs, index, image.shape[:2]), image.shape[:2], class_ids)
+            for index, image in enumerate(images)
+        ]
         label_maps = time.perf_counter()
         for label_map in collected:
             label_map.labeled_image(names)
@@ -186,6 +188,7 @@ def worker_main(root: str, weights: str, data: str, device: str) -> None:
         _reset_peak_rss()
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
+        extra: dict[str, Any] = {}  # what a mode answers besides these
         if request["mode"] == "after model":
             tensors = [torch.from_numpy(i).permute(2, 0, 1).float() for i in images[:1]]
             outputs = worker.model(tensors, embeddings, True)
@@ -196,11 +199,10 @@ def worker_main(root: str, weights: str, data: str, device: str) -> None:
             digest = None
         elif request["mode"] == "stages":
             run = partial(worker.stages, images, embeddings, class_ids, names, request["precision"])
-            worker.stages(images, embeddings, class_ids, names, request["precision"])  # warm-up
-            stages = [run() for _ in range(request["repeats"])]
-            answer = {name: min(s[name] for s in stages) for name in stages[0]}
-            print(json.dumps({"stages": answer, "peak_rss_mib": _peak_rss_mib()}), flush=True)
-            continue
+            run()  # warm-up
+            timings = [run() for _ in range(request["repeats"])]
+            extra["stages"] = {name: min(t[name] for t in timings) for name in timings[0]}
+            seconds, digest = min(sum(t.values()) for t in timings), None
         elif request["mode"] == "model":
             seconds, _ = _best_seconds(
                 partial(worker.model_only, images, embeddings, request["precision"]), request["repeats"], sync
@@ -210,7 +212,7 @@ def worker_main(root: str, weights: str, data: str, device: str) -> None:
             run = partial(worker.job, images, embeddings, class_ids, names, request["precision"])
             seconds, maps = _best_seconds(run, request["repeats"], sync)
             digest = hashlib.sha256(maps[0].astype(np.uint16).tobytes()).hexdigest()
-        answer = {"seconds": seconds, "digest": digest, "peak_rss_mib": _peak_rss_mib()}
+        answer = {"seconds": seconds, "digest": digest, "peak_rss_mib": _peak_rss_mib(), **extra}
         if device == "cuda":
             answer["gpu_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
         print(json.dumps(answer), flush=True)
