@@ -7,9 +7,9 @@ probabilities (background dropped) times mask probabilities over queries.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 
 import torch
 from torch.nn import functional as F
@@ -23,6 +23,11 @@ MAX_CHUNK_ELEMENTS_GPU = 1 << 27
 # Classes a label tile scores first, beside each query's two likeliest: the tile's likeliest by
 # their upper bound. When no other class can reach the second place, these scores are the answer.
 TILE_ANCHORS = 8
+# Side, in output pixels, of the square blocks a label tile's pruning test is taken again over
+# when the whole tile's test leaves classes to score: a bound and a floor per block are tighter.
+PRUNING_BLOCK = 32
+# Slack for float rounding in the pruning tests' comparisons; it only ever keeps more classes.
+BOUND_SLACK = 1e-5
 
 
 def chunk_elements_for(device: torch.device) -> int:
@@ -147,9 +152,46 @@ def semantic_label_tiles(
             band = half[first:end]  # [band rows, width * Q], the grid rows this tile interpolates
             masks = (a_y[top:bottom, first:end] @ band).view(-1, queries).sigmoid_()  # [pixels, Q]
             ceiling = band.view(-1, queries).amax(dim=0).sigmoid()  # [Q] no pixel's mask is higher
-            best, index, runner_up = top_two_pruned(masks, probs, ceiling, anchors, max_chunk_elements)
+            blocks = partial(tile_blocks, half, band_first, band_end, top, bottom, width, queries)
+            best, index, runner_up = top_two_pruned(masks, probs, ceiling, anchors, max_chunk_elements, blocks)
             shape = (bottom - top, width)
             yield LabelTile(top, left, index.view(shape), best.view(shape), runner_up.view(shape))
+
+
+@dataclass
+class TileBlocks:
+    """A label tile cut into square blocks, each with an upper bound of every query's mask at
+    its pixels."""
+
+    ceilings: torch.Tensor  # [blocks, Q], the blocks row-major over the tile
+    shape: tuple[int, int]  # the tile's (rows, cols)
+    size: int  # a block's side (the last row and column of blocks may be cut short)
+
+    def reaching(self, classes: torch.Tensor, probs: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+        """The `classes` whose bound reaches, in some block, the lowest of `second` ([pixels],
+        row-major over the tile: a lower bound of each pixel's second-best score) there."""
+        floors = -F.max_pool2d(-second.view(1, 1, *self.shape), self.size, ceil_mode=True).flatten()
+        bounds = self.ceilings @ probs[:, classes]  # [blocks, classes]
+        return classes[(bounds >= floors[:, None] - BOUND_SLACK).any(dim=0)]
+
+
+def tile_blocks(
+    half: torch.Tensor, band_first: list[int], band_end: list[int], top: int, bottom: int, width: int, queries: int
+) -> TileBlocks:
+    """The `PRUNING_BLOCK` blocks of the tile of output rows top..bottom, from `half` ([grid rows,
+    width * Q]: the masks resized along the columns only). A pixel's mask is a convex combination
+    of the grid rows in its row's band, so the largest of those rows' values at the block's
+    columns, after the sigmoid, bounds it."""
+    size = PRUNING_BLOCK
+    short = -width % size  # the last column block's missing columns
+    ceilings = []
+    for start in range(top, bottom, size):
+        stop = min(bottom, start + size)
+        first, end = min(band_first[start:stop]), max(band_end[start:stop])
+        rows_max = half[first:end].view(end - first, width, queries).amax(dim=0)  # [width, Q]
+        rows_max = F.pad(rows_max, (0, 0, 0, short), value=-torch.inf)
+        ceilings.append(rows_max.view(-1, size, queries).amax(dim=1))  # [column blocks, Q]
+    return TileBlocks(torch.cat(ceilings).sigmoid_(), (bottom - top, width), size)
 
 
 def query_anchors(probs: torch.Tensor) -> torch.Tensor:
@@ -165,15 +207,21 @@ def pruned_tile_columns(queries: int, num_classes: int, anchors: torch.Tensor) -
 
 
 def top_two_pruned(
-    masks: torch.Tensor, probs: torch.Tensor, ceiling: torch.Tensor, anchors: torch.Tensor, max_elements: int
+    masks: torch.Tensor,
+    probs: torch.Tensor,
+    ceiling: torch.Tensor,
+    anchors: torch.Tensor,
+    max_elements: int,
+    blocks: Callable[[], TileBlocks] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`top_two(masks @ probs)` for one tile (masks [pixels, Q], probs [Q, C]) without scoring every
     class at every pixel. `ceiling` [Q] is at least each query's largest mask value in the tile, so
     `ceiling @ probs` bounds each class's score there. The anchors and the tile's likeliest classes
     by that bound are scored first; only a class whose bound reaches the lowest second-best score
-    among them can be first or second anywhere. When all such classes were scored, their top two is
-    the answer; otherwise the others are scored too, in pixel chunks within `max_elements`, and
-    the two top twos merged."""
+    among them can be first or second anywhere. If some were not scored and `blocks` is given, the
+    test is taken again over the tile's blocks (`TileBlocks.reaching`), which often drops them
+    all. When all such classes were scored, their top two is the answer; otherwise the others are
+    scored too, in pixel chunks within `max_elements`, and the two top twos merged."""
     num_classes = probs.shape[1]
     if num_classes < 2:
         return top_two(masks @ probs)
@@ -182,9 +230,10 @@ def top_two_pruned(
     tile_anchors = torch.unique(torch.cat([anchors, likeliest]))
     values, columns = (masks @ probs[:, tile_anchors]).topk(2, dim=1)
     floor = values[:, 1].min()  # every pixel's second best scores at least this
-    # the slack covers float rounding of the bound; it only ever keeps more classes
-    candidates = torch.nonzero(upper_bound >= floor - 1e-5).squeeze(1)
+    candidates = torch.nonzero(upper_bound >= floor - BOUND_SLACK).squeeze(1)
     others = candidates[~torch.isin(candidates, tile_anchors)]
+    if len(others) and blocks is not None:  # costs about a sixth of scoring them
+        others = blocks().reaching(others, probs, values[:, 1])
     best, index, runner_up = values[:, 0], tile_anchors[columns[:, 0]], values[:, 1]
     if len(others) == 0:  # first and second are anchors
         return best, index, runner_up

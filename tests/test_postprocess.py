@@ -13,7 +13,17 @@ from pipeline.label_maps import decode_label_map
 from pipeline.labeling.inference import label_images
 from pipeline.labeling.segments import class_rles, label_runs, score_sums, segments_from_label_map
 from san_core.build import load_model
-from san_core.postprocess import semantic_label_tiles, semantic_labels, semantic_scores
+from san_core.postprocess import (
+    BOUND_SLACK,
+    PRUNING_BLOCK,
+    class_probabilities,
+    composite_resize_bands,
+    composite_resize_matrix,
+    semantic_label_tiles,
+    semantic_labels,
+    semantic_scores,
+    tile_blocks,
+)
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +76,7 @@ def test_segments_carry_area_bbox_and_mean_score():
         (847, (48, 64), (41, 57), (123, 171), 5000, 3),  # padding cropped, many row and column tiles
         (847, (48, 64), (41, 57), (123, 171), 5000, 30),  # peaked class probabilities: pruning prunes
         (847, (48, 64), (41, 57), (123, 171), 5000, 0.1),  # nearly flat: candidates' scores in pixel chunks
+        (847, (64, 96), (61, 90), (123, 171), 200000, 2),  # blocks drop some of the tiles' candidates
         (150, (32, 48), (30, 45), (301, 451), 20000, 3),
         (5, (16, 16), (13, 9), (7, 5), 10, 3),  # output smaller than the input, tiny tiles
         (1, (16, 16), (16, 16), (16, 16), 1 << 25, 3),  # one class: no rival
@@ -98,6 +109,42 @@ def test_label_tiles_are_the_argmax_of_the_full_score_maps(classes, padded, vali
         assert tie[disagree].abs().max() <= 1e-6
     assembled, _ = semantic_labels(class_logits, mask_logits, padded, valid, output, max_chunk_elements=chunk)
     assert (assembled == labels).all()
+
+
+def test_block_bounds_hold_at_every_pixel_and_keep_fewer_classes_than_the_tiles():
+    """The pruning test per block: each block's ceilings bound every pixel's masks there, every
+    class that is first or second at some pixel is kept, and fewer classes than the whole tile's
+    one bound keeps."""
+    generator = torch.Generator().manual_seed(7)
+    queries, classes, grid, padded, valid, output = 20, 847, (16, 24), (64, 96), (61, 90), (123, 171)
+    probs = class_probabilities(torch.randn(queries, classes + 1, generator=generator) * 2, background=True)
+    mask_logits = torch.randn(queries, *grid, generator=generator) * 4
+    a_y = composite_resize_matrix(grid[0], padded[0], valid[0], output[0]).float()
+    a_x = composite_resize_matrix(grid[1], padded[1], valid[1], output[1]).float()
+    band_first, band_end = composite_resize_bands(grid[0], padded[0], valid[0], output[0])
+    half = torch.einsum("qhw,xw->hxq", mask_logits, a_x).reshape(grid[0], output[1] * queries)
+    top, bottom = 10, 101  # a tile whose rows do not start or end on a block's
+    masks = (a_y[top:bottom] @ half).view(-1, queries).sigmoid()  # [pixels, Q]
+    blocks = tile_blocks(half, band_first, band_end, top, bottom, output[1], queries)
+
+    rows, cols = torch.meshgrid(torch.arange(bottom - top), torch.arange(output[1]), indexing="ij")
+    column_blocks = -(-output[1] // PRUNING_BLOCK)
+    block_of_pixel = (rows // PRUNING_BLOCK * column_blocks + cols // PRUNING_BLOCK).flatten()
+    assert blocks.ceilings.shape == (-(-(bottom - top) // PRUNING_BLOCK) * column_blocks, queries)
+    assert (masks <= blocks.ceilings[block_of_pixel]).all()
+
+    scores = masks @ probs
+    top_two = scores.topk(2, dim=1)
+    second = top_two.values[:, 1]
+    kept = blocks.reaching(torch.arange(classes), probs, second)
+    assert torch.isin(torch.unique(top_two.indices), kept).all()
+    # exactly the classes whose bound reaches, in some block, the lowest second-best score there
+    floors = torch.full((len(blocks.ceilings),), torch.inf).scatter_reduce(0, block_of_pixel, second, "amin")
+    reaches = (blocks.ceilings @ probs >= floors[:, None] - BOUND_SLACK).any(dim=0)
+    assert torch.equal(kept, torch.nonzero(reaches).squeeze(1))
+    tile_ceiling = half[min(band_first[top:bottom]) : max(band_end[top:bottom])].view(-1, queries).amax(dim=0)
+    kept_by_the_tile = (tile_ceiling.sigmoid() @ probs >= second.min()).sum()
+    assert len(kept) < kept_by_the_tile
 
 
 def test_the_job_path_equals_the_argmax_of_the_models_score_maps(tiny, tiny_inputs):
