@@ -32,7 +32,7 @@ from pipeline.exports.polygons import mask_polygons
 from pipeline.images import decode_for_model
 from pipeline.label_maps import decode_label_map
 from pipeline.labeling.segments import rle_to_mask
-from pipeline.report.collect import review_key
+from pipeline.report.collect import CONFIDENCE_BINS, review_key, summarize
 from pipeline.training.imports import brush_mask
 from pipeline.vocabulary import load_or_build_vocabulary
 from san_core.build import load_model
@@ -274,6 +274,25 @@ def _chromium_page(html: Path, screenshot: Path):
         page.screenshot(path=str(screenshot), full_page=False)
         browser.close()
     return errors, images, headings, requests
+
+
+def test_the_reports_confidence_is_counted_in_fixed_bins_from_every_row_and_segment(labeled):
+    """What the report keeps of confidence does not grow with the rows: counts in fixed bins, and
+    the mean scores as float32; the counts are those of every labeled row and segment."""
+    summary = summarize(str(labeled["output"]))
+    rows = [r for r in labeled["rows"].values() if r["error"] is None]
+    series = {
+        "mean margin": (summary.mean_margins, [r["mean_margin"] for r in rows]),
+        "uncertain share": (summary.uncertain_fractions, [r["uncertain_fraction"] for r in rows]),
+        "segment margin": (summary.segment_margins, [s["margin"] for r in rows for s in r["segments"]]),
+    }
+    for name, (histogram, values) in series.items():
+        assert histogram.counts.shape == (CONFIDENCE_BINS,), name
+        assert (histogram.counts == np.histogram(values, bins=CONFIDENCE_BINS, range=(0, 1))[0]).all(), name
+    assert len(summary.segment_margins) == sum(len(r["segments"]) for r in rows) >= len(rows)
+    kept_scores = np.concatenate(summary.mean_scores)
+    assert kept_scores.dtype == np.float32
+    assert sorted(kept_scores) == pytest.approx(sorted(r["mean_score"] for r in rows), rel=1e-6)
 
 
 def test_the_report_is_one_page_that_renders_in_chromium(labeled, tmp_path):

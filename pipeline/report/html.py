@@ -26,7 +26,7 @@ from ..labeling.preview import overlay_image
 from ..results import is_own_result, result_files
 from ..video.decode import SampledFrame, VideoReader
 from . import plots
-from .collect import Example, OutputSummary, summarize
+from .collect import CONFIDENCE_BINS, Example, OutputSummary, summarize
 
 THUMB_WIDTH = 360
 STYLE = """
@@ -244,10 +244,10 @@ def build_report(
             _img(
                 plots.histograms(
                     {
-                        "mean score": summary.mean_scores,
-                        "mean margin": summary.mean_margins,
-                        "uncertain share": summary.uncertain_fractions,
-                        "segment margin": summary.segment_margins,
+                        "mean score": np.histogram(np.concatenate(summary.mean_scores), bins=CONFIDENCE_BINS),
+                        "mean margin": summary.mean_margins.counts_and_edges(),
+                        "uncertain share": summary.uncertain_fractions.counts_and_edges(),
+                        "segment margin": summary.segment_margins.counts_and_edges(),
                     }
                 ),
                 "image/png",

@@ -39,12 +39,12 @@ def class_distribution(
     return _png(figure)
 
 
-def histograms(series: Mapping[str, Sequence[float]], bins: int = 30) -> bytes:
-    """One histogram per named series, side by side."""
+def histograms(series: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> bytes:
+    """One histogram per named series (its counts and bin edges), side by side."""
     figure, axes = plt.subplots(1, len(series), figsize=(WIDTH_IN, 2.6), squeeze=False)
-    for axis, (name, values) in zip(axes[0], series.items(), strict=True):
-        if len(values):
-            axis.hist(np.asarray(values, dtype=float), bins=bins, color="#cd853f")
+    for axis, (name, (counts, edges)) in zip(axes[0], series.items(), strict=True):
+        if counts.sum():
+            axis.stairs(counts, edges, fill=True, color="#cd853f")
         axis.set_title(name, fontsize=9)
         axis.set_ylabel("rows" if axis is axes[0][0] else "")
     return _png(figure)
