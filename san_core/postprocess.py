@@ -253,7 +253,13 @@ def top_two_of_product(
     """`top_two(masks @ probs)` ([pixels, Q] x [Q, C]), taken over pixel chunks whose [pixels, C]
     scores stay within `max_elements`."""
     step = max(1, max_elements // max(1, probs.shape[1]))
-    parts = [top_two(masks[start : start + step] @ probs) for start in range(0, masks.shape[0], step)]
+    # one buffer for every chunk's scores: a fresh one per chunk left the allocator holding
+    # gigabytes of them in a fresh process (6,000 classes: 2.4-2.8 GB of peak RSS, not 16 MB)
+    scores = masks.new_empty(min(step, masks.shape[0]), probs.shape[1])
+    parts = []
+    for start in range(0, masks.shape[0], step):
+        chunk = masks[start : start + step]
+        parts.append(top_two(torch.mm(chunk, probs, out=scores[: len(chunk)])))
     if len(parts) == 1:
         return parts[0]
     best, index, runner_up = (torch.cat(column) for column in zip(*parts, strict=True))
