@@ -140,14 +140,10 @@ BOUNDED_MEMORY_RUN = """
 import json, sys
 from pathlib import Path
 import torch
+from pipeline.labeling.progress import peak_rss_mib
 from pipeline.vocabulary import load_or_build_vocabulary
 from san_core.build import load_model
 from schemas.taxonomy import Taxonomy
-
-def peak_rss_mib():
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
 
 tiny_dir, cache, classes = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 tiny = load_model(checkpoint=str(tiny_dir / "checkpoint.pth"), model_config=str(tiny_dir / "config.json")).model
