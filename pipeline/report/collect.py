@@ -33,6 +33,8 @@ COLUMNS = [
     "mean_margin",
     "uncertain_fraction",
 ]
+# What the report reads of each segment: not its RLE mask and box, most of a row's bytes.
+SEGMENT_FIELDS = ("class_id", "class_name", "area", "margin")
 
 
 CONFIDENCE_BINS = 30
@@ -103,8 +105,7 @@ def summarize(
     for path in filter(is_own_result, result_files(fs, root)):
         with fs.open(path, "rb") as f:
             parquet = pq.ParquetFile(f)
-            columns = [c for c in COLUMNS if c in parquet.schema_arrow.names]
-            table = parquet.read(columns=columns)
+            table = parquet.read(columns=report_columns(parquet.schema))
         _add_confidence(summary, table)
         for row in table.to_pylist():
             summary.rows += 1
@@ -118,6 +119,19 @@ def summarize(
             _add_row(summary, row, least, examples)
     summary.videos = len(videos)
     return summary
+
+
+def report_columns(schema: pq.ParquetSchema) -> list[str]:
+    """The Parquet columns (leaf paths) a report reads of a result file: `COLUMNS`, and of the
+    segments only `SEGMENT_FIELDS` (paths such as segments.list.element.area: Parquet reads those
+    leaves alone, so the masks' bytes are never fetched or decoded)."""
+    paths = [schema.column(i).path for i in range(len(schema))]
+    segment_fields = [
+        path
+        for path in paths
+        if path.startswith("segments.") and path.count(".") == 3 and path.rsplit(".", 1)[1] in SEGMENT_FIELDS
+    ]
+    return [path for path in paths if path in COLUMNS] + segment_fields
 
 
 def _add_confidence(summary: OutputSummary, table: pa.Table) -> None:
