@@ -6,8 +6,10 @@ HTML report rendered in a real headless Chromium."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
+import re
 import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -35,6 +37,7 @@ from pipeline.images import decode_for_model
 from pipeline.label_maps import decode_label_map
 from pipeline.labeling.segments import rle_to_mask
 from pipeline.report.collect import CONFIDENCE_BINS, review_key, summarize
+from pipeline.report.html import build_report
 from pipeline.training.imports import brush_mask
 from pipeline.vocabulary import load_or_build_vocabulary
 from san_core.build import load_model
@@ -321,15 +324,55 @@ def test_the_report_reads_each_segments_class_and_area_not_its_mask(labeled, tmp
     mask_bytes = sum(len(s["rle_counts"]) for row in rows for s in row["segments"])
     assert mask_bytes > 6 * 2**20 and (large / original.name).stat().st_size > mask_bytes / 2
 
+    expected = summarize(str(labeled["output"]))  # (and whatever it imports)
     before = _bytes_read_by_this_process()
     summary = summarize(str(large))
     read = _bytes_read_by_this_process() - before
     assert read < mask_bytes / 20, (read, mask_bytes)
-    expected = summarize(str(labeled["output"]))
     assert (summary.rows, summary.labeled, summary.errors) == (expected.rows, expected.labeled, expected.errors)
     assert summary.class_pixels == expected.class_pixels and summary.class_images == expected.class_images
     assert summary.class_names == expected.class_names and sum(summary.class_pixels.values()) > 0
     assert (summary.segment_margins.counts == expected.segment_margins.counts).all()
+
+
+def test_the_report_reads_the_label_maps_of_the_rows_it_shows_alone(labeled, tmp_path):
+    """The shown rows' label maps are read again from their own file's row groups, not from every
+    file's label-map column: beside the labeled rows, a file (listed first) of 400 sure rows in 8
+    row groups, each with a large label map, is never read past its small columns, and the page
+    shows the same thumbnails as the original output's."""
+    (original,) = [p for p in Path(labeled["output"]).glob("*.parquet")]
+    table = pq.read_table(original)
+    labeled_rows = [row for row in table.to_pylist() if row["error"] is None]
+    sure = []
+    rng = np.random.default_rng(0)
+    for copy in range(400):
+        row = dict(labeled_rows[copy % len(labeled_rows)])
+        row["uncertain_fraction"], row["mean_margin"] = 0.0, 1.0  # never among the least confident
+        row["segments"] = [dict(s, area=1) for s in row["segments"]]  # nor any class's example
+        noise = Image.fromarray(rng.integers(0, 4, (600, 600), dtype=np.uint8))
+        buffer = io.BytesIO()
+        noise.save(buffer, format="PNG")
+        row["label_map_png"] = buffer.getvalue()
+        sure.append(row)
+    both = tmp_path / "labels"
+    both.mkdir()
+    shutil.copy(original, both / original.name)
+    first = both / original.name.replace("labels-", "labels-0")  # sorts before the original
+    pq.write_table(pa.Table.from_pylist(sure, schema=table.schema), first, row_group_size=50)
+    map_bytes = sum(len(r["label_map_png"]) for r in sure)
+    assert map_bytes > 20 * 2**20 and pq.ParquetFile(first).num_row_groups == 8
+
+    taxonomy, least = load_taxonomy(str(labeled["vocab"])), len(labeled_rows)  # all of them shown
+    build_report(str(labeled["output"]), taxonomy, least=least)  # what it imports, read once
+    before = _bytes_read_by_this_process()
+    expected = build_report(str(labeled["output"]), taxonomy, least=least)
+    baseline = _bytes_read_by_this_process() - before  # the photos, and the figures' fonts
+    before = _bytes_read_by_this_process()
+    page = build_report(str(both), taxonomy, least=least)
+    read = _bytes_read_by_this_process() - before
+    assert read - baseline < map_bytes / 20, (read, baseline, map_bytes)
+    thumbnails = re.findall(r'<img src="data:image/jpeg;base64,[^"]*" alt="([^"]*)"', page)
+    assert thumbnails and thumbnails == re.findall(r'<img src="data:image/jpeg;base64,[^"]*" alt="([^"]*)"', expected)
 
 
 def test_the_report_is_one_page_that_renders_in_chromium(labeled, tmp_path):

@@ -67,6 +67,8 @@ class Example:
     image_uri: str = field(compare=False)
     video_uri: str | None = field(compare=False, default=None)
     detail: dict[str, Any] = field(compare=False, default_factory=dict)
+    # the result file the row is in and its index there, so that its label map is read alone
+    source: tuple[str, int] | None = field(compare=False, default=None)
 
 
 @dataclass
@@ -107,7 +109,7 @@ def summarize(
             parquet = pq.ParquetFile(f)
             table = parquet.read(columns=report_columns(parquet.schema))
         _add_confidence(summary, table)
-        for row in table.to_pylist():
+        for index, row in enumerate(table.to_pylist()):
             summary.rows += 1
             if row.get("video_uri"):
                 videos.add(row["video_uri"])
@@ -116,7 +118,7 @@ def summarize(
                 summary.error_kinds[row.get("error_kind") or "unknown"] += 1
                 continue
             summary.labeled += 1
-            _add_row(summary, row, least, examples)
+            _add_row(summary, row, (path, index), least, examples)
     summary.videos = len(videos)
     return summary
 
@@ -149,8 +151,8 @@ def _add_confidence(summary: OutputSummary, table: pa.Table) -> None:
         summary.segment_margins.add(pc.drop_null(margins).to_numpy())
 
 
-def _add_row(summary: OutputSummary, row: dict[str, Any], least: int, examples: int) -> None:
-    entry = Example(review_key(row), row["image_uri"], row.get("video_uri"), {"row": _light(row)})
+def _add_row(summary: OutputSummary, row: dict[str, Any], source: tuple[str, int], least: int, examples: int) -> None:
+    entry = Example(review_key(row), row["image_uri"], row.get("video_uri"), {"row": _light(row)}, source)
     if len(summary.least_confident) < least:
         heapq.heappush(summary.least_confident, entry)
     elif entry > summary.least_confident[0]:
@@ -164,8 +166,9 @@ def _add_row(summary: OutputSummary, row: dict[str, Any], least: int, examples: 
         if (best is None or segment["area"] > best.key) and (
             best is not None or len(summary.class_examples) < examples
         ):
+            detail = {"row": _light(row), "class_id": class_id}
             summary.class_examples[class_id] = Example(
-                segment["area"], row["image_uri"], row.get("video_uri"), {"row": _light(row), "class_id": class_id}
+                segment["area"], row["image_uri"], row.get("video_uri"), detail, source
             )
 
 

@@ -13,8 +13,6 @@ from typing import Any
 
 import fsspec
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import Image
 
@@ -23,7 +21,6 @@ from schemas.taxonomy import Taxonomy
 from ..images import decode_rgb
 from ..label_maps import decode_label_map
 from ..labeling.preview import overlay_image
-from ..results import is_own_result, result_files
 from ..video.decode import SampledFrame, VideoReader
 from . import plots
 from .collect import CONFIDENCE_BINS, Example, OutputSummary, summarize
@@ -62,18 +59,27 @@ def _table(header: list[str] | None, rows: list[list[Any]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def _label_maps(labels: str, uris: set[str], storage_options: Mapping[str, Any] | None) -> dict[str, bytes]:
-    """The label-map PNGs of these rows, read again (a report keeps none while it scans)."""
-    fs, root = fsspec.core.url_to_fs(labels, **(storage_options or {}))
+def _label_maps(labels: str, shown: list[Example], storage_options: Mapping[str, Any] | None) -> dict[str, bytes]:
+    """The label-map PNGs of the shown rows, read again (a report keeps none while it scans): of
+    each file that holds some, only the row groups that do, and their label maps alone."""
+    fs, _ = fsspec.core.url_to_fs(labels, **(storage_options or {}))
+    rows_by_file: dict[str, set[int]] = {}
+    for example in shown:
+        if example.source is not None:
+            path, index = example.source
+            rows_by_file.setdefault(path, set()).add(index)
     found: dict[str, bytes] = {}
-    wanted = pa.array(sorted(uris), pa.string())
-    for path in filter(is_own_result, result_files(fs, root)):
+    for path, indices in sorted(rows_by_file.items()):
         with fs.open(path, "rb") as f:
-            table = pq.read_table(f, columns=["image_uri", "label_map_png"])
-        table = table.filter(pc.is_in(table["image_uri"], value_set=wanted))
-        found.update(zip(table["image_uri"].to_pylist(), table["label_map_png"].to_pylist(), strict=True))
-        if len(found) == len(uris):
-            break
+            parquet = pq.ParquetFile(f)
+            start = 0
+            for group in range(parquet.num_row_groups):
+                end = start + parquet.metadata.row_group(group).num_rows
+                wanted = [index - start for index in sorted(indices) if start <= index < end]
+                if wanted:
+                    table = parquet.read_row_group(group, columns=["image_uri", "label_map_png"]).take(wanted)
+                    found.update(zip(table["image_uri"].to_pylist(), table["label_map_png"].to_pylist(), strict=True))
+                start = end
     return found
 
 
@@ -214,7 +220,7 @@ def build_report(
     banner = "SMOKE TEST: RANDOM WEIGHTS, LABELS MEANINGLESS" if smoke else None
     least_confident = sorted(summary.least_confident, reverse=True)
     class_examples = [summary.class_examples[c] for c in sorted(summary.class_examples)]
-    maps = _label_maps(labels, {e.image_uri for e in [*least_confident, *class_examples]}, storage_options)
+    maps = _label_maps(labels, [*least_confident, *class_examples], storage_options)
     names = summary.class_names
     parts = [
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>SAN labels: {html.escape(labels)}</title>',
