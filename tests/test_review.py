@@ -302,8 +302,8 @@ def test_the_reports_confidence_is_counted_in_fixed_bins_from_every_row_and_segm
 
 def _bytes_read_by_this_process() -> int:
     """What this process has read through read() and pread(), files included (Linux)."""
-    io = dict(line.split(": ") for line in Path("/proc/self/io").read_text().splitlines())
-    return int(io["rchar"])
+    counters = dict(line.split(": ") for line in Path("/proc/self/io").read_text().splitlines())
+    return int(counters["rchar"])
 
 
 def test_the_report_reads_each_segments_class_and_area_not_its_mask(labeled, tmp_path):
@@ -371,8 +371,8 @@ def test_the_report_reads_the_label_maps_of_the_rows_it_shows_alone(labeled, tmp
     page = build_report(str(both), taxonomy, least=least)
     read = _bytes_read_by_this_process() - before
     assert read - baseline < map_bytes / 20, (read, baseline, map_bytes)
-    thumbnails = re.findall(r'<img src="data:image/jpeg;base64,[^"]*" alt="([^"]*)"', page)
-    assert thumbnails and thumbnails == re.findall(r'<img src="data:image/jpeg;base64,[^"]*" alt="([^"]*)"', expected)
+    thumbnail_alts = re.compile(r'<img src="data:image/jpeg;base64,[^"]*" alt="([^"]*)"')
+    assert thumbnail_alts.findall(page) and thumbnail_alts.findall(page) == thumbnail_alts.findall(expected)
 
 
 def test_the_report_is_one_page_that_renders_in_chromium(labeled, tmp_path):

@@ -70,12 +70,13 @@ def _label_maps(labels: str, shown: list[Example], storage_options: Mapping[str,
             rows_by_file.setdefault(path, set()).add(index)
     found: dict[str, bytes] = {}
     for path, indices in sorted(rows_by_file.items()):
+        ordered = sorted(indices)
         with fs.open(path, "rb") as f:
             parquet = pq.ParquetFile(f)
             start = 0
             for group in range(parquet.num_row_groups):
                 end = start + parquet.metadata.row_group(group).num_rows
-                wanted = [index - start for index in sorted(indices) if start <= index < end]
+                wanted = [index - start for index in ordered if start <= index < end]
                 if wanted:
                     table = parquet.read_row_group(group, columns=["image_uri", "label_map_png"]).take(wanted)
                     found.update(zip(table["image_uri"].to_pylist(), table["label_map_png"].to_pylist(), strict=True))
