@@ -33,7 +33,6 @@ from pipeline.images import resize_short_side  # noqa: E402
 from pipeline.vocabulary import load_or_build_vocabulary  # noqa: E402
 from pipeline.weights import resolve_weights  # noqa: E402
 from san_core.postprocess import semantic_label_tiles  # noqa: E402
-from san_core.precision import inference_autocast  # noqa: E402
 from schemas.taxonomy import load_taxonomy  # noqa: E402
 
 CPU_ATTENTION = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
@@ -123,7 +122,7 @@ def main() -> None:
             context = precision if not name.startswith("label map") else "fp32"
 
             def timed(run=run, context=context) -> None:
-                with inference_autocast(context, "cpu"):
+                with model.inference_precision(context):
                     run()
 
             seconds = median_seconds(timed)

@@ -76,6 +76,9 @@ class Worker:
         self.has_label_images = (Path(root) / "pipeline" / "labeling" / "inference.py").exists()
 
     def _autocast(self, precision: str):  # noqa: ANN202
+        """The context the version's own job path runs its networks in (the baseline: autocast)."""
+        if hasattr(self.model, "inference_precision"):
+            return self.model.inference_precision(precision)
         return self.torch.autocast(self.device, dtype=self.torch.bfloat16, enabled=precision == "bf16")
 
     def model_only(self, images: list, embeddings: Any, precision: str) -> None:

@@ -72,8 +72,7 @@ def measure(
     images = [torch.rand(3, *size, device=device) * 255 for _ in range(batch)]
 
     def run() -> None:
-        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=dtype == "bf16"):
-            model.predict_labels(images, classifier)
+        model.predict_labels(images, classifier, precision=dtype)
 
     elapsed, peak = timed(run, iters, device)
     return batch * iters / elapsed, peak

@@ -13,6 +13,7 @@ Data flow for a batch of images (all padded to one size; `video.py` has the clip
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
@@ -35,7 +36,7 @@ from .postprocess import (
     semantic_labels,
     semantic_scores,
 )
-from .precision import inference_autocast
+from .precision import Bf16Weights, inference_autocast
 from .recognition_head import RecognitionHead
 from .side_adapter import SideAdapter
 from .text_classifier import TextClassifier
@@ -104,6 +105,14 @@ class SAN(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.pixel_mean.device
+
+    def inference_precision(self, precision: str) -> contextlib.AbstractContextManager:
+        """The context the networks run in for `precision` (fp32, bf16 or auto): under bf16,
+        autocast with the matrix-product weights cast once and kept (`precision.Bf16Weights`)."""
+        if getattr(self, "_bf16_weights", None) is None:
+            # the image networks only: the text tower's layers are not run here
+            self._bf16_weights = Bf16Weights([self.clip_features, self.side_adapter, self.recognition_head])
+        return inference_autocast(precision, self.device, self._bf16_weights)
 
     # --- vocabulary -------------------------------------------------------------------------
     @torch.no_grad()
@@ -229,7 +238,7 @@ class SAN(nn.Module):
         sizes = _sizes(images, output_sizes)
         results: list[Any] = [None] * len(images)
         for indices in self._grouped(images):
-            with inference_autocast(precision, self.device):
+            with self.inference_precision(precision):
                 out = self([images[i] for i in indices], class_embeddings, background)
             class_logits, mask_logits = out.class_logits.float(), out.mask_logits.float()
             for slot, i in enumerate(indices):
@@ -354,7 +363,7 @@ class SAN(nn.Module):
         """One clip's outputs and, per frame, the argmax of `predict_video`'s score maps as an
         iterator of tiles (bounded memory at any output size). Under bf16 the networks run in
         autocast; the clustering, class averaging and label maps in float32."""
-        with inference_autocast(precision, self.device):
+        with self.inference_precision(precision):
             out = self.forward_video(frames, class_embeddings, background)
         out.class_logits, out.mask_logits = out.class_logits.float(), out.mask_logits.float()
         probs = class_probabilities(out.class_logits, background)

@@ -3,15 +3,22 @@
 Under bf16 autocast the matrix products of CLIP, the side adapter and the recognition head run in
 bfloat16; the mask and class logits they produce are turned back to float32 before the label
 maps are made, so post-processing is the same in both modes.
+
+Autocast casts a layer's fp32 weights to bf16 each time they are used, and keeps the casts only
+until its context ends, so every call pays for casting the whole network again: on a CPU with AMX
+that took longer than the bf16 products themselves. `Bf16Weights` makes those casts once and
+lends them to the layers for each call; the products see the very same bf16 values.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterable, Iterator
 from functools import lru_cache
 from pathlib import Path
 
 import torch
+from torch import nn
 
 PRECISIONS = ("fp32", "bf16", "auto")
 
@@ -38,8 +45,56 @@ def resolve_precision(precision: str, device: str | torch.device) -> str:
     return "bf16" if kind == "cuda" or (kind == "cpu" and cpu_runs_bf16_natively()) else "fp32"
 
 
-def inference_autocast(precision: str, device: str | torch.device) -> contextlib.AbstractContextManager:
-    """The autocast context for a resolved or requested precision on `device`."""
+# Layers whose parameters enter only matrix products (linear layers, convolutions, attention's
+# input projection), which autocast runs in bf16: it would cast these parameters on every use.
+MATRIX_PRODUCT_LAYERS = (nn.Linear, nn.Conv2d, nn.MultiheadAttention)
+
+
+class Bf16Weights:
+    """bf16 copies of the parameters of `modules`' matrix-product layers, made once and remade
+    only when a parameter changes (a new tensor, or an in-place update such as an optimiser step
+    or `load_state_dict`)."""
+
+    def __init__(self, modules: Iterable[nn.Module]) -> None:
+        found: dict[int, nn.Parameter] = {}
+        for module in modules:
+            for layer in module.modules():
+                if isinstance(layer, MATRIX_PRODUCT_LAYERS):
+                    found.update((id(p), p) for p in layer.parameters(recurse=False))
+        self.parameters = list(found.values())
+        self._key: tuple | None = None
+        self._copies: list[torch.Tensor] = []
+
+    def _state(self) -> tuple:
+        return tuple((p.data_ptr(), p._version, p.device, p.dtype) for p in self.parameters)
+
+    @contextlib.contextmanager
+    def lent(self) -> Iterator[None]:
+        """The layers hold their bf16 copies inside this context, their own tensors again after."""
+        state = self._state()
+        if state != self._key:
+            with torch.no_grad():
+                self._copies = [p.detach().to(torch.bfloat16) for p in self.parameters]
+            self._key = state
+        originals = [p.data for p in self.parameters]
+        try:
+            for parameter, copy in zip(self.parameters, self._copies, strict=True):
+                parameter.data = copy
+            yield
+        finally:
+            for parameter, original in zip(self.parameters, originals, strict=True):
+                parameter.data = original
+
+
+def inference_autocast(
+    precision: str, device: str | torch.device, weights: Bf16Weights | None = None
+) -> contextlib.AbstractContextManager:
+    """The autocast context for a resolved or requested precision on `device`; under bf16,
+    `weights` (if given) lends its layers their bf16 copies for the context's duration."""
     if resolve_precision(precision, device) == "fp32":
         return contextlib.nullcontext()
-    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
+    stack = contextlib.ExitStack()
+    stack.enter_context(torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16))
+    if weights is not None:
+        stack.enter_context(weights.lent())
+    return stack

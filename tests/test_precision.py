@@ -15,7 +15,7 @@ from PIL import Image
 
 from jobs.label import main as label_main
 from san_core.build import load_model
-from san_core.precision import cpu_runs_bf16_natively, resolve_precision
+from san_core.precision import Bf16Weights, cpu_runs_bf16_natively, resolve_precision
 from schemas.output import Provenance
 from schemas.taxonomy import load_taxonomy
 
@@ -50,6 +50,54 @@ def test_bf16_labels_agree_with_fp32_where_fp32_is_sure(parity_dir):
         agreeing += int((labels16 == labels32)[sure].sum())
     assert confident_pixels > 0.5 * 4 * 96 * 96
     assert agreeing / confident_pixels >= 0.995, agreeing / confident_pixels
+
+
+def test_bf16_weights_cast_once_give_autocasts_own_outputs(parity_dir):
+    tiny = parity_dir / "tiny_a"
+    model = load_model(checkpoint=str(tiny / "checkpoint.pth"), model_config=str(tiny / "config.json")).model
+    embeddings = model.class_embeddings([c.name for c in load_taxonomy("voc20").classes])
+    image = torch.from_numpy(skimage.data.astronaut()[::5, ::4].copy()).permute(2, 0, 1).float()  # [3, 103, 128]
+    own = {name: (p.data_ptr(), p.dtype) for name, p in model.named_parameters()}
+
+    def outputs(context) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad(), context:
+            out = model([image], embeddings)
+        return out.class_logits, out.mask_logits
+
+    def plain_autocast():
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+
+    for _ in range(2):  # the copies made by the first call serve the second
+        lent = outputs(model.inference_precision("bf16"))
+        assert all(torch.equal(a, b) for a, b in zip(lent, outputs(plain_autocast()), strict=True))
+    assert lent[0].dtype == torch.bfloat16
+    assert {name: (p.data_ptr(), p.dtype) for name, p in model.named_parameters()} == own  # handed back
+    assert outputs(model.inference_precision("fp32"))[0].dtype == torch.float32
+
+    # a weight changed in place (an optimiser step, load_state_dict) is cast again
+    with torch.no_grad():
+        model.side_adapter.mask_decoder.query_mlp.layers[0].weight.mul_(1.5)
+    changed = outputs(model.inference_precision("bf16"))
+    assert all(torch.equal(a, b) for a, b in zip(changed, outputs(plain_autocast()), strict=True))
+    assert not torch.equal(changed[1], lent[1])
+
+    with pytest.raises(RuntimeError, match="inside"), model.inference_precision("bf16"):
+        assert model.side_adapter.mask_decoder.query_mlp.layers[0].weight.dtype == torch.bfloat16
+        raise RuntimeError("an error inside the context")
+    assert {name: (p.data_ptr(), p.dtype) for name, p in model.named_parameters()} == own
+
+
+def test_bf16_weights_covers_the_matrix_product_layers_and_lends_the_same_copies():
+    layers = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.LayerNorm(3), torch.nn.MultiheadAttention(3, 1))
+    weights = Bf16Weights([layers])
+    names = {name for name, p in layers.named_parameters() if any(p is q for q in weights.parameters)}
+    assert names == {"0.weight", "0.bias", "2.in_proj_weight", "2.in_proj_bias", "2.out_proj.weight", "2.out_proj.bias"}
+    with weights.lent():
+        first = layers[0].weight.data_ptr()
+        assert layers[0].weight.dtype == torch.bfloat16 and layers[1].weight.dtype == torch.float32
+    with weights.lent():
+        assert layers[0].weight.data_ptr() == first
+    assert layers[0].weight.dtype == torch.float32
 
 
 def test_the_job_records_the_precision(tmp_path, tiny_weights):
