@@ -1,7 +1,7 @@
 """Does the pipeline keep the model busy? Images/s of (a) the model alone on pre-decoded images
 and (b) the whole labeling stream from storage to Parquet, on the same images.
 
-    python benchmarks/pipeline_throughput.py [--models tiny,san-vit-b16] [--images 24]
+    python benchmarks/pipeline_throughput.py [--models tiny,san-vit-b16] [--images 24] [--precision bf16]
 
 (a) times `SAN.predict_labels` plus label-map post-processing on images already decoded and
 resized in memory, with all CPU threads; (b) runs the labeling job (local Ray, one actor) on the
@@ -77,7 +77,7 @@ def model_only(config: LabelJobConfig, paths: list[Path]) -> float:
     inputs = [(resize_short_side(rgb, config.short_side), rgb.shape[:2]) for rgb in decoded]
 
     def run(image: np.ndarray, size: tuple[int, int]) -> None:
-        label_images(model, [image], [size], embeddings, class_ids, names, table.background)
+        label_images(model, [image], [size], embeddings, class_ids, names, table.background, config.precision)
 
     run(*inputs[0])  # warm-up
     start = time.perf_counter()
@@ -116,12 +116,15 @@ def main() -> None:
     parser.add_argument("--models", default="tiny,san-vit-b16")
     parser.add_argument("--images", type=int, default=24)
     parser.add_argument("--vocab", default="ade150")
-    parser.add_argument("--batch-size", type=int, default=2)
-    parser.add_argument("--rows-per-file", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=4, help="the labeling job's default")
+    # small files, so that a short run writes several and its steady state can be told apart from
+    # its start; each file is a load task, actor calls and a write task, whose overhead is per file
+    parser.add_argument("--rows-per-file", type=int, default=8)
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "auto"))
     args = parser.parse_args()
     print(
         f"{args.images} photos (scikit-image, 300-640 px), vocabulary {args.vocab}, short side 640, "
-        f"{os.cpu_count()} CPUs, torch {torch.__version__}"
+        f"{os.cpu_count()} CPUs, {args.precision}, torch {torch.__version__}"
         + (f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "")
     )
     print(
@@ -141,6 +144,7 @@ def main() -> None:
                 batch_size=args.batch_size,
                 rows_per_file=args.rows_per_file,
                 vocab_cache=str(Path(tmp) / "vocab"),
+                precision=args.precision,
             )
             alone = model_only(config, paths)
             whole, steady, seconds = pipeline(config)
