@@ -248,3 +248,26 @@ def test_a_decoded_clip_is_labeled_at_the_video_size(tiny_model):
         assert np.array_equal(label_map[decided], class_ids[scores.argmax(0)].numpy()[decided])
         assert sum(s.area for s in frame.segments) == 120 * 160
         assert {s.class_id for s in frame.segments} <= {3, 7, 9, 12}
+
+
+def test_bf16_clip_labels_agree_with_fp32_where_fp32_is_sure(tiny_model):
+    """The video path under bf16 (the networks in autocast with the weights cast once; k-means,
+    class averaging and label maps in fp32) labels as fp32 does wherever fp32 is sure."""
+    frames = _frames(3, 75, 110, seed=4)
+    embeddings = tiny_model.class_embeddings(["sky", "tree", "road", "person", "car"])
+    full = tiny_model.predict_video(frames, embeddings)
+    out, per_frame = tiny_model.predict_video_label_tiles(frames, embeddings, precision="bf16")
+    assert out.mask_logits.dtype == torch.float32
+    assert all(p.dtype == torch.float32 for p in tiny_model.parameters())  # the bf16 copies were handed back
+    sure = agreeing = 0
+    for scores, tiles in zip(full.score_maps, per_frame, strict=True):
+        labels = torch.full(scores.shape[1:], -1, dtype=torch.int64)
+        for tile in tiles:
+            rows, cols = tile.labels.shape
+            labels[tile.top : tile.top + rows, tile.left : tile.left + cols] = tile.labels
+        top2 = scores.topk(2, dim=0).values
+        confident = (top2[0] - top2[1]) >= 0.01 * top2[0]
+        sure += int(confident.sum())
+        agreeing += int((labels == scores.argmax(0))[confident].sum())
+    assert sure > 0.5 * 3 * 75 * 110
+    assert agreeing / sure >= 0.995, agreeing / sure
