@@ -45,9 +45,19 @@ def resolve_precision(precision: str, device: str | torch.device) -> str:
     return "bf16" if kind == "cuda" or (kind == "cpu" and cpu_runs_bf16_natively()) else "fp32"
 
 
-# Layers whose parameters enter only matrix products (linear layers, convolutions, attention's
-# input projection), which autocast runs in bf16: it would cast these parameters on every use.
-MATRIX_PRODUCT_LAYERS = (nn.Linear, nn.Conv2d, nn.MultiheadAttention)
+# Layers whose parameters enter only matrix products, which autocast runs in bf16: it would cast
+# these parameters on every use. Of `nn.MultiheadAttention`, only its input projections (its
+# output projection is an `nn.Linear`; `bias_k` and `bias_v` are concatenated, not multiplied).
+MATRIX_PRODUCT_LAYERS = (nn.Linear, nn.Conv2d)
+INPUT_PROJECTIONS = ("in_proj_weight", "in_proj_bias", "q_proj_weight", "k_proj_weight", "v_proj_weight")
+
+
+def _matrix_product_parameters(layer: nn.Module) -> list[nn.Parameter]:
+    if isinstance(layer, MATRIX_PRODUCT_LAYERS):
+        return list(layer.parameters(recurse=False))
+    if isinstance(layer, nn.MultiheadAttention):
+        return [p for name, p in layer.named_parameters(recurse=False) if name in INPUT_PROJECTIONS]
+    return []
 
 
 class Bf16Weights:
@@ -59,8 +69,7 @@ class Bf16Weights:
         found: dict[int, nn.Parameter] = {}
         for module in modules:
             for layer in module.modules():
-                if isinstance(layer, MATRIX_PRODUCT_LAYERS):
-                    found.update((id(p), p) for p in layer.parameters(recurse=False))
+                found.update((id(p), p) for p in _matrix_product_parameters(layer))
         self.parameters = list(found.values())
         self._key: tuple | None = None
         self._copies: list[torch.Tensor] = []
@@ -70,7 +79,8 @@ class Bf16Weights:
 
     @contextlib.contextmanager
     def lent(self) -> Iterator[None]:
-        """The layers hold their bf16 copies inside this context, their own tensors again after."""
+        """The layers hold their bf16 copies inside this context, their own tensors again after.
+        For inference: a backward pass through outputs made inside it would see the copies."""
         state = self._state()
         if state != self._key:
             with torch.no_grad():

@@ -88,7 +88,8 @@ def test_bf16_weights_cast_once_give_autocasts_own_outputs(parity_dir):
 
 
 def test_bf16_weights_covers_the_matrix_product_layers_and_lends_the_same_copies():
-    layers = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.LayerNorm(3), torch.nn.MultiheadAttention(3, 1))
+    attention = torch.nn.MultiheadAttention(3, 1, add_bias_kv=True)  # bias_k, bias_v: concatenated, kept fp32
+    layers = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.LayerNorm(3), attention)
     weights = Bf16Weights([layers])
     names = {name for name, p in layers.named_parameters() if any(p is q for q in weights.parameters)}
     assert names == {"0.weight", "0.bias", "2.in_proj_weight", "2.in_proj_bias", "2.out_proj.weight", "2.out_proj.bias"}
