@@ -191,6 +191,19 @@ def test_frame_label_tiles_prune_classes_exactly(classes, output_size, chunk, sh
         assert (scores.gather(0, labels[None])[0] - best)[disagree].abs().max() <= 1e-6
 
 
+def _assembled(tiles, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """A frame's label tiles put together: labels (-1 where no tile fell), scores, tile count."""
+    labels = torch.full(size, -1, dtype=torch.int64)
+    best = torch.zeros(size)
+    count = 0
+    for tile in tiles:
+        rows, cols = tile.labels.shape
+        labels[tile.top : tile.top + rows, tile.left : tile.left + cols] = tile.labels
+        best[tile.top : tile.top + rows, tile.left : tile.left + cols] = tile.scores
+        count += 1
+    return labels, best, count
+
+
 @pytest.mark.parametrize("output_size", [(75, 110), (150, 221), (40, 57)])
 def test_label_tiles_are_the_argmax_of_the_score_maps(tiny_model, output_size):
     """Tiles small enough that a frame takes many: the labels equal the full score maps' argmax."""
@@ -200,14 +213,7 @@ def test_label_tiles_are_the_argmax_of_the_score_maps(tiny_model, output_size):
     out, per_frame = tiny_model.predict_video_label_tiles(frames, embeddings, output_size, max_chunk_elements=3000)
     assert torch.equal(out.cluster_centers, full.outputs.cluster_centers)  # one k-means, the same seed
     for scores, tiles in zip(full.score_maps, per_frame, strict=True):
-        labels = torch.full(output_size, -1, dtype=torch.int64)
-        best = torch.zeros(output_size)
-        count = 0
-        for tile in tiles:
-            rows, cols = tile.labels.shape
-            labels[tile.top : tile.top + rows, tile.left : tile.left + cols] = tile.labels
-            best[tile.top : tile.top + rows, tile.left : tile.left + cols] = tile.scores
-            count += 1
+        labels, best, count = _assembled(tiles, output_size)
         assert count > 1 and bool((labels >= 0).all())
         top2 = scores.topk(2, dim=0).values
         decided = (top2[0] - top2[1]) > 1e-5  # pixels without a near tie
@@ -261,10 +267,7 @@ def test_bf16_clip_labels_agree_with_fp32_where_fp32_is_sure(tiny_model):
     assert all(p.dtype == torch.float32 for p in tiny_model.parameters())  # the bf16 copies were handed back
     sure = agreeing = 0
     for scores, tiles in zip(full.score_maps, per_frame, strict=True):
-        labels = torch.full(scores.shape[1:], -1, dtype=torch.int64)
-        for tile in tiles:
-            rows, cols = tile.labels.shape
-            labels[tile.top : tile.top + rows, tile.left : tile.left + cols] = tile.labels
+        labels, _, _ = _assembled(tiles, tuple(scores.shape[1:]))
         top2 = scores.topk(2, dim=0).values
         confident = (top2[0] - top2[1]) >= 0.01 * top2[0]
         sure += int(confident.sum())
