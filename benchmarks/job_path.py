@@ -10,9 +10,11 @@ asks them in turn, so a noisy machine slows both alike. For each photo (scikit-i
 astronaut, coffee and chelsea at short side 640) and vocabulary it prints the fastest seconds per
 image of the model alone (the networks, `SAN.forward`) and of the job path (uint8 pixels to the
 label map PNG and segments, what an actor runs per image), fp32 and bf16 (where the CPU has native
-bf16, or with --bf16 yes), the speed-ups over the
-baseline's fp32 job path, whether the label maps equal the baseline's pixel for pixel, and the
-peak RSS of the worker over those runs.
+bf16, or with --bf16 yes), the speed-ups over the baseline's fp32 job path, whether the label maps
+equal the baseline's pixel for pixel, and the peak RSS of the worker over those runs. The
+baseline's model alone is timed too, and the fp32 ceiling: the baseline's job path over this
+checkout's model alone, the speed-up an fp32 job path would reach if nothing after the networks
+took any time.
 
 Confidence mode (--confidence): the part of the job path after the networks (label-map tiles,
 assembling the map, PNG and segments), on the model's outputs computed once, for the baseline and
@@ -131,30 +133,38 @@ class Worker:
         host = time.perf_counter()
         return {"networks": networks - start, "label map": label_maps - networks, "host": host - label_maps}
 
-    def job(self, images: list, embeddings: Any, class_ids: Any, names: dict, precision: str) -> list:
-        """Label maps (uint16 arrays) of the job path; precision is the model's (bf16 autocast)."""
+    def job(self, images: list, embeddings: Any, class_ids: Any, names: dict, precision: str) -> list[bytes]:
+        """The label-map PNGs of the job path; precision is the model's (bf16 autocast)."""
         import numpy as np
 
         sizes = [i.shape[:2] for i in images]
         if self.has_label_images:
-            from pipeline.label_maps import decode_label_map
             from pipeline.labeling.inference import label_images
 
             threads = (os.cpu_count() or 2) if self.device == "cuda" else 2  # an actor's CPU share on a GPU node
             results = label_images(self.model, images, sizes, embeddings, class_ids, names, True, precision, threads)
-            return [decode_label_map(r.label_map_png) for r in results]
-        from pipeline.postprocess import decode_label_png, encode_label_png, segments_from_label_map
+            return [r.label_map_png for r in results]
+        from pipeline.postprocess import encode_label_png, segments_from_label_map
 
         tensors = [self.torch.from_numpy(np.ascontiguousarray(i)).to(self.device).permute(2, 0, 1) for i in images]
         with self._autocast(precision):
             results = self.model.predict_labels([t.float() for t in tensors], embeddings, sizes, background=True)
-        maps = []
+        pngs = []
         for indices, scores in results:
             label_map = class_ids[indices].cpu().numpy().astype(np.uint16)
-            png = encode_label_png(label_map)
+            pngs.append(encode_label_png(label_map))
             segments_from_label_map(label_map, scores.float().cpu().numpy(), names)
-            maps.append(decode_label_png(png))
-        return maps
+        return pngs
+
+
+def label_map_digest(png: bytes) -> str:
+    """The SHA-256 of a 16-bit label-map PNG's pixels (decoded outside the timing: the job path
+    writes its PNGs, it does not read them back)."""
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(io.BytesIO(png)), dtype=np.uint16)
+    return hashlib.sha256(pixels.tobytes()).hexdigest()
 
 
 def _best_seconds(run: Callable[[], Any], repeats: int, sync: Callable[[], None]) -> tuple[float, Any]:
@@ -213,8 +223,8 @@ def worker_main(root: str, weights: str, data: str, device: str) -> None:
             digest = None
         else:
             run = partial(worker.job, images, embeddings, class_ids, names, request["precision"])
-            seconds, maps = _best_seconds(run, request["repeats"], sync)
-            digest = hashlib.sha256(maps[0].astype(np.uint16).tobytes()).hexdigest()
+            seconds, pngs = _best_seconds(run, request["repeats"], sync)
+            digest = label_map_digest(pngs[0])
         answer = {"seconds": seconds, "digest": digest, "peak_rss_mib": _peak_rss_mib(), **extra}
         if device == "cuda":
             answer["gpu_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
@@ -295,10 +305,11 @@ def cpu_table(args: argparse.Namespace, data: Path, weights: Path) -> None:
     head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     print(f"baseline {args.baseline} against this checkout ({head.stdout.strip()} plus any uncommitted change)")
     print(
-        f"| photo | vocabulary | {args.baseline} job fp32 | model fp32 | job fp32 | model bf16 | job bf16 | "
-        "fp32 speed-up | bf16 speed-up | labels equal | peak RSS MiB (base / now) |"
+        f"| photo | vocabulary | {args.baseline} model fp32 | {args.baseline} job fp32 | model fp32 | job fp32 | "
+        "model bf16 | job bf16 | fp32 speed-up | fp32 ceiling | bf16 speed-up | labels equal | "
+        "peak RSS MiB (base / now) |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for vocab in args.vocabs.split(","):
         for photo in PHOTOS:
             size = np.load(data / f"{photo}.npy").shape
@@ -306,6 +317,7 @@ def cpu_table(args: argparse.Namespace, data: Path, weights: Path) -> None:
             digests: dict[str, str] = {}
             peaks = {"base": 0.0, "now": 0.0}
             runs = [
+                ("base model fp32", baseline, "model", "fp32"),
                 ("base job fp32", baseline, "job", "fp32"),
                 ("model fp32", current, "model", "fp32"),
                 ("job fp32", current, "job", "fp32"),
@@ -326,9 +338,10 @@ def cpu_table(args: argparse.Namespace, data: Path, weights: Path) -> None:
                 f"{t['base job fp32'] / t['job bf16']:.2f}x" if bf16 else "-",
             )
             print(
-                f"| {photo} {size[1]}x{size[0]} | {vocab} | {t['base job fp32']:.2f} | {t['model fp32']:.2f} | "
-                f"{t['job fp32']:.2f} | {bf16_cells[0]} | "
-                f"{t['base job fp32'] / t['job fp32']:.2f}x | {bf16_cells[1]} | "
+                f"| {photo} {size[1]}x{size[0]} | {vocab} | {t['base model fp32']:.2f} | {t['base job fp32']:.2f} | "
+                f"{t['model fp32']:.2f} | {t['job fp32']:.2f} | {bf16_cells[0]} | "
+                f"{t['base job fp32'] / t['job fp32']:.2f}x | {t['base job fp32'] / t['model fp32']:.2f}x | "
+                f"{bf16_cells[1]} | "
                 f"{'yes' if digests['job fp32'] == digests['base job fp32'] else 'NO'} | "
                 f"{peaks['base']:.0f} / {peaks['now']:.0f} |",
                 flush=True,

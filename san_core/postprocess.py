@@ -83,6 +83,13 @@ def composite_resize_bands(grid: int, padded: int, valid: int, output: int) -> t
     return nonzero_bands(composite_resize_matrix(grid, padded, valid, output))
 
 
+def resize_columns(mask_logits: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+    """mask_logits [Q, h, w] resized along their columns by `columns` [W, w] -> [h, W * Q],
+    pixel-major (each grid row's W pixels, Q values each). One batched product over the grid rows
+    writes this layout directly; an einsum wrote [Q * h, W] and copied it over."""
+    return torch.matmul(columns, mask_logits.permute(1, 2, 0)).view(mask_logits.shape[1], -1)
+
+
 @dataclass
 class LabelTile:
     """One rectangle of a label map, its top-left corner at (top, left) of the output."""
@@ -144,7 +151,7 @@ def semantic_label_tiles(
     for left in range(0, out_w, cols):
         right = min(out_w, left + cols)
         width = right - left
-        half = torch.einsum("qhw,xw->hxq", mask_logits, a_x[left:right]).reshape(grid_h, width * queries)
+        half = resize_columns(mask_logits, a_x[left:right])  # [h, width * Q]
         rows = max(1, max_chunk_elements // max(1, widest * width))
         # one buffer for the column block's row tiles: a fresh [pixels, Q] tensor per tile (32 MiB
         # at the default budget) is mapped anew by the allocator and faulted in page by page,

@@ -26,6 +26,7 @@ from .postprocess import (
     nonzero_bands,
     pruned_tile_columns,
     query_anchors,
+    resize_columns,
     resize_matrix,
     top_two_pruned,
 )
@@ -108,7 +109,7 @@ def frame_label_tiles(
     band_first, band_end = nonzero_bands(up_y)
     up_y = up_y.to(device, dtype)
     up_x = resize_matrix(grid_w, padded_size[1])[:in_w].to(device, dtype)  # [W, w]
-    half = torch.einsum("khw,xw->hxk", mask_logits, up_x).reshape(grid_h, in_w * clusters)  # [h, W*K]
+    half = resize_columns(mask_logits, up_x)  # [h, W*K]
     y0, y1, wy0, wy1 = (t.to(device) for t in resize_taps(in_h, out_h))
     x0, x1, wx0, wx1 = (t.to(device) for t in resize_taps(in_w, out_w))
     wy0, wy1, wx0, wx1 = (w.to(dtype) for w in (wy0, wy1, wx0, wx1))
