@@ -19,6 +19,8 @@ from san_core.postprocess import (
     class_probabilities,
     composite_resize_bands,
     composite_resize_matrix,
+    resize_columns,
+    resize_matrix,
     semantic_label_tiles,
     semantic_labels,
     semantic_scores,
@@ -109,6 +111,15 @@ def test_label_tiles_are_the_argmax_of_the_full_score_maps(classes, padded, vali
         assert tie[disagree].abs().max() <= 1e-6
     assembled, _ = semantic_labels(class_logits, mask_logits, padded, valid, output, max_chunk_elements=chunk)
     assert (assembled == labels).all()
+
+
+def test_column_resize_is_pixel_major_and_equals_interpolation_along_the_columns():
+    logits = torch.randn(5, 3, 7)  # [Q, h, w]
+    half = resize_columns(logits, resize_matrix(7, 11).float())  # [h, W * Q]
+    assert half.shape == (3, 11 * 5) and half.is_contiguous()
+    # the rows keep their size (an identity resize), the columns go from 7 to 11
+    expected = torch.nn.functional.interpolate(logits[None], size=(3, 11), mode="bilinear", align_corners=False)[0]
+    assert torch.allclose(half.view(3, 11, 5).permute(2, 0, 1), expected, atol=1e-6)
 
 
 def test_block_bounds_hold_at_every_pixel_and_keep_fewer_classes_than_the_tiles():
