@@ -34,15 +34,34 @@ def cpu_runs_bf16_natively() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def resolve_precision(precision: str, device: str | torch.device) -> str:
-    """fp32 or bf16 for `device`: auto is bf16 on a GPU (every GPU the project targets has bf16)
-    and on a CPU with native bf16, fp32 elsewhere."""
+# NVIDIA cards before Ampere, by the names Ray gives them (its `accelerator_type:<name>` node
+# resources): they have no bf16 arithmetic, so autocast would emulate it there.
+GPUS_WITHOUT_BF16 = frozenset({"K80", "M60", "P4", "P40", "P100", "V100", "T4"})
+
+
+def gpu_runs_bf16_natively(gpu_types: Iterable[str] | None = None, device: torch.device | None = None) -> bool:
+    """Whether the GPUs run bf16 natively: no card named in `gpu_types` (a cluster's cards, which
+    the caller cannot see) predates Ampere; without names, this process's CUDA `device` has
+    compute capability 8.0 or more; with neither, assumed so."""
+    names = set(gpu_types or ())
+    if names:
+        return not names & GPUS_WITHOUT_BF16
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_capability(device)[0] >= 8
+    return True
+
+
+def resolve_precision(precision: str, device: str | torch.device, gpu_types: Iterable[str] | None = None) -> str:
+    """fp32 or bf16 for `device`: auto is bf16 on a GPU that runs it natively (by `gpu_types`, the
+    cluster's card names, where given) and on a CPU with native bf16, fp32 elsewhere."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     if precision != "auto":
         return precision
-    kind = torch.device(device).type
-    return "bf16" if kind == "cuda" or (kind == "cpu" and cpu_runs_bf16_natively()) else "fp32"
+    target = torch.device(device)
+    if target.type == "cuda":
+        return "bf16" if gpu_runs_bf16_natively(gpu_types, target) else "fp32"
+    return "bf16" if target.type == "cpu" and cpu_runs_bf16_natively() else "fp32"
 
 
 # Layers whose parameters enter only matrix products, which autocast runs in bf16: it would cast

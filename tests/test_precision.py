@@ -8,12 +8,14 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import ray
 import skimage.data
 import torch
 from image_fixtures import jpeg_bytes
 from PIL import Image
 
 from jobs.label import main as label_main
+from pipeline.labeling.job import cluster_gpu_types
 from san_core.build import load_model
 from san_core.precision import Bf16Weights, cpu_runs_bf16_natively, resolve_precision
 from schemas.output import Provenance
@@ -28,6 +30,18 @@ def test_auto_follows_the_hardware():
     assert resolve_precision("auto", "cpu") == ("bf16" if cpu_runs_bf16_natively() else "fp32")
     with pytest.raises(ValueError, match="fp32, bf16, auto"):
         resolve_precision("fp16", "cpu")
+
+
+def test_auto_is_fp32_on_a_cluster_with_gpus_that_only_emulate_bf16():
+    # the driver sees the cluster's cards only by the names Ray gives them
+    resources = {"CPU": 16.0, "GPU": 4.0, "accelerator_type:T4": 1.0, "accelerator_type:A100": 0.0}
+    assert cluster_gpu_types(resources) == {"T4"}
+    assert resolve_precision("auto", "cuda", cluster_gpu_types(resources)) == "fp32"
+    assert resolve_precision("auto", "cuda", {"A100", "H200"}) == "bf16"
+    assert resolve_precision("auto", "cuda", {"A100", "V100"}) == "fp32"  # one precision for every actor
+    assert resolve_precision("bf16", "cuda", {"T4"}) == "bf16"  # asked for, not chosen
+    # Ray names the cards it detects: none on a CPU-only machine
+    assert bool(cluster_gpu_types(ray.cluster_resources())) == bool(ray.cluster_resources().get("GPU"))
 
 
 def test_bf16_labels_agree_with_fp32_where_fp32_is_sure(parity_dir):

@@ -14,6 +14,7 @@ import os
 import tempfile
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -347,6 +348,13 @@ def gpus_per_actor(requested: float | None) -> float:
     return 0.0
 
 
+def cluster_gpu_types(resources: Mapping[str, float]) -> set[str]:
+    """The GPU names in a Ray cluster's resources (`accelerator_type:T4` -> T4), which Ray adds
+    for the cards it detects on each node."""
+    prefix = "accelerator_type:"
+    return {name.removeprefix(prefix) for name, amount in resources.items() if name.startswith(prefix) and amount}
+
+
 def _actor_pool(config: LabelJobConfig, gpus: float) -> dict[str, Any]:
     return {
         "compute": ray_actor_pool(config.concurrency),
@@ -456,8 +464,10 @@ def run_label_job(plan: JobPlan) -> RunSummary:
     video_files: set[str] = set()  # the files of the videos labeled to the end
     if len(todo):
         gpus = gpus_per_actor(config.gpus_per_actor)
-        # auto: as the actors' hardware allows (the driver's CPU flags stand for the workers')
-        precision = resolve_precision(config.precision, "cuda" if gpus > 0 else "cpu")
+        # auto: as the actors' hardware allows (the cluster's GPU names; the driver's CPU flags
+        # stand for the workers')
+        gpu_types = cluster_gpu_types(ray.cluster_resources())
+        precision = resolve_precision(config.precision, "cuda" if gpus > 0 else "cpu", gpu_types)
         progress = ray.remote(num_cpus=0)(ProgressCounter).remote()
         shared = {  # what every labeling actor, of images or of videos, is built from
             "weights_ref": [ray.put(plan.shared_weights)],
