@@ -252,7 +252,9 @@ class FinetuneConfig(_JobConfig):
         description="full: the published recipe (scale jitter, crop, flip, colour); none: short side resized to "
         "the crop and cropped, for fitting a few corrected images",
     )
-    precision: Literal["auto", "fp32", "bf16"] = Field(default="auto", description="auto: bf16 autocast on GPU")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        default="auto", description="auto: bf16 autocast on a GPU of Ampere or later"
+    )
     eval_every: int | None = Field(default=None, ge=1, description="validation mIoU every N steps (needs --val)")
     checkpoint_every: int = Field(default=500, ge=1)
     checkpoints_to_keep: int = Field(default=2, ge=1)

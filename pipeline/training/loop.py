@@ -33,6 +33,7 @@ from san_core.checkpoint import load_subset, read_checkpoint, save_checkpoint
 from san_core.criterion import SetCriterion, Target
 from san_core.model import SAN
 from san_core.optim import build_optimizer, poly_schedule
+from san_core.precision import gpu_runs_bf16_natively
 from san_core.training import TrainingForward, training_step
 
 from ..evaluation.metrics import ConfusionMatrix
@@ -226,9 +227,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device()
     if device.type == "cpu":
         torch.set_num_threads(spec.torch_threads)
-    autocast_dtype = (
-        torch.bfloat16 if spec.precision == "bf16" or (spec.precision == "auto" and device.type == "cuda") else None
-    )
+    # auto trains in bf16 only on a GPU that has it natively; on a CPU it stays fp32
+    native = device.type == "cuda" and gpu_runs_bf16_natively(device=device)
+    autocast_dtype = torch.bfloat16 if spec.precision == "bf16" or (spec.precision == "auto" and native) else None
 
     san, _ = spec.weights.load(str(device))
     trainable_count = san.freeze_for_finetuning()
