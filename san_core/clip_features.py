@@ -10,6 +10,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .clip_blocks import block_forward
+from .derived_cache import DerivedTensor
 
 
 @dataclass
@@ -56,6 +57,7 @@ class ClipFeatureExtractor(nn.Module):
         self.resblocks = nn.ModuleList(visual.transformer.resblocks[:last_layer])
         self.pretrained_grid: tuple[int, int] = tuple(visual.grid_size)  # type: ignore[assignment]
         self.width = int(visual.class_embedding.shape[0])
+        self.grid_positions = DerivedTensor()  # the positional embedding at the last grid seen
 
     def forward(self, image: torch.Tensor) -> ClipFeatures:
         """image: [B, 3, H, W] normalised, already scaled by clip_resolution."""
@@ -64,7 +66,11 @@ class ClipFeatureExtractor(nn.Module):
         x = x.flatten(2).transpose(1, 2)  # [B, h*w, width]
         cls = self.class_embedding.to(x.dtype).expand(batch, 1, width)
         x = torch.cat([cls, x], dim=1)
-        pos = resize_grid_pos_embed(self.positional_embedding.to(x.dtype), self.pretrained_grid, (h, w), 1)
+        pos = self.grid_positions.get(
+            [self.positional_embedding],
+            ((h, w), x.dtype),
+            lambda: resize_grid_pos_embed(self.positional_embedding.to(x.dtype), self.pretrained_grid, (h, w), 1),
+        )
         x = self.ln_pre(x + pos)
 
         maps, cls_tokens = [], []

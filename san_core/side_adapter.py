@@ -16,6 +16,7 @@ from torch.nn import functional as F
 
 from schemas.model_config import SideAdapterSection
 
+from .derived_cache import DerivedTensor
 from .mask_decoder import MaskDecoder
 from .vit_blocks import Block, PatchEmbed
 
@@ -30,9 +31,9 @@ class ChannelLayerNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mean = x.mean(1, keepdim=True)
-        var = (x - mean).pow(2).mean(1, keepdim=True)
-        x = (x - mean) / torch.sqrt(var + self.eps)
+        centered = x - x.mean(1, keepdim=True)
+        var = centered.pow(2).mean(1, keepdim=True)
+        x = centered / torch.sqrt(var + self.eps)
         return self.weight[:, None, None] * x + self.bias[:, None, None]
 
 
@@ -74,6 +75,7 @@ class SideAdapter(nn.Module):
             {f"layer_{side}": AddFusion(clip_width, dim) for side in sorted(self.fusion_sources)}
         )
         self.deep_supervision_idxs = list(cfg.deep_supervision_idxs)
+        self.positions = DerivedTensor()  # query and grid positional embeddings at the last grid seen
         self.mask_decoder = MaskDecoder(
             in_dim=dim,
             attn_heads=cfg.attn_bias_heads,
@@ -113,7 +115,11 @@ class SideAdapter(nn.Module):
         batch, dim, h, w = x.shape
         grid = (h, w)
         x = x.flatten(2).transpose(1, 2)
-        pos = torch.cat([self.query_pos_embed, self._grid_pos_embed(grid)], dim=1)
+        pos = self.positions.get(
+            [self.query_pos_embed, self.pos_embed],
+            grid,
+            lambda: torch.cat([self.query_pos_embed, self._grid_pos_embed(grid)], dim=1),
+        )
         x = torch.cat([self.query_embed.expand(batch, -1, -1), x], dim=1) + pos
         x = self._fuse(0, x, clip_maps, grid)
 
