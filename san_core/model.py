@@ -144,13 +144,15 @@ class SAN(nn.Module):
         return (height + d - 1) // d * d, (width + d - 1) // d * d
 
     def preprocess(self, images: Sequence[torch.Tensor]) -> torch.Tensor:
-        """RGB float images [3, H_i, W_i] in 0..255 -> normalised batch [B, 3, H, W], zero-padded
-        at the bottom/right to the largest size rounded up to size_divisibility."""
+        """RGB images [3, H_i, W_i] in 0..255 (uint8 or float) -> normalised batch [B, 3, H, W],
+        zero-padded at the bottom/right to the largest size rounded up to size_divisibility."""
         height, width = self.padded_size(max(int(i.shape[-2]) for i in images), max(int(i.shape[-1]) for i in images))
         batch = torch.zeros(len(images), 3, height, width, device=self.device, dtype=self.pixel_mean.dtype)
         for slot, image in zip(batch, images, strict=True):
             h, w = image.shape[-2:]
-            slot[:, :h, :w] = (image.to(batch) - self.pixel_mean) / self.pixel_std
+            # in place in the batch: the same subtraction and division as (image - mean) / std,
+            # without two image-sized temporaries in the image's own (often channel-last) layout
+            slot[:, :h, :w].copy_(image).sub_(self.pixel_mean).div_(self.pixel_std)
         return batch
 
     def forward(
@@ -158,7 +160,7 @@ class SAN(nn.Module):
     ) -> SanOutputs:
         """Run one padded batch exactly as the reference does (all images padded together).
 
-        images: RGB float [3, H_i, W_i], 0..255, already resized to the model's input size.
+        images: RGB [3, H_i, W_i], 0..255 (uint8 or float), already resized to the model's input size.
         class_embeddings: [C, D] from `class_embeddings()`; `background` adds the learned
         background column to the class logits (the reference always does).
         """
@@ -302,7 +304,7 @@ class SAN(nn.Module):
     ) -> VideoOutputs:
         """Run one clip as the reference's video inference does (see `video.py`).
 
-        frames: RGB float [3, H, W], 0..255, already resized; they are padded and run as one
+        frames: RGB [3, H, W], 0..255 (uint8 or float), already resized; they are padded and run as one
         batch. A clip's frames share one size; if they do not, every frame is cropped to the first
         frame's size after the padding, as the reference does. cluster_centers [K, D_side], if
         given, replace the k-means result (to check the stages after the clustering on their own).

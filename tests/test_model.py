@@ -57,8 +57,8 @@ def test_inference_runs_only_the_output_branch(tiny_model, tiny_inputs):
     handles = [tiny_model.side_adapter.mask_decoder.register_forward_hook(count("mask_decoder"))]
     for i, block in enumerate(tiny_model.side_adapter.blocks):
         handles.append(block.register_forward_hook(count(f"side_block_{i}")))
-    for i, block in enumerate(tiny_model.clip_features.resblocks):  # run through SDPA: count each MLP
-        handles.append(block.mlp.register_forward_hook(count(f"clip_block_{i}")))
+    for i, block in enumerate(tiny_model.clip_features.resblocks):  # run through SDPA: count each MLP's first layer
+        handles.append(block.mlp.c_fc.register_forward_hook(count(f"clip_block_{i}")))
     handles.append(tiny_model.text_classifier.transformer.register_forward_hook(count("text_encoder")))
     vocab = tiny_model.class_embeddings(tiny_inputs["vocabulary"])
     text_calls = calls.pop("text_encoder")
@@ -97,3 +97,83 @@ def test_presets_have_the_published_shapes(name):
     assert clip_depth == (12 if name == "san-vit-b16" else 24)
     assert len(model.clip_features.resblocks) == cfg.san.clip_feature_last_layer
     assert model.recognition_head.num_heads == cfg.side_adapter.attn_bias_heads
+
+
+def test_inference_shortcuts_compute_the_same_bits_as_the_plain_modules(tiny_model):
+    """The inference-only rewrites (in place, or without a kernel's side work) change no bit."""
+    from open_clip.transformer import QuickGELU, ResidualAttentionBlock
+    from torch.nn import functional as F
+
+    from san_core.clip_blocks import mlp_forward
+    from san_core.recognition_head import window_max
+
+    generator = torch.Generator().manual_seed(3)
+    for shape, window in [((1, 24, 40, 40), (2, 2)), ((2, 12, 40, 60), (2, 2)), ((1, 3, 9, 12), (3, 4))]:
+        x = torch.randn(*shape, generator=generator)
+        assert torch.equal(window_max(x, *window), F.max_pool2d(x, window))
+
+    torch.manual_seed(0)
+    block = ResidualAttentionBlock(64, 2, act_layer=QuickGELU).eval()  # ViT-B/16's CLIP uses QuickGELU
+    tokens = torch.randn(2, 17, 64, generator=generator)
+    with torch.no_grad():
+        assert torch.equal(mlp_forward(block, tokens), block.mlp(tokens))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert torch.equal(mlp_forward(block, tokens), block.mlp(tokens))
+    tokens.requires_grad_(True)
+    mlp_forward(block, tokens).sum().backward()  # with autograd: the module itself, gradients intact
+    assert tokens.grad is not None and tokens.grad.abs().sum() > 0
+
+    decoder = tiny_model.side_adapter.mask_decoder
+    assert isinstance(decoder.bias_scaling, torch.nn.Linear)
+    query = torch.randn(1, 8, tiny_model.config.side_adapter.embed_dim, generator=generator)
+    pixels = torch.randn(1, tiny_model.config.side_adapter.embed_dim, 4, 6, generator=generator)
+    with torch.no_grad():
+        _, biases = decoder(query, pixels)
+        raw = decoder.attention_bias(decoder.query_mlp(query), pixels)
+        scaled = decoder.bias_scaling(raw[..., None]).squeeze(-1).reshape(1, decoder.attn_layers, -1, 8, 4, 6)
+    assert all(torch.equal(bias, expected) for bias, expected in zip(biases, scaled.unbind(1), strict=True))
+
+    image = torch.randint(0, 256, (3, 50, 70), dtype=torch.uint8, generator=generator)
+    mean, std = tiny_model.pixel_mean, tiny_model.pixel_std
+    for given in (image, image.float(), image.permute(1, 2, 0).contiguous().permute(2, 0, 1)):
+        batch = tiny_model.preprocess([given])
+        assert batch.shape == (1, 3, *tiny_model.padded_size(50, 70)) and batch.dtype == torch.float32
+        assert torch.equal(batch[0, :, :50, :70], (image.float() - mean) / std)
+        assert not batch[0, :, 50:].any() and not batch[0, :, :, 70:].any()
+
+
+def test_cached_positional_embeddings_follow_the_weights_and_the_grid(tiny_model, tiny_inputs):
+    """The positional embeddings resized to a grid are kept between calls; a new grid, new
+    weights (load_state_dict) or an in-place update recompute them, and training gets a graph."""
+    import copy
+
+    model = copy.deepcopy(tiny_model)
+    vocab = model.class_embeddings(tiny_inputs["vocabulary"])
+    small, large = _images([(64, 96)]), _images([(96, 128)])
+
+    def fresh_outputs(images):  # a new copy of the weights: nothing cached
+        fresh = copy.deepcopy(model)
+        fresh.clip_features.grid_positions = type(fresh.clip_features.grid_positions)()
+        fresh.side_adapter.positions = type(fresh.side_adapter.positions)()
+        with torch.no_grad():
+            return fresh(images, vocab).mask_logits
+
+    with torch.no_grad():
+        first = model(small, vocab).mask_logits
+        assert torch.equal(model(large, vocab).mask_logits, fresh_outputs(large))  # a new grid
+        assert torch.equal(model(small, vocab).mask_logits, first)
+        state = model.state_dict()
+        state["clip_features.positional_embedding"] = state["clip_features.positional_embedding"] * 1.5
+        state["side_adapter.pos_embed"] = state["side_adapter.pos_embed"] + 0.1
+        model.load_state_dict(state)
+        changed = model(small, vocab).mask_logits
+        assert not torch.equal(changed, first)
+        assert torch.equal(changed, fresh_outputs(small))
+        model.side_adapter.query_pos_embed.mul_(0.5)  # an optimiser's kind of update
+        assert torch.equal(model(small, vocab).mask_logits, fresh_outputs(small))
+
+    model.train()
+    logits = model.forward_train(small, vocab)[-1][1]
+    logits.sum().backward()
+    assert model.clip_features.positional_embedding.grad is not None
+    assert model.side_adapter.pos_embed.grad is not None

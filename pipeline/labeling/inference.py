@@ -96,7 +96,8 @@ def label_images(
     image's margin map.
     """
     device = embeddings.device
-    tensors = [torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1).float() for image in images]
+    # uint8 to the device (a quarter of float32's bytes); the model normalises into its own batch
+    tensors = [torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1) for image in images]
     per_image = model.predict_label_tiles(
         tensors, embeddings, list(output_sizes), background=background, precision=precision
     )

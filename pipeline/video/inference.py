@@ -27,7 +27,7 @@ def label_clip(
     `output_size` (the video's own size), one per frame; precision as for `label_images`."""
     device = embeddings.device
     writable = [np.require(f, requirements=["C", "W"]) for f in frames]  # decoders may hand out read-only views
-    tensors = [torch.from_numpy(f).to(device).permute(2, 0, 1).float() for f in writable]
+    tensors = [torch.from_numpy(f).to(device).permute(2, 0, 1) for f in writable]  # uint8: the model normalises
     _, per_frame = model.predict_video_label_tiles(
         tensors, embeddings, output_size, background=background, precision=precision
     )
