@@ -240,13 +240,13 @@ def top_two_pruned(
     upper_bound = ceiling @ probs  # [C]
     likeliest = upper_bound.topk(min(TILE_ANCHORS, num_classes)).indices
     tile_anchors = torch.unique(torch.cat([anchors, likeliest]))
-    values, columns = (masks @ probs[:, tile_anchors]).topk(2, dim=1)
-    floor = values[:, 1].min()  # every pixel's second best scores at least this
+    best, column, runner_up = top_two(masks @ probs[:, tile_anchors])
+    floor = runner_up.min()  # every pixel's second best scores at least this
     candidates = torch.nonzero(upper_bound >= floor - BOUND_SLACK).squeeze(1)
     others = candidates[~torch.isin(candidates, tile_anchors)]
     if len(others) and blocks is not None:  # costs about a sixth of scoring them
-        others = blocks().reaching(others, probs, values[:, 1])
-    best, index, runner_up = values[:, 0], tile_anchors[columns[:, 0]], values[:, 1]
+        others = blocks().reaching(others, probs, runner_up)
+    index = tile_anchors[column]
     if len(others) == 0:  # first and second are anchors
         return best, index, runner_up
     # the top two of the anchors and of the others, merged (scores are >= 0, as `top_two`'s 0 is)
@@ -279,13 +279,15 @@ def top_two_of_product(
 
 
 def top_two(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """scores [pixels, C] -> (best score, its column, second-best score), each [pixels]; with one
-    column the second best is 0 (no rival)."""
+    """scores [pixels, C] -> (best score, its column, second-best score), each [pixels]; the
+    column is the first of equal bests, as argmax's; with one column the second best is 0 (no
+    rival). Overwrites each row's best in `scores` (callers pass a product they then drop): a
+    max, a scatter and another max take half the time of `topk(2)` over rows this short (8 to 16
+    columns: 1.3 against 2.6 ms for 84k pixels by 8)."""
+    best, index = scores.max(dim=1)
     if scores.shape[1] < 2:
-        best, index = scores.max(dim=1)
         return best, index, torch.zeros_like(best)
-    values, indices = scores.topk(2, dim=1)
-    return values[:, 0], indices[:, 0], values[:, 1]
+    return best, index, scores.scatter_(1, index[:, None], -torch.inf).amax(dim=1)
 
 
 def semantic_labels(

@@ -25,6 +25,7 @@ from san_core.postprocess import (
     semantic_labels,
     semantic_scores,
     tile_blocks,
+    top_two,
 )
 
 
@@ -145,10 +146,10 @@ def test_block_bounds_hold_at_every_pixel_and_keep_fewer_classes_than_the_tiles(
     assert (masks <= blocks.ceilings[block_of_pixel]).all()
 
     scores = masks @ probs
-    top_two = scores.topk(2, dim=1)
-    second = top_two.values[:, 1]
+    ranked = scores.topk(2, dim=1)
+    second = ranked.values[:, 1]
     kept = blocks.reaching(torch.arange(classes), probs, second)
-    assert torch.isin(torch.unique(top_two.indices), kept).all()
+    assert torch.isin(torch.unique(ranked.indices), kept).all()
     # exactly the classes whose bound reaches, in some block, the lowest second-best score there
     floors = torch.full((len(blocks.ceilings),), torch.inf).scatter_reduce(0, block_of_pixel, second, "amin")
     reaches = (blocks.ceilings @ probs >= floors[:, None] - BOUND_SLACK).any(dim=0)
@@ -177,3 +178,21 @@ def test_the_job_path_equals_the_argmax_of_the_models_score_maps(tiny, tiny_inpu
             mask = expected == segment.class_id
             assert segment.area == mask.sum()
             assert segment.score == pytest.approx(float(best.numpy()[mask].mean()), rel=1e-5)
+
+
+def test_top_two_matches_topk_and_breaks_ties_as_argmax():
+    generator = torch.Generator().manual_seed(5)
+    for columns in (2, 8, 10, 16, 847):
+        scores = torch.rand(5000, columns, generator=generator)
+        scores[:100, 1] = scores[:100, 0]  # equal scores somewhere in the row
+        scores[100:200, 0] = scores[100:200, 1:].max(dim=1).values  # a tie for the first place
+        scores[200:300, :2] = -1.0
+        expected_values = scores.topk(2, dim=1).values
+        expected_index = scores.argmax(dim=1)
+        best, index, second = top_two(scores.clone())
+        assert torch.equal(best, expected_values[:, 0]) and torch.equal(second, expected_values[:, 1])
+        assert torch.equal(index, expected_index)  # the first of equal bests
+        assert torch.equal(second[100:200], best[100:200])  # a tie for the first place leaves no margin
+        assert (index[100:200] == 0).all()
+    best, index, second = top_two(torch.tensor([[0.3], [0.7]]))
+    assert best.tolist() == pytest.approx([0.3, 0.7]) and index.tolist() == [0, 0] and second.tolist() == [0, 0]
