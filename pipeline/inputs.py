@@ -19,7 +19,7 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from .images import IMAGE_EXTENSIONS
-from .storage import is_local, with_protocol
+from .storage import is_local, read_parquet, with_protocol
 from .video.decode import VIDEO_EXTENSIONS
 
 # What the labeling job takes from a folder or glob: images and videos.
@@ -62,7 +62,7 @@ def read_manifest_rows(
     with fs.open(path, "rb") as f:
         data = f.read()
     if path.endswith(".parquet"):
-        table = pq.read_table(io.BytesIO(data))
+        table = read_parquet(io.BytesIO(data))
         columns, rows = table.column_names, table.to_pylist()
     elif path.endswith(".csv"):
         reader = csv.DictReader(io.StringIO(data.decode("utf-8-sig")))

@@ -16,6 +16,8 @@ import pyarrow.parquet as pq
 from schemas.output import Provenance
 from schemas.taxonomy import Taxonomy
 
+from .storage import read_parquet
+
 MANIFEST_NAME = "_manifest.json"
 PREVIEW_DIR = "_previews"
 # The labeling job's own result files are known by name: it writes `labels-<write id>_<task>.parquet`
@@ -108,4 +110,4 @@ def read_output_rows(output: str, storage_options: Mapping[str, Any] | None = No
     fs, root = fsspec.core.url_to_fs(output, **(storage_options or {}))
     for path in filter(is_own_result, result_files(fs, root)):
         with fs.open(path, "rb") as f:
-            yield from pq.read_table(f).to_pylist()
+            yield from read_parquet(f).to_pylist()

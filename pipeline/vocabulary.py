@@ -26,6 +26,8 @@ import torch
 
 from schemas.taxonomy import Taxonomy
 
+from .storage import read_parquet
+
 log = logging.getLogger(__name__)
 
 DEFAULT_CACHE_DIR = os.environ.get("SAN_VOCAB_CACHE", str(Path.home() / ".cache" / "san-labeler" / "vocabularies"))
@@ -87,7 +89,7 @@ def _read_cached(uri: str, digest: str, storage_options: Mapping[str, Any] | Non
     if not fs.exists(path):
         return None
     with fs.open(path, "rb") as f:
-        table = pq.read_table(f)
+        table = read_parquet(f)
     stored = (table.schema.metadata or {}).get(_META_DIGEST, b"").decode()
     if stored != digest:
         log.warning("vocabulary cache %s has digest %s, expected %s: rebuilding", uri, stored[:16], digest[:16])

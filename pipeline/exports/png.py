@@ -18,12 +18,12 @@ from collections.abc import Mapping
 from typing import Any
 
 import fsspec
-import pyarrow.parquet as pq
 
 from schemas.taxonomy import Taxonomy
 
 from ..label_maps import decode_label_map
 from ..results import is_own_result, result_files
+from ..storage import read_parquet
 from .coco import common_folder
 from .vspw import frame_name, mask_png
 
@@ -53,7 +53,7 @@ def export_png(
     sources: list[str] = []
     for path in files:  # first the sources, whose common folder names the files
         with labels_fs.open(path, "rb") as f:
-            table = pq.read_table(f, columns=["image_uri", "video_uri"])
+            table = read_parquet(f, columns=["image_uri", "video_uri"])
         for image, video in zip(table["image_uri"].to_pylist(), table["video_uri"].to_pylist(), strict=True):
             sources.append(video or image)
     root = common_folder(sorted(set(sources))) if image_root is None else image_root.rstrip("/") + "/"
@@ -63,7 +63,7 @@ def export_png(
     counts = {"images": 0, "frames": 0}
     for path in files:
         with labels_fs.open(path, "rb") as f:
-            table = pq.read_table(f, columns=["image_uri", "video_uri", "frame_index", "label_map_png", "error"])
+            table = read_parquet(f, columns=["image_uri", "video_uri", "frame_index", "label_map_png", "error"])
         for row in table.to_pylist():
             if row["error"] is not None or row["label_map_png"] is None:
                 continue

@@ -22,13 +22,13 @@ from typing import Any
 import fsspec
 import numpy as np
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from PIL import Image
 
 from schemas.taxonomy import Taxonomy
 
 from ..label_maps import decode_label_map, encode_label_png
 from ..results import is_own_result, result_files
+from ..storage import read_parquet
 from ..video.decode import SampledFrame, VideoReader
 from .coco import common_folder
 
@@ -81,7 +81,7 @@ def export_vspw(
     videos: set[str] = set()
     for path in files:  # first the names, which depend on every video's path
         with labels_fs.open(path, "rb") as f:
-            column = pq.read_table(f, columns=["video_uri"]).column("video_uri")
+            column = read_parquet(f, columns=["video_uri"]).column("video_uri")
         videos.update(v for v in column.unique().to_pylist() if v is not None)
     names = video_names(sorted(videos))
     fs, root = fsspec.core.url_to_fs(output, **options)
@@ -91,7 +91,7 @@ def export_vspw(
     written = 0
     for path in files:
         with labels_fs.open(path, "rb") as f:
-            table = pq.read_table(f, columns=["video_uri", "frame_index", "label_map_png", "error"])
+            table = read_parquet(f, columns=["video_uri", "frame_index", "label_map_png", "error"])
         label_maps: dict[str, dict[int, bytes]] = {}
         for row in table.filter(pc.and_(pc.is_valid(table["video_uri"]), pc.is_null(table["error"]))).to_pylist():
             if row["frame_index"] is not None:

@@ -22,7 +22,6 @@ from typing import Any
 import fsspec
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from san_core.precision import resolve_precision
 from schemas.jobs import LabelJobConfig
@@ -42,7 +41,7 @@ from ..results import (
     result_file_stamps,
     result_files,
 )
-from ..storage import pyarrow_filesystem
+from ..storage import pyarrow_filesystem, read_parquet
 from ..video.decode import VIDEO_EXTENSIONS
 from ..video.labeling import SanVideoLabeler, VideoSampling
 from ..video.preview import PREVIEW_FRAMES, render_video_preview
@@ -135,7 +134,7 @@ def write_previews(
     columns = ["image_uri", "video_uri", "frame_index", "label_map_png", "error"]
     for path in files:
         with fs.open(path, "rb") as f:
-            table = pq.read_table(f, columns=columns)
+            table = read_parquet(f, columns=columns)
         videos: dict[str, dict[int, bytes]] = {}
         for row in table.to_pylist():
             if row["error"] is not None:

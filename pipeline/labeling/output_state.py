@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 from schemas.output import RUN_ID_KEY, Provenance
 
 from ..results import is_own_result, result_file_name, result_file_stamps, source_uris
+from ..storage import read_parquet
 from .planning import AntiJoin
 from .row_index import IndexBuilder, ResultFile, index_path, list_indexes, read_keys_parallel
 
@@ -132,7 +133,7 @@ def drop_superseded(
     copies: dict[str, str | None] = {}
     for path in sorted(superseded):
         with fs.open(path, "rb") as f:
-            table = pq.read_table(f)
+            table = read_parquet(f)
         kept = table.filter(pc.invert(pc.is_in(source_uris(table), value_set=superseded[path])))
         copies[path] = None
         if kept.num_rows:
