@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 
 import torch
+
+
+def parameter_state(parameters: Iterable[torch.Tensor]) -> tuple:
+    """What tells whether parameters changed, without reading their values: each one's address,
+    version counter (bumped by in-place updates), device, dtype and shape."""
+    return tuple((p.data_ptr(), p._version, p.device, p.dtype, p.shape) for p in parameters)
 
 
 class DerivedTensor:
@@ -27,7 +33,7 @@ class DerivedTensor:
     ) -> torch.Tensor:
         if torch.is_grad_enabled() and any(p.requires_grad for p in parameters):
             return compute()
-        state = (key, tuple((p.data_ptr(), p._version, p.device, p.dtype, p.shape) for p in parameters))
+        state = (key, parameter_state(parameters))
         if state != self._key or self._value is None:
             self._value = compute()
             self._key, self._sources = state, tuple(p.detach() for p in parameters)

@@ -20,6 +20,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .derived_cache import parameter_state
+
 PRECISIONS = ("fp32", "bf16", "auto")
 
 
@@ -94,7 +96,7 @@ class Bf16Weights:
         self._copies: list[torch.Tensor] = []
 
     def _state(self) -> tuple:
-        return tuple((p.data_ptr(), p._version, p.device, p.dtype) for p in self.parameters)
+        return parameter_state(self.parameters)
 
     @contextlib.contextmanager
     def lent(self) -> Iterator[None]:
