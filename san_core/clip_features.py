@@ -11,6 +11,7 @@ from torch.nn import functional as F
 
 from .clip_blocks import block_forward
 from .derived_cache import DerivedTensor
+from .matrix_convs import patch_tokens
 
 
 @dataclass
@@ -61,9 +62,8 @@ class ClipFeatureExtractor(nn.Module):
 
     def forward(self, image: torch.Tensor) -> ClipFeatures:
         """image: [B, 3, H, W] normalised, already scaled by clip_resolution."""
-        x = self.conv1(image)  # [B, width, h, w]
-        batch, width, h, w = x.shape
-        x = x.flatten(2).transpose(1, 2)  # [B, h*w, width]
+        x, (h, w) = patch_tokens(self.conv1, image)  # [B, h*w, width]
+        batch, _, width = x.shape
         cls = self.class_embedding.to(x.dtype).expand(batch, 1, width)
         x = torch.cat([cls, x], dim=1)
         pos = self.grid_positions.get(

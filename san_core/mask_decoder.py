@@ -6,6 +6,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .matrix_convs import PointwiseConv2d
+
 
 class MLP(nn.Module):
     """num_layers affine maps with ReLU between them; `conv=True` makes them 1x1 convolutions."""
@@ -13,7 +15,7 @@ class MLP(nn.Module):
     def __init__(self, in_dim: int, hidden: int, out_dim: int, num_layers: int, conv: bool = False) -> None:
         super().__init__()
         dims = [in_dim] + [hidden] * (num_layers - 1) + [out_dim]
-        affine = (lambda i, o: nn.Conv2d(i, o, kernel_size=1)) if conv else nn.Linear
+        affine = PointwiseConv2d if conv else nn.Linear
         self.layers = nn.ModuleList(affine(i, o) for i, o in zip(dims[:-1], dims[1:], strict=True))
 
     def hidden(self, x: torch.Tensor) -> torch.Tensor:
@@ -57,14 +59,11 @@ class MaskDecoder(nn.Module):
         batch, _, h, w = pix.shape
         mask_logits = torch.einsum("bqc,bchw->bqhw", query, pix)
         bias = self.attention_bias(query, pixels).reshape(batch, self.attn_layers, self.attn_heads, -1, h, w)
-        if isinstance(self.bias_scaling, nn.Linear):
-            # the [1, 1] linear map element-wise: the same product and sum (checked bit for bit
-            # against nn.Linear), without a matrix product whose inner dimension is 1
-            bias = (bias * self.bias_scaling.weight[0, 0]).add_(self.bias_scaling.bias[0])
         return mask_logits, list(bias.unbind(1))
 
     def attention_bias(self, query: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
-        """query: [B, Q, C_embed] (after query_mlp), pixels: [B, C, h, w] -> [B, layers * heads, Q, h, w].
+        """query: [B, Q, C_embed] (after query_mlp), pixels: [B, C, h, w] -> [B, layers * heads, Q, h, w],
+        rescaled by `bias_scaling`.
 
         The reference projects the pixels to one C_embed map per (layer, head) with the last 1x1
         convolution (weight W, bias b) and takes each query's dot product with it. The same
@@ -78,4 +77,10 @@ class MaskDecoder(nn.Module):
         weight = last.weight.reshape(maps, -1, last.weight.shape[1])  # [maps, C_embed, D]
         query_weight = torch.einsum("bqc,mcd->bmqd", query, weight)
         query_bias = torch.einsum("bqc,mc->bmq", query, last.bias.reshape(maps, -1))
+        if isinstance(self.bias_scaling, nn.Linear):
+            # the learned rescale s * bias + t, folded into the small factors: s * (w . h + b) + t
+            # is (s * w) . h + (s * b + t), and no pass over the [B, maps, Q, h, w] result
+            scale, shift = self.bias_scaling.weight[0, 0], self.bias_scaling.bias[0]
+            query_weight = query_weight * scale
+            query_bias = query_bias * scale + shift
         return torch.einsum("bmqd,bdhw->bmqhw", query_weight, hidden).add_(query_bias[..., None, None])

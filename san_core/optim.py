@@ -6,8 +6,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .side_adapter import ChannelLayerNorm
-
 # Parameter-name fragments the reference excludes from weight decay (its WEIGHT_DECAY_EMBED_GROUP).
 NO_DECAY_EMBEDDINGS = (
     "absolute_pos_embed",
@@ -16,7 +14,7 @@ NO_DECAY_EMBEDDINGS = (
     "query_embed",
     "relative_position_bias_table",
 )
-NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm2d, ChannelLayerNorm)
+NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm2d)
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:

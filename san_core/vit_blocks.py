@@ -6,6 +6,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .matrix_convs import patch_tokens
+
 LAYER_NORM_EPS = 1e-6
 
 
@@ -56,5 +58,5 @@ class PatchEmbed(nn.Module):
         super().__init__()
         self.proj = nn.Conv2d(3, dim, kernel_size=patch_size, stride=patch_size)
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.proj(image)
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        return patch_tokens(self.proj, image)

@@ -100,38 +100,15 @@ def test_presets_have_the_published_shapes(name):
 
 
 def test_inference_shortcuts_compute_the_same_bits_as_the_plain_modules(tiny_model):
-    """The inference-only rewrites (in place, or without a kernel's side work) change no bit."""
-    from open_clip.transformer import QuickGELU, ResidualAttentionBlock
+    """The inference-only rewrites that change no bit (in place, or without a kernel's side work)."""
     from torch.nn import functional as F
 
-    from san_core.clip_blocks import mlp_forward
     from san_core.recognition_head import window_max
 
     generator = torch.Generator().manual_seed(3)
     for shape, window in [((1, 24, 40, 40), (2, 2)), ((2, 12, 40, 60), (2, 2)), ((1, 3, 9, 12), (3, 4))]:
         x = torch.randn(*shape, generator=generator)
         assert torch.equal(window_max(x, *window), F.max_pool2d(x, window))
-
-    torch.manual_seed(0)
-    block = ResidualAttentionBlock(64, 2, act_layer=QuickGELU).eval()  # ViT-B/16's CLIP uses QuickGELU
-    tokens = torch.randn(2, 17, 64, generator=generator)
-    with torch.no_grad():
-        assert torch.equal(mlp_forward(block, tokens), block.mlp(tokens))
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            assert torch.equal(mlp_forward(block, tokens), block.mlp(tokens))
-    tokens.requires_grad_(True)
-    mlp_forward(block, tokens).sum().backward()  # with autograd: the module itself, gradients intact
-    assert tokens.grad is not None and tokens.grad.abs().sum() > 0
-
-    decoder = tiny_model.side_adapter.mask_decoder
-    assert isinstance(decoder.bias_scaling, torch.nn.Linear)
-    query = torch.randn(1, 8, tiny_model.config.side_adapter.embed_dim, generator=generator)
-    pixels = torch.randn(1, tiny_model.config.side_adapter.embed_dim, 4, 6, generator=generator)
-    with torch.no_grad():
-        _, biases = decoder(query, pixels)
-        raw = decoder.attention_bias(decoder.query_mlp(query), pixels)
-        scaled = decoder.bias_scaling(raw[..., None]).squeeze(-1).reshape(1, decoder.attn_layers, -1, 8, 4, 6)
-    assert all(torch.equal(bias, expected) for bias, expected in zip(biases, scaled.unbind(1), strict=True))
 
     image = torch.randint(0, 256, (3, 50, 70), dtype=torch.uint8, generator=generator)
     mean, std = tiny_model.pixel_mean, tiny_model.pixel_std
@@ -140,6 +117,84 @@ def test_inference_shortcuts_compute_the_same_bits_as_the_plain_modules(tiny_mod
         assert batch.shape == (1, 3, *tiny_model.padded_size(50, 70)) and batch.dtype == torch.float32
         assert torch.equal(batch[0, :, :50, :70], (image.float() - mean) / std)
         assert not batch[0, :, 50:].any() and not batch[0, :, :, 70:].any()
+
+
+def test_rewritten_layers_equal_the_reference_formulas():
+    """The layers computed in another order than the reference's, each against the reference's
+    own formula: CLIP's MLP with QuickGELU folded into the products, the convolutions run as
+    matrix products, the fusion on CLIP's tokens, and the attention-bias rescale folded into the
+    decoder's small factors. Float rounding apart, the same numbers, with gradients intact."""
+    from open_clip.transformer import QuickGELU, ResidualAttentionBlock
+    from torch import nn
+    from torch.nn import functional as F
+
+    from san_core.clip_blocks import mlp_forward
+    from san_core.mask_decoder import MaskDecoder
+    from san_core.matrix_convs import PointwiseConv2d, patch_tokens
+    from san_core.side_adapter import AddFusion
+
+    torch.manual_seed(0)
+    generator = torch.Generator().manual_seed(3)
+
+    block = ResidualAttentionBlock(64, 2, act_layer=QuickGELU).eval()  # ViT-B/16's CLIP uses QuickGELU
+    tokens = torch.randn(2, 17, 64, generator=generator)
+    with torch.no_grad():
+        hidden = block.mlp.c_fc(tokens)
+        expected = block.mlp.c_proj(hidden * torch.sigmoid(1.702 * hidden))
+        assert torch.allclose(mlp_forward(block, tokens), expected, atol=1e-5, rtol=1e-5)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert torch.allclose(mlp_forward(block, tokens).float(), expected, atol=0.05, rtol=0.02)
+    tokens.requires_grad_(True)
+    mlp_forward(block, tokens).sum().backward()  # with autograd: the module itself, gradients intact
+    assert tokens.grad is not None and tokens.grad.abs().sum() > 0
+
+    for shape, patch, bias in [((2, 3, 64, 48), 16, True), ((1, 3, 70, 37), 16, False), ((1, 3, 12, 12), 4, True)]:
+        conv = nn.Conv2d(3, 24, kernel_size=patch, stride=patch, bias=bias)
+        image = torch.randn(*shape, generator=generator)
+        found, grid = patch_tokens(conv, image)
+        reference = conv(image)
+        assert grid == tuple(reference.shape[-2:])
+        assert torch.allclose(found, reference.flatten(2).transpose(1, 2), atol=1e-5)
+    with pytest.raises(ValueError, match="not a patch embedding"):
+        patch_tokens(nn.Conv2d(3, 8, kernel_size=4, stride=2), torch.randn(1, 3, 8, 8))
+
+    pointwise = PointwiseConv2d(20, 12)
+    for pixels in (torch.randn(2, 20, 5, 7, generator=generator), torch.randn(1, 35, 20, generator=generator)):
+        pixels = pixels if pixels.dim() == 4 else pixels.transpose(1, 2).reshape(1, 20, 5, 7)  # a strided view
+        reference = F.conv2d(pixels, pointwise.weight, pointwise.bias)
+        assert torch.allclose(pointwise(pixels), reference, atol=1e-5)
+
+    fusion = AddFusion(32, 12)
+    for param in fusion.parameters():
+        nn.init.normal_(param, generator=generator)
+    for clip_grid, side_grid in [((20, 20), (40, 40)), ((7, 9), (13, 17)), ((6, 6), (6, 6))]:
+        clip_tokens = torch.randn(2, 1 + clip_grid[0] * clip_grid[1], 32, generator=generator)
+        clip_map = clip_tokens[:, 1:].transpose(1, 2).reshape(2, 32, *clip_grid)  # as CLIP's features hand it
+        patches = torch.randn(2, side_grid[0] * side_grid[1], 12, generator=generator)
+        norm, conv = fusion.input_proj
+        centered = clip_map - clip_map.mean(1, keepdim=True)
+        normed = centered / torch.sqrt(centered.pow(2).mean(1, keepdim=True) + norm.eps)
+        normed = norm.weight[:, None, None] * normed + norm.bias[:, None, None]
+        projected = F.interpolate(conv(normed), size=side_grid, mode="bilinear", align_corners=False)
+        expected = patches + projected.flatten(2).transpose(1, 2)
+        assert torch.allclose(fusion(patches, clip_map, side_grid), expected, atol=1e-4)
+
+    decoder = MaskDecoder(
+        16, attn_heads=2, attn_layers=3, embed_channels=8, mlp_channels=16, mlp_num_layers=3, rescale_attn_bias=True
+    )
+    for param in decoder.parameters():
+        nn.init.normal_(param, std=0.5, generator=generator)
+    query = torch.randn(2, 5, 16, generator=generator, requires_grad=True)
+    pixels = torch.randn(2, 16, 4, 6, generator=generator)
+    mask_logits, biases = decoder(query, pixels)
+    embedded = decoder.query_mlp(query)  # the reference: every (layer, head) map, then the rescale
+    maps = decoder.attn_mlp(pixels).reshape(2, 3, 2, 8, 4, 6)
+    reference = torch.einsum("bqc,blmchw->blmqhw", embedded, maps)
+    reference = decoder.bias_scaling(reference[..., None]).squeeze(-1)
+    assert torch.allclose(torch.stack(biases, dim=1), reference, atol=1e-4, rtol=1e-5)
+    assert torch.allclose(mask_logits, torch.einsum("bqc,bchw->bqhw", embedded, decoder.pix_mlp(pixels)), atol=1e-5)
+    biases[0].sum().backward()  # gradients reach the query and the rescale
+    assert query.grad is not None and decoder.bias_scaling.weight.grad is not None
 
 
 def test_cached_positional_embeddings_follow_the_weights_and_the_grid(tiny_model, tiny_inputs):
