@@ -105,9 +105,9 @@ class RecognitionHead(nn.Module):
             q, k, v = qkv_heads(block, block.ln_1(x))
             sos = F.scaled_dot_product_attention(q[:, :, :queries], k, v, attn_mask=mask.to(q.dtype))
             if index == len(self.resblocks) - 1:
-                x = finish_block(block, x[:, :queries], merge_heads(block, sos))
+                x = finish_block(block, x[:, :queries], merge_heads(sos))
                 break
             image = F.scaled_dot_product_attention(q[:, :, queries:], k[:, :, queries:], v[:, :, queries:])
-            x = finish_block(block, x, merge_heads(block, torch.cat([sos, image], dim=2)))
+            x = finish_block(block, x, merge_heads(torch.cat([sos, image], dim=2)))
         sos = self.ln_post(x[:, :queries])
         return F.normalize(sos @ self.proj, dim=-1)

@@ -7,6 +7,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .matrix_convs import patch_tokens
+from .residual import add_linear
 
 LAYER_NORM_EPS = 1e-6
 
@@ -18,13 +19,17 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: [B, N, C] -> [B, N, C]."""
+    def heads(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [B, N, C] -> the attention's merged heads [B, N, C], before the output projection."""
         batch, tokens, dim = x.shape
         qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, dim // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, heads, N, head_dim]
         x = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(x.transpose(1, 2).reshape(batch, tokens, dim))
+        return x.transpose(1, 2).reshape(batch, tokens, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [B, N, C] -> [B, N, C]."""
+        return self.proj(self.heads(x))
 
 
 class Mlp(nn.Module):
@@ -34,8 +39,11 @@ class Mlp(nn.Module):
         self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden, dim)
 
+    def hidden(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.fc1(x))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+        return self.fc2(self.hidden(x))
 
 
 class Block(nn.Module):
@@ -47,8 +55,10 @@ class Block(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+        """x + attn(norm1(x)), then that + mlp(norm2(that)), each residual added as its branch's
+        last product's initial value (`add_linear`)."""
+        x = add_linear(x, self.attn.proj, self.attn.heads(self.norm1(x)))
+        return add_linear(x, self.mlp.fc2, self.mlp.hidden(self.norm2(x)))
 
 
 class PatchEmbed(nn.Module):

@@ -121,32 +121,47 @@ def test_inference_shortcuts_compute_the_same_bits_as_the_plain_modules(tiny_mod
 
 def test_rewritten_layers_equal_the_reference_formulas():
     """The layers computed in another order than the reference's, each against the reference's
-    own formula: CLIP's MLP with QuickGELU folded into the products, the convolutions run as
+    own module or formula: CLIP's blocks (SDPA, QuickGELU folded into the MLP's products,
+    residuals added as the products' initial values) against open_clip's own block, the side
+    adapter's blocks against the plain composition of their layers, the convolutions run as
     matrix products, the fusion on CLIP's tokens, and the attention-bias rescale folded into the
     decoder's small factors. Float rounding apart, the same numbers, with gradients intact."""
     from open_clip.transformer import QuickGELU, ResidualAttentionBlock
     from torch import nn
     from torch.nn import functional as F
 
-    from san_core.clip_blocks import mlp_forward
+    from san_core.clip_blocks import block_forward
     from san_core.mask_decoder import MaskDecoder
     from san_core.matrix_convs import PointwiseConv2d, patch_tokens
     from san_core.side_adapter import AddFusion
+    from san_core.vit_blocks import Block
 
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(3)
 
-    block = ResidualAttentionBlock(64, 2, act_layer=QuickGELU).eval()  # ViT-B/16's CLIP uses QuickGELU
-    tokens = torch.randn(2, 17, 64, generator=generator)
-    with torch.no_grad():
-        hidden = block.mlp.c_fc(tokens)
-        expected = block.mlp.c_proj(hidden * torch.sigmoid(1.702 * hidden))
-        assert torch.allclose(mlp_forward(block, tokens), expected, atol=1e-5, rtol=1e-5)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            assert torch.allclose(mlp_forward(block, tokens).float(), expected, atol=0.05, rtol=0.02)
-    tokens.requires_grad_(True)
-    mlp_forward(block, tokens).sum().backward()  # with autograd: the module itself, gradients intact
-    assert tokens.grad is not None and tokens.grad.abs().sum() > 0
+    for scale in (None, 0.5):  # without a layer scale (ViT-B/16's CLIP), and with one
+        block = ResidualAttentionBlock(64, 2, act_layer=QuickGELU, ls_init_value=scale).eval()
+        tokens = torch.randn(2, 17, 64, generator=generator)
+        with torch.no_grad():
+            expected = block(tokens)  # open_clip's own forward: nn.MultiheadAttention, QuickGELU
+            assert torch.allclose(block_forward(block, tokens), expected, atol=1e-5, rtol=1e-5)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                assert torch.allclose(block_forward(block, tokens).float(), expected, atol=0.1, rtol=0.05)
+        tokens.requires_grad_(True)
+        found = block_forward(block, tokens)  # with autograd: the module's own layers
+        assert torch.allclose(found, expected, atol=1e-5, rtol=1e-5)
+        found.sum().backward()
+        assert tokens.grad is not None and tokens.grad.abs().sum() > 0
+
+    side_block = Block(48, 4, 4.0).eval()
+    tokens = torch.randn(2, 30, 48, generator=generator, requires_grad=True)
+    after_attention = tokens + side_block.attn.proj(side_block.attn.heads(side_block.norm1(tokens)))
+    expected = after_attention + side_block.mlp(side_block.norm2(after_attention))
+    found = side_block(tokens)
+    assert torch.allclose(found, expected, atol=1e-5, rtol=1e-5)
+    found.sum().backward()  # the residual added in place into the product keeps the gradients
+    grads = [p.grad for p in (tokens, side_block.attn.proj.weight, side_block.mlp.fc2.bias)]
+    assert all(g is not None and g.abs().sum() > 0 for g in grads)
 
     for shape, patch, bias in [((2, 3, 64, 48), 16, True), ((1, 3, 70, 37), 16, False), ((1, 3, 12, 12), 4, True)]:
         conv = nn.Conv2d(3, 24, kernel_size=patch, stride=patch, bias=bias)
