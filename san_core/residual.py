@@ -2,9 +2,10 @@
 
 `residual + linear(x)` takes a product whose output starts as a copy of the bias, then a pass
 that adds the residual. Starting the output as `residual + bias` and letting the product add
-into it (`addmm_`, beta = 1) does the same arithmetic in another order with one pass over the
-output fewer: about 0.5 % of a forward here (paired runs), where every transformer block has two
-such branches.
+into it (`addmm` with `out=` its own input, beta = 1) does the same arithmetic in another order
+with one pass over the output fewer: about 0.5 % of a forward here (paired runs), where every
+transformer block has two such branches. (`out=` rather than `addmm_`, which FLOP counters such
+as PyTorch's `FlopCounterMode` do not count.)
 """
 
 from __future__ import annotations
@@ -15,15 +16,18 @@ from torch import nn
 
 def add_linear(residual: torch.Tensor, linear: nn.Linear, x: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
     """residual + alpha * (x @ W^T) + b, which is `residual + linear(x)` when alpha is 1:
-    x [..., D_in], residual [..., D_out]. Equal up to float rounding. Under autocast (which
-    casts no in-place product), with dtypes that differ or without a bias: the plain sum."""
+    x [..., D_in], residual [..., D_out]. Equal up to float rounding. For inference: with
+    autograd (which takes no `out=`), under autocast (which casts no `out=` product), with
+    dtypes that differ or without a bias, the plain sum."""
     flat = x.reshape(-1, x.shape[-1])
     weight, bias = linear.weight, linear.bias
-    if bias is None or x.dtype != residual.dtype or torch.is_autocast_enabled(x.device.type):
+    plain = torch.is_grad_enabled() or torch.is_autocast_enabled(x.device.type)
+    if plain or bias is None or x.dtype != residual.dtype:
         branch = torch.mm(flat, weight.t()) if bias is None else torch.addmm(bias, flat, weight.t(), alpha=alpha)
         if bias is None and alpha != 1.0:
             branch = branch * alpha
         return residual + branch.view(*x.shape[:-1], branch.shape[-1])
-    out = (residual + bias).contiguous()  # the add's backward needs no output: the product may add into it
-    out.view(-1, out.shape[-1]).addmm_(flat, weight.t(), alpha=alpha)
+    out = (residual + bias).contiguous()
+    start = out.view(-1, out.shape[-1])
+    torch.addmm(start, flat, weight.t(), alpha=alpha, out=start)  # `start` is its own input: no copy
     return out
