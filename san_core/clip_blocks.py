@@ -13,7 +13,7 @@ from open_clip.transformer import QuickGELU, ResidualAttentionBlock
 from torch import nn
 from torch.nn import functional as F
 
-from .residual import add_linear
+from .residual import add_linear, scaled_linear
 
 
 def qkv_heads(block: ResidualAttentionBlock, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -55,17 +55,20 @@ def mlp_hidden(block: ResidualAttentionBlock, x: torch.Tensor) -> tuple[torch.Te
 
 def finish_block(block: ResidualAttentionBlock, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
     """The block after its attention (`attended`: merged heads, [B, N, D]): the output projection
-    with its residual, then the MLP with its residual, each residual added as the product's
-    initial value (`add_linear`) where no layer scale stands between."""
-    out_proj, c_proj = block.attn.out_proj, block.mlp.c_proj
-    if isinstance(block.ls_1, nn.Identity):
-        x = add_linear(x, out_proj, attended)
-    else:
-        x = x + block.ls_1(out_proj(attended))
+    with its residual, then the MLP with its residual."""
+    x = _residual_branch(x, block.ls_1, block.attn.out_proj, attended)
     hidden, alpha = mlp_hidden(block, block.ln_2(x))
-    if isinstance(block.ls_2, nn.Identity):
-        return add_linear(x, c_proj, hidden, alpha)
-    return x + block.ls_2(torch.addmm(c_proj.bias, hidden.flatten(0, -2), c_proj.weight.t(), alpha=alpha).view_as(x))
+    return _residual_branch(x, block.ls_2, block.mlp.c_proj, hidden, alpha)
+
+
+def _residual_branch(
+    x: torch.Tensor, layer_scale: nn.Module, linear: nn.Linear, branch: torch.Tensor, alpha: float = 1.0
+) -> torch.Tensor:
+    """x + layer_scale(alpha * linear(branch)), the residual added as the product's initial value
+    (`add_linear`) where no layer scale stands between."""
+    if isinstance(layer_scale, nn.Identity):
+        return add_linear(x, linear, branch, alpha)
+    return x + layer_scale(scaled_linear(linear, branch, alpha))
 
 
 def block_forward(block: ResidualAttentionBlock, x: torch.Tensor) -> torch.Tensor:

@@ -14,20 +14,27 @@ import torch
 from torch import nn
 
 
+def scaled_linear(linear: nn.Linear, x: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
+    """alpha * (x @ W^T) + b, x [..., D_in] -> [..., D_out]: `linear(x)` when alpha is 1."""
+    flat = x.reshape(-1, x.shape[-1])
+    if linear.bias is None:
+        out = torch.mm(flat, linear.weight.t())
+        out = out * alpha if alpha != 1.0 else out
+    else:
+        out = torch.addmm(linear.bias, flat, linear.weight.t(), alpha=alpha)
+    return out.view(*x.shape[:-1], out.shape[-1])
+
+
 def add_linear(residual: torch.Tensor, linear: nn.Linear, x: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
     """residual + alpha * (x @ W^T) + b, which is `residual + linear(x)` when alpha is 1:
     x [..., D_in], residual [..., D_out]. Equal up to float rounding. For inference: with
     autograd (which takes no `out=`), under autocast (which casts no `out=` product), with
     dtypes that differ or without a bias, the plain sum."""
-    flat = x.reshape(-1, x.shape[-1])
-    weight, bias = linear.weight, linear.bias
     plain = torch.is_grad_enabled() or torch.is_autocast_enabled(x.device.type)
-    if plain or bias is None or x.dtype != residual.dtype:
-        branch = torch.mm(flat, weight.t()) if bias is None else torch.addmm(bias, flat, weight.t(), alpha=alpha)
-        if bias is None and alpha != 1.0:
-            branch = branch * alpha
-        return residual + branch.view(*x.shape[:-1], branch.shape[-1])
-    out = (residual + bias).contiguous()
+    if plain or linear.bias is None or x.dtype != residual.dtype:
+        return residual + scaled_linear(linear, x, alpha)
+    out = (residual + linear.bias).contiguous()
     start = out.view(-1, out.shape[-1])
-    torch.addmm(start, flat, weight.t(), alpha=alpha, out=start)  # `start` is its own input: no copy
+    flat = x.reshape(-1, x.shape[-1])
+    torch.addmm(start, flat, linear.weight.t(), alpha=alpha, out=start)  # `start` is its own input: no copy
     return out
