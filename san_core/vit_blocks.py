@@ -62,7 +62,7 @@ class Block(nn.Module):
 
 
 class PatchEmbed(nn.Module):
-    """Non-overlapping patches -> [B, C, h, w] (the grid shape is kept for the caller)."""
+    """Non-overlapping patches -> tokens [B, h*w, C] and the grid (h, w), by `patch_tokens`."""
 
     def __init__(self, patch_size: int, dim: int) -> None:
         super().__init__()
