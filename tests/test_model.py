@@ -157,9 +157,11 @@ def test_rewritten_layers_equal_the_reference_formulas():
     tokens = torch.randn(2, 30, 48, generator=generator, requires_grad=True)
     after_attention = tokens + side_block.attn.proj(side_block.attn.heads(side_block.norm1(tokens)))
     expected = after_attention + side_block.mlp(side_block.norm2(after_attention))
-    found = side_block(tokens)
+    with torch.no_grad():  # inference: each residual is its branch's last product's initial value
+        assert torch.allclose(side_block(tokens), expected, atol=1e-5, rtol=1e-5)
+    found = side_block(tokens)  # with autograd: the plain sums, gradients intact
     assert torch.allclose(found, expected, atol=1e-5, rtol=1e-5)
-    found.sum().backward()  # the residual added in place into the product keeps the gradients
+    found.sum().backward()
     grads = [p.grad for p in (tokens, side_block.attn.proj.weight, side_block.mlp.fc2.bias)]
     assert all(g is not None and g.abs().sum() > 0 for g in grads)
 
