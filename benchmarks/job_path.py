@@ -141,8 +141,7 @@ class Worker:
         if self.has_label_images:
             from pipeline.labeling.inference import label_images
 
-            threads = (os.cpu_count() or 2) if self.device == "cuda" else 2  # an actor's CPU share on a GPU node
-            results = label_images(self.model, images, sizes, embeddings, class_ids, names, True, precision, threads)
+            results = label_images(self.model, images, sizes, embeddings, class_ids, names, True, precision)
             return [r.label_map_png for r in results]
         from pipeline.postprocess import encode_label_png, segments_from_label_map
 

@@ -1,6 +1,6 @@
 """The jobs' Ray Data and Ray Train pipelines, one subpackage per capability:
 
-- `labeling/`: the labeling job (inputs -> SAN actors -> Parquet), its actor, segments, previews
+- `labeling/`: the labeling job (inputs -> SAN actors -> encoding tasks -> Parquet), its actor, segments, previews
 - `training/`: fine-tuning with Ray Train (sample stream, worker loop, checkpoints, export)
 - `evaluation/`: confusion matrices and the benchmark metrics, scoring outputs against ground truth
 - `exports/`: labeling outputs in the formats annotation tools read

@@ -36,6 +36,7 @@ DEFAULT_MAX_PIXELS = MAX_PIXELS
 DEFAULT_MAX_IMAGE_MIB = MAX_IMAGE_MIB
 
 _ROTATED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+_TRANSPOSED = (2, 3, 4, 5, 6, 7, 8)  # EXIF orientations of an image stored flipped or turned
 _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I")
 # Bytes per pixel in Pillow's own storage (it pads 2- and 3-band modes to 4 bytes).
 _STORAGE_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2}
@@ -102,7 +103,8 @@ def _load_checked(image: Image.Image, declared_height: int) -> None:
 
 def _upright_rgb(image: Image.Image) -> Image.Image:
     """Loaded image in any allowed mode -> upright RGB (or L, for the caller to resize first)."""
-    image = ImageOps.exif_transpose(image)
+    if image.getexif().get(0x0112, 1) in _TRANSPOSED:  # else exif_transpose copies the image as it is
+        image = ImageOps.exif_transpose(image)
     if image.mode == "1":  # bilevel: resized as 8-bit greyscale, never as RGB at full size
         image = image.convert("L")
     if image.mode in _SIXTEEN_BIT:

@@ -30,7 +30,10 @@ from schemas.model_config import SanModelConfig
 from .clip_backbone import build_clip
 from .clip_features import ClipFeatureExtractor, ClipFeatures
 from .postprocess import (
+    MAX_BATCH_PIXELS,
+    LabelBatch,
     LabelTile,
+    batched_label_maps,
     class_probabilities,
     semantic_label_tiles,
     semantic_labels,
@@ -293,6 +296,43 @@ class SAN(nn.Module):
         them as they come (encoding, counting) labels any output size in bounded memory."""
         tiles = partial(semantic_label_tiles, background=background, max_chunk_elements=max_chunk_elements)
         return self._per_image(images, class_embeddings, output_sizes, background, tiles, precision)
+
+    @torch.no_grad()
+    def predict_label_batches(
+        self,
+        images: Sequence[torch.Tensor],
+        class_embeddings: torch.Tensor,
+        output_sizes: Sequence[tuple[int, int]] | None = None,
+        background: bool = True,
+        precision: str = "fp32",
+        max_batch_pixels: int = MAX_BATCH_PIXELS,
+    ) -> list[tuple[list[int], LabelBatch]]:
+        """`predict_labels` for a GPU: the images that share their padded, input and output sizes
+        are labelled together (`batched_label_maps`), at most `max_batch_pixels` output pixels a
+        call. Returns (image indices, their label maps) pairs that cover every image once."""
+        sizes = _sizes(images, output_sizes)
+        found = []
+        for indices in self._grouped(images):
+            with self.inference_precision(precision):
+                out = self([images[i] for i in indices], class_embeddings, background)
+            class_logits, mask_logits = out.class_logits.float(), out.mask_logits.float()
+            alike: dict[tuple[tuple[int, int], tuple[int, int]], list[int]] = defaultdict(list)
+            for slot, i in enumerate(indices):  # slots of this batch by (input size, output size)
+                alike[(out.input_sizes[slot], sizes[i])].append(slot)
+            for (input_size, (height, width)), slots in alike.items():
+                per_call = max(1, max_batch_pixels // max(1, height * width))
+                for start in range(0, len(slots), per_call):
+                    chosen = slots[start : start + per_call]
+                    labels = batched_label_maps(
+                        class_logits[chosen],
+                        mask_logits[chosen],
+                        out.padded_size,
+                        input_size,
+                        (height, width),
+                        background,
+                    )
+                    found.append(([indices[slot] for slot in chosen], labels))
+        return found
 
     # --- video (the journal version) -------------------------------------------------------------
     def forward_video(

@@ -61,17 +61,26 @@ VOCAB = Field(
 )
 
 # The labeling actors' resources, shared by the jobs that label.
-BATCH_SIZE = Field(default=4, ge=1, description="images per model call")
+# Defaults that follow the cluster (resolved when Ray is up: pipeline.labeling.job.actor_layout).
+CPU_BATCH_SIZE = 4
+GPU_BATCH_SIZE = 32  # the networks' rate at 32 is 7-10 times batch 1's on an H200, in bf16
+ACTORS_PER_GPU = 2  # one actor's host side (batches in and out, kernel launches) overlaps the other's device work
+BATCH_SIZE = Field(
+    default=None,
+    ge=1,
+    description=f"images per model call (default: {GPU_BATCH_SIZE} when the actors have GPUs, else {CPU_BATCH_SIZE})",
+)
 CONCURRENCY = Field(
-    default=(1, 1),
-    description="labeling actors: N, or MIN,MAX to autoscale",
+    default=None,
+    description=f"labeling actors: N, or MIN,MAX to autoscale (default: {ACTORS_PER_GPU} per GPU when the actors "
+    "have GPUs, up to as many as the autoscaler can bring up, else 1)",
     json_schema_extra=_cli(parse="min_max", metavar="MIN[,MAX]"),
 )
 GPUS_PER_ACTOR = Field(
     default=None,
     ge=0.0,
-    description="GPUs per actor, fractions allowed (default: 1 if the cluster has GPUs up or GPU node types "
-    "in its autoscaler configuration, else 0)",
+    description=f"GPUs per actor, fractions allowed (default: 1/{ACTORS_PER_GPU} if the cluster has GPUs up or GPU "
+    "node types in its autoscaler configuration, else 0)",
 )
 
 
@@ -129,8 +138,8 @@ class LabelJobConfig(_JobConfig):
         description="output folder or prefix: Parquet, previews, _manifest.json", json_schema_extra=_cli(metavar="URI")
     )
     weights: ModelChoice = Field(default_factory=ModelChoice)
-    batch_size: int = BATCH_SIZE
-    concurrency: tuple[int, int] = CONCURRENCY
+    batch_size: int | None = BATCH_SIZE
+    concurrency: tuple[int, int] | None = CONCURRENCY
     gpus_per_actor: float | None = GPUS_PER_ACTOR
     torch_threads: int | None = Field(default=None, ge=1, description="threads per actor (default: node CPUs / actors)")
     rows_per_file: int = Field(default=256, ge=1, description="images per output Parquet file (the resume unit)")
@@ -204,9 +213,10 @@ class LabelJobConfig(_JobConfig):
 
     @model_validator(mode="after")
     def _check_concurrency(self) -> LabelJobConfig:
-        low, high = self.concurrency
-        if not 1 <= low <= high:
-            raise ValueError(f"concurrency {low},{high}: need 1 <= MIN <= MAX")
+        if self.concurrency is not None:
+            low, high = self.concurrency
+            if not 1 <= low <= high:
+                raise ValueError(f"concurrency {low},{high}: need 1 <= MIN <= MAX")
         if self.fps is not None and self.frame_stride is not None:
             raise ValueError("--fps and --frame-stride both given: sample video frames by time or by count, not both")
         return self
@@ -298,8 +308,8 @@ class EvaluateRunConfig(_JobConfig):
         default=None, description="where the labels go (default: OUTPUT/labels)", json_schema_extra=_cli(metavar="URI")
     )
     weights: ModelChoice = Field(default_factory=ModelChoice)
-    batch_size: int = BATCH_SIZE
-    concurrency: tuple[int, int] = CONCURRENCY
+    batch_size: int | None = BATCH_SIZE
+    concurrency: tuple[int, int] | None = CONCURRENCY
     gpus_per_actor: float | None = GPUS_PER_ACTOR
     storage_options: dict[str, Any] = STORAGE_OPTIONS
 

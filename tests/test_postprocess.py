@@ -16,6 +16,7 @@ from san_core.build import load_model
 from san_core.postprocess import (
     BOUND_SLACK,
     PRUNING_BLOCK,
+    batched_label_maps,
     class_probabilities,
     composite_resize_bands,
     composite_resize_matrix,
@@ -196,3 +197,32 @@ def test_top_two_matches_topk_and_breaks_ties_as_argmax():
         assert (index[100:200] == 0).all()
     best, index, second = top_two(torch.tensor([[0.3], [0.7]]))
     assert best.tolist() == pytest.approx([0.3, 0.7]) and index.tolist() == [0, 0] and second.tolist() == [0, 0]
+
+
+@pytest.mark.parametrize(
+    ("classes", "peak", "chunk"),
+    [(847, 1.0, None), (847, 0.01, 5000), (150, 5.0, 5000), (40, 0.1, None), (1, 1.0, None)],
+)
+def test_batched_label_maps_are_the_argmax_of_each_images_score_maps(classes, peak, chunk):
+    """A GPU's label maps, a batch of one size at a time: the argmax of the full score maps and
+    the top-two scores, as image by image and tile by tile. Flat class probabilities (peak 0.01)
+    leave the anchors undecided, so classes outside them are scored too."""
+    generator = torch.Generator().manual_seed(classes)
+    batch, queries, padded, valid, output = 3, 12, (96, 128), (90, 121), (151, 203)
+    class_logits = torch.randn(batch, queries, classes + 1, generator=generator) * peak
+    mask_logits = torch.randn(batch, queries, 6, 8, generator=generator) * 3
+    labels = batched_label_maps(class_logits, mask_logits, padded, valid, output, True, chunk)
+    assert labels.labels.shape == labels.scores.shape == labels.runner_up.shape == (batch, *output)
+    for image in range(batch):
+        scores = semantic_scores(class_logits[image], mask_logits[image], padded, valid, output)
+        ranked = scores.topk(min(2, classes), dim=0)
+        assert torch.allclose(labels.scores[image], ranked.values[0], atol=1e-6)
+        second = ranked.values[1] if classes > 1 else torch.zeros(output)
+        assert torch.allclose(labels.runner_up[image], second, atol=1e-6)
+        # the argmax, up to float ties between classes (flat probabilities make a few)
+        disagree = labels.labels[image] != scores.argmax(dim=0)
+        assert disagree.float().mean() < 1e-3
+        tie = scores.gather(0, labels.labels[image][None])[0] - ranked.values[0]
+        assert (tie[disagree].abs() <= 1e-6).all()
+        tiles, _ = semantic_labels(class_logits[image], mask_logits[image], padded, valid, output, True, chunk)
+        assert (labels.labels[image] != tiles).float().mean() < 1e-3

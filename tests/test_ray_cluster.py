@@ -316,21 +316,31 @@ def test_actors_ask_for_gpus_that_the_autoscaler_can_bring_up(no_ray_session):
     from ray.core.generated import autoscaler_pb2
     from ray.experimental.internal_kv import _internal_kv_put
 
-    from pipeline.labeling.job import gpus_per_actor
+    from pipeline.labeling.job import ActorLayout, actor_layout, gpus_per_actor
+    from schemas.jobs import LabelJobConfig
+
+    def layout(**flags: object) -> ActorLayout:
+        return actor_layout(LabelJobConfig(vocab="voc20", input="i/", output="o/", **flags))
 
     ray.init(num_cpus=1, include_dashboard=False, logging_level="ERROR")
     try:
         assert gpus_per_actor(None) == 0.0  # no GPU up, no autoscaler
         assert gpus_per_actor(0.5) == 0.5
+        assert layout() == ActorLayout(gpus=0.0, concurrency=(1, 1), batch_size=4)  # one CPU actor
         cpu_only = autoscaler_pb2.NodeGroupConfig(name="cpu", resources={"CPU": 16}, min_count=0, max_count=10)
         gpu = autoscaler_pb2.NodeGroupConfig(name="gpu", resources={"CPU": 8, "GPU": 1}, min_count=0, max_count=4)
-        for groups, expected in (([cpu_only], 0.0), ([cpu_only, gpu], 1.0)):
+        for groups, expected in (([cpu_only], 0.0), ([cpu_only, gpu], 0.5)):
             config = autoscaler_pb2.ClusterConfig(node_group_configs=groups)
             _internal_kv_put(
                 GCS_AUTOSCALER_CLUSTER_CONFIG_KEY, config.SerializeToString(), namespace=GCS_AUTOSCALER_STATE_NAMESPACE
             )
             assert gpus_per_actor(None) == expected, groups
         assert gpus_per_actor(0.0) == 0.0  # an explicit request wins
+        # two actors per GPU, from one until the autoscaler's four GPUs are up, at the GPU batch size
+        assert layout() == ActorLayout(gpus=0.5, concurrency=(1, 8), batch_size=32)
+        assert layout(gpus_per_actor=1.0) == ActorLayout(gpus=1.0, concurrency=(1, 4), batch_size=32)
+        flags = {"gpus_per_actor": 0.25, "concurrency": (2, 3), "batch_size": 8}
+        assert layout(**flags) == ActorLayout(gpus=0.25, concurrency=(2, 3), batch_size=8)  # flags win
     finally:
         ray.shutdown()
 

@@ -93,7 +93,7 @@ def test_arrow_derivation_rejects_what_it_cannot_express():
 def test_job_configs_validate():
     weights = ModelChoice(model="san-vit-b16")
     config = LabelJobConfig(vocab="ade150", input="s3://in/", output="s3://out/", weights=weights, concurrency=(2, 4))
-    assert config.short_side == 640 and config.batch_size == 4
+    assert config.short_side == 640 and config.batch_size is None  # follows the cluster: actor_layout
     with pytest.raises(ValidationError, match="need 1 <= MIN <= MAX"):
         LabelJobConfig(vocab="v", input="i", output="o", weights=weights, concurrency=(4, 2))
     assert ModelChoice().model == "san-vit-b16"  # the default preset

@@ -1,10 +1,16 @@
-"""The job path without Ray: uint8 images in, label maps (PNG), segments and confidence out.
+"""The job path without Ray, in its two halves: the device's (`label_maps`: uint8 images in,
+label maps and confidence sums out as plain arrays) and the host's (`LabelMapArrays.labeled_image`:
+the label-map PNG, the segments and the confidence an output row stores).
 
-`label_images` is what every labeling actor calls per batch, and what the benchmarks time. The
-label map is assembled tile by tile from the model's `predict_label_tiles`, mapped to taxonomy ids
-on the way, with each class's score and top-two margin summed per tile: nothing of the output's
-size is held but the uint16 map itself (2 bytes per pixel, and 1 more for an uncertainty map)
-beside the tiles' fixed working set.
+A labeling actor runs the first half only and hands its arrays to CPU tasks that run the second
+(`pipeline.labeling.encode`), so that a GPU's actor spends its time on the device. `label_images`
+runs both in one process: what the benchmarks time and the video path's frames share.
+
+The label map is assembled tile by tile from the model's `predict_label_tiles` on the model's
+device, mapped to taxonomy ids on the way, with each class's score and top-two margin summed per
+tile: nothing of the output's size is held but the map itself (2 bytes per pixel, and 1 more for
+an uncertainty map) beside the tiles' fixed working set. On a GPU the finished maps come back to
+the host in one batch of asynchronous copies, with no wait between images.
 
 Confidence, from the same tiles: a pixel's margin is its top-two score difference relative to
 its top score ((s1 - s2) / s1: 0 is a tie, 1 no rival). A segment's `margin` is its pixels' mean;
@@ -15,19 +21,16 @@ is `uncertain_fraction` descending, then `mean_margin` ascending.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from PIL import Image
 
-from san_core.postprocess import LabelTile
+from san_core.postprocess import LabelBatch, LabelTile
 from schemas.output import UNCERTAIN_MARGIN, Segment
 
-from ..label_maps import encode_label_png
+from ..label_maps import encode_label_png, encode_png
 from .segments import segments_from_label_map
 
 
@@ -42,37 +45,195 @@ class LabeledImage:
 
 
 @dataclass
-class CollectedMap:
-    """A label map put together on the host, and the sums its confidence is made of."""
+class LabelMapArrays:
+    """What the device makes of one image: its label map and the sums its confidence is made of,
+    as host arrays, nothing encoded yet."""
 
     label_map: np.ndarray  # [H, W] uint16 taxonomy ids
-    score_sums: dict[int, float]  # taxonomy id -> its pixels' summed score
-    margin_sums: dict[int, float]  # taxonomy id -> its pixels' summed margin
+    score_sums: np.ndarray  # [max id + 1] float64: each id's pixels' summed score
+    margin_sums: np.ndarray  # [max id + 1] float64: each id's pixels' summed margin
     uncertain_pixels: int
     margin_map: np.ndarray | None  # [H, W] uint8, round(255 * margin), if asked for
 
     def labeled_image(self, class_names: Mapping[int, str]) -> LabeledImage:
-        """What an output row stores: the PNG, the segments and the confidence."""
+        """What an output row stores: the PNG, the segments and the confidence (host work)."""
         pixels = max(1, self.label_map.size)
-        uncertainty = None
-        if self.margin_map is not None:
-            buffer = io.BytesIO()
-            Image.fromarray(self.margin_map, mode="L").save(buffer, format="PNG")
-            uncertainty = buffer.getvalue()
         return LabeledImage(
             label_map_png=encode_label_png(self.label_map),
             segments=segments_from_label_map(self.label_map, self.score_sums, class_names, self.margin_sums),
-            mean_score=sum(self.score_sums.values()) / pixels,
-            mean_margin=sum(self.margin_sums.values()) / pixels,
+            mean_score=float(self.score_sums.sum()) / pixels,
+            mean_margin=float(self.margin_sums.sum()) / pixels,
             uncertain_fraction=self.uncertain_pixels / pixels,
-            uncertainty_png=uncertainty,
+            uncertainty_png=encode_png(self.margin_map) if self.margin_map is not None else None,
         )
 
 
-# Threads that encode PNGs and find segments while the device makes the next image's label map
-# (Pillow releases the GIL while it compresses). On a GPU the host's share is most of the job
-# path's time (benchmarks/job_path.py --breakdown), so an actor passes its whole CPU share.
-HOST_THREADS = 2
+@dataclass
+class _DeviceMap:
+    """A label map and its sums while still on the model's device."""
+
+    label_map: torch.Tensor  # [H, W] int16: the uint16 ids' bits
+    score_sums: torch.Tensor  # [bins] float64
+    margin_sums: torch.Tensor  # [bins] float64
+    uncertain: torch.Tensor  # [] int64
+    margin_map: torch.Tensor | None  # [H, W] uint8
+
+
+def label_maps(
+    model: torch.nn.Module,
+    images: Sequence[np.ndarray],
+    output_sizes: Sequence[tuple[int, int]],
+    embeddings: torch.Tensor,
+    class_ids: torch.Tensor,
+    background: bool = True,
+    precision: str = "fp32",
+    uncertainty_map: bool = False,
+    batched: bool | None = None,
+) -> list[LabelMapArrays]:
+    """Label uint8 RGB images [H, W, 3] (already at the model's input size) in one model call:
+    the device's half of the job path.
+
+    embeddings: [C, D] vocabulary embeddings; class_ids: [C] the taxonomy id of each row (0 for
+    distractor prompts, which then count as unlabeled). Label maps are at `output_sizes`;
+    precision is fp32, bf16 (autocast) or auto, as for `SAN.predict`; `uncertainty_map` adds
+    each image's margin map. `batched` (by default: on a GPU) makes the label maps of images of
+    one size together (`SAN.predict_label_batches`), the same labels up to float rounding in
+    fewer device calls; else image by image and tile by tile, in bounded memory.
+    """
+    device = embeddings.device
+    # uint8 to the device (a quarter of float32's bytes); the model normalises into its own batch
+    tensors = [torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1) for image in images]
+    bins = id_bins(class_ids)
+    sizes = list(output_sizes)
+    if batched is None:
+        batched = device.type == "cuda"
+    if batched:
+        by_index: dict[int, _DeviceMap] = {}
+        for indices, labels in model.predict_label_batches(tensors, embeddings, sizes, background, precision):
+            by_index.update(
+                zip(indices, collect_batch_on_device(labels, class_ids, bins, uncertainty_map), strict=True)
+            )
+        return to_host([by_index[i] for i in range(len(images))])
+    per_image = model.predict_label_tiles(tensors, embeddings, sizes, background=background, precision=precision)
+    return to_host(
+        [
+            collect_on_device(tiles, size, class_ids, bins, uncertainty_map)
+            for tiles, size in zip(per_image, sizes, strict=True)
+        ]
+    )
+
+
+def id_bins(class_ids: torch.Tensor) -> int:
+    """How many taxonomy ids a map's sums count (the largest id + 1); read from the device once
+    per batch, not per image."""
+    return int(class_ids.max()) + 1 if len(class_ids) else 1
+
+
+def collect_on_device(
+    tiles: Iterable[LabelTile],
+    size: tuple[int, int],
+    class_ids: torch.Tensor,
+    bins: int,
+    uncertainty_map: bool = False,
+) -> _DeviceMap:
+    """A label map of taxonomy ids put together from a model's label tiles (class indices) on the
+    tiles' device, with each id's summed score and margin (`bins` = `id_bins(class_ids)`), and
+    the margin map if asked for. Nothing here waits for the device (the tiles themselves may:
+    their pruning reads a few counts back)."""
+    device = class_ids.device
+    # int16 holds the uint16 ids' bits (ids over 32767 wrap, and are read back as uint16): CUDA
+    # has no uint16 arithmetic
+    label_map = torch.empty(size, dtype=torch.int16, device=device)
+    margin_map = torch.empty(size, dtype=torch.uint8, device=device) if uncertainty_map else None
+    sums = torch.zeros(bins, dtype=torch.float64, device=device)
+    margins = torch.zeros(bins, dtype=torch.float64, device=device)
+    uncertain = torch.zeros((), dtype=torch.int64, device=device)
+    for tile in tiles:
+        ids = class_ids[tile.labels].flatten()
+        runner_up = tile.runner_up if tile.runner_up is not None else torch.zeros_like(tile.scores)
+        margin = ((tile.scores - runner_up) / tile.scores.clamp_min(1e-12)).clamp_(0, 1).flatten()
+        # index_add_ rather than bincount, whose CUDA kernel reads the largest id back to the host
+        sums.index_add_(0, ids, tile.scores.flatten().double())
+        margins.index_add_(0, ids, margin.double())
+        uncertain += (margin < UNCERTAIN_MARGIN).sum()
+        rows, cols = tile.labels.shape
+        where = (slice(tile.top, tile.top + rows), slice(tile.left, tile.left + cols))
+        label_map[where] = ids.view(rows, cols)
+        if margin_map is not None:
+            margin_map[where] = (margin * 255).round_().view(rows, cols)
+    return _DeviceMap(label_map, sums, margins, uncertain, margin_map)
+
+
+def collect_batch_on_device(
+    batch: LabelBatch, class_ids: torch.Tensor, bins: int, uncertainty_map: bool = False
+) -> list[_DeviceMap]:
+    """`collect_on_device` for a batch of whole label maps ([B, H, W] class indices), in a few
+    calls for the whole batch."""
+    images = batch.labels.shape[0]
+    ids = class_ids[batch.labels]  # [B, H, W]
+    runner_up = batch.runner_up
+    margin = ((batch.scores - runner_up) / batch.scores.clamp_min(1e-12)).clamp_(0, 1)
+    # every image's ids in a range of its own, so that one index_add_ sums the whole batch
+    offsets = torch.arange(images, device=ids.device)[:, None, None] * bins
+    where = (ids + offsets).flatten()
+    sums = torch.zeros(images * bins, dtype=torch.float64, device=ids.device)
+    sums.index_add_(0, where, batch.scores.flatten().double())
+    margins = torch.zeros_like(sums).index_add_(0, where, margin.flatten().double())
+    uncertain = (margin < UNCERTAIN_MARGIN).flatten(1).sum(dim=1)
+    label_maps = ids.to(torch.int16)  # the uint16 ids' bits, as collect_on_device keeps them
+    margin_maps = (margin * 255).round_().to(torch.uint8) if uncertainty_map else None
+    return [
+        _DeviceMap(
+            label_maps[i],
+            sums[i * bins : (i + 1) * bins],
+            margins[i * bins : (i + 1) * bins],
+            uncertain[i],
+            None if margin_maps is None else margin_maps[i],
+        )
+        for i in range(images)
+    ]
+
+
+def to_host(maps: Sequence[_DeviceMap]) -> list[LabelMapArrays]:
+    """Device maps -> host arrays. On a GPU every copy is queued at once into pinned memory and
+    waited for once, so the device never idles between one image's copy and the next one's work;
+    on a CPU the tensors are the arrays already."""
+
+    def host(tensor: torch.Tensor) -> torch.Tensor:
+        if tensor.device.type == "cpu":
+            return tensor
+        pinned = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+        return pinned.copy_(tensor, non_blocking=True)
+
+    copied = [
+        (
+            host(m.label_map),
+            host(m.score_sums),
+            host(m.margin_sums),
+            host(m.uncertain),
+            None if m.margin_map is None else host(m.margin_map),
+        )
+        for m in maps
+    ]
+    if any(m.label_map.device.type == "cuda" for m in maps):
+        torch.cuda.current_stream().synchronize()
+    return [
+        LabelMapArrays(
+            label_map.numpy().view(np.uint16),
+            sums.numpy(),
+            margins.numpy(),
+            int(uncertain),
+            None if margin_map is None else margin_map.numpy(),
+        )
+        for label_map, sums, margins, uncertain, margin_map in copied
+    ]
+
+
+def collect_label_map(
+    tiles: Iterable[LabelTile], size: tuple[int, int], class_ids: torch.Tensor, uncertainty_map: bool = False
+) -> LabelMapArrays:
+    """`collect_on_device` for one image, brought to the host."""
+    return to_host([collect_on_device(tiles, size, class_ids, id_bins(class_ids), uncertainty_map)])[0]
 
 
 def label_images(
@@ -84,62 +245,12 @@ def label_images(
     class_names: Mapping[int, str],
     background: bool = True,
     precision: str = "fp32",
-    host_threads: int = HOST_THREADS,
     uncertainty_map: bool = False,
 ) -> list[LabeledImage]:
-    """Label uint8 RGB images [H, W, 3] (already at the model's input size) in one model call.
-
-    embeddings: [C, D] vocabulary embeddings; class_ids: [C] the taxonomy id of each row (0 for
-    distractor prompts, which then count as unlabeled). Label maps are at `output_sizes`;
-    precision is fp32, bf16 (autocast) or auto, as for `SAN.predict`. `host_threads` encode the
-    PNGs and segments while the device works on the next image; `uncertainty_map` adds each
-    image's margin map.
-    """
-    device = embeddings.device
-    # uint8 to the device (a quarter of float32's bytes); the model normalises into its own batch
-    tensors = [torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1) for image in images]
-    per_image = model.predict_label_tiles(
-        tensors, embeddings, list(output_sizes), background=background, precision=precision
-    )
-    with ThreadPoolExecutor(max_workers=max(1, host_threads)) as host:
-        encoded = [
-            host.submit(collect_label_map(tiles, size, class_ids, uncertainty_map).labeled_image, class_names)
-            for tiles, size in zip(per_image, output_sizes, strict=True)
-        ]
-        return [future.result() for future in encoded]
-
-
-def collect_label_map(
-    tiles: Iterable[LabelTile], size: tuple[int, int], class_ids: torch.Tensor, uncertainty_map: bool = False
-) -> CollectedMap:
-    """A label map of taxonomy ids put together on the host from a model's label tiles (class
-    indices), with each id's summed score and margin, and the margin map if asked for."""
-    height, width = size
-    label_map = np.empty((height, width), dtype=np.uint16)
-    margin_map = np.empty((height, width), dtype=np.uint8) if uncertainty_map else None
-    bins = int(class_ids.max()) + 1
-    sums = torch.zeros(bins, dtype=torch.float64, device=class_ids.device)
-    margins = torch.zeros(bins, dtype=torch.float64, device=class_ids.device)
-    uncertain = torch.zeros((), dtype=torch.int64, device=class_ids.device)
-    for tile in tiles:
-        ids = class_ids[tile.labels].flatten()
-        runner_up = tile.runner_up if tile.runner_up is not None else torch.zeros_like(tile.scores)
-        margin = ((tile.scores - runner_up) / tile.scores.clamp_min(1e-12)).clamp_(0, 1).flatten()
-        sums += torch.bincount(ids, weights=tile.scores.flatten().double(), minlength=bins)
-        margins += torch.bincount(ids, weights=margin.double(), minlength=bins)
-        uncertain += (margin < UNCERTAIN_MARGIN).sum()
-        rows, cols = tile.labels.shape
-        where = (slice(tile.top, tile.top + rows), slice(tile.left, tile.left + cols))
-        label_map[where] = ids.view(rows, cols).to(torch.int32).cpu().numpy()
-        if margin_map is not None:
-            margin_map[where] = (margin * 255).round_().to(torch.uint8).view(rows, cols).cpu().numpy()
-    return CollectedMap(
-        label_map,
-        dict(enumerate(sums.cpu().tolist())),
-        dict(enumerate(margins.cpu().tolist())),
-        int(uncertain),
-        margin_map,
-    )
+    """The whole job path in this process: `label_maps`, then each map's PNG, segments and
+    confidence (`LabelMapArrays.labeled_image`)."""
+    arrays = label_maps(model, images, output_sizes, embeddings, class_ids, background, precision, uncertainty_map)
+    return [a.labeled_image(class_names) for a in arrays]
 
 
 def assemble_label_map(

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from san_core.precision import resolve_precision
-from schemas.jobs import LabelJobConfig
+from schemas.jobs import ACTORS_PER_GPU, CPU_BATCH_SIZE, GPU_BATCH_SIZE, LabelJobConfig
 from schemas.model_config import SanModelConfig
 from schemas.output import SCHEMA_VERSION, Provenance, TaxonomyRef, label_row_schema
 from schemas.taxonomy import Taxonomy
@@ -47,6 +47,7 @@ from ..video.labeling import SanVideoLabeler, VideoSampling
 from ..video.preview import PREVIEW_FRAMES, render_video_preview
 from ..vocabulary import DEFAULT_CACHE_DIR, VocabularyTable, load_or_build_vocabulary
 from ..weights import SMOKE_BANNER, SharedWeights, WeightsSpec, resolve_weights
+from .encode import encode_rows
 from .file_names import ResultFileNames
 from .output_state import OutputState, drop_superseded, index_new_files, scan_output
 from .planning import AntiJoin, Decision
@@ -56,6 +57,11 @@ from .row_index import INDEX_DIR, index_path
 from .stages import SanLabeler
 
 log = logging.getLogger(__name__)
+
+
+# Images one read task loads: on a 16-CPU GPU node, 2,400 images in blocks of 256 (the files'
+# size) were 10 read tasks, which decoded at 185 images/s while the GPU waited.
+LOAD_BLOCK_IMAGES = 32
 
 
 @dataclass
@@ -68,6 +74,7 @@ class RunSummary:
     wall_time_s: float
     stream_time_s: float  # from the stream's start to its last Parquet file
     manifest: dict[str, Any] = field(default_factory=dict)
+    stream_stats: str = ""  # Ray Data's account of the image stream, stage by stage
 
     @property
     def error_ratio(self) -> float:
@@ -110,14 +117,14 @@ def _clear_output(fs: fsspec.AbstractFileSystem, root: str) -> None:
             fs.rm(target, recursive=True)
 
 
-def _torch_threads_per_actor(config: LabelJobConfig) -> int:
+def _torch_threads_per_actor(config: LabelJobConfig, actors: int) -> int:
     if config.torch_threads:
         return config.torch_threads
     import ray
 
     cpus = int(ray.cluster_resources().get("CPU", os.cpu_count() or 1))
     nodes = max(1, len([n for n in ray.nodes() if n.get("Alive")]))
-    return max(1, cpus // nodes // config.concurrency[1])
+    return max(1, cpus // nodes // actors)
 
 
 def write_previews(
@@ -188,6 +195,10 @@ class JobPlan:
     run_id: str
     shared_weights: SharedWeights  # put in the object store once; no actor reads the checkpoint
     retried: dict[str, pa.Array] = field(default_factory=dict)  # earlier file -> error rows this run re-attempts
+
+    @property
+    def class_names(self) -> dict[int, str]:
+        return {c.id: c.name for c in self.taxonomy.classes}
 
     @property
     def retried_count(self) -> int:
@@ -323,28 +334,58 @@ def _drop_superseded_rows(
     return retried
 
 
-def gpus_per_actor(requested: float | None) -> float:
-    """`--gpus-per-actor` if given; else one GPU per actor when the cluster has GPUs or can get
-    them: GPUs up now, or node types with GPUs in the autoscaler's configuration (the record Ray
-    Train reads for the same question). So on an autoscaling cluster whose GPU nodes are still
-    down, the actors ask for GPUs and the autoscaler brings those nodes up."""
+def cluster_gpus() -> tuple[float, float]:
+    """(GPUs up now, the most the cluster can have): the second from the autoscaler's node types in
+    the GCS (the record Ray Train reads for the same question), or the first where there is no
+    autoscaler (a local or fixed cluster)."""
     import ray
 
-    if requested is not None:
-        return requested
-    if ray.cluster_resources().get("GPU"):
-        return 1.0
+    up = float(ray.cluster_resources().get("GPU", 0))
     try:
         from ray._private.state import state
 
         most = state.get_max_resources_from_cluster_config() or {}
-    except Exception as e:  # no autoscaler record (a local or fixed cluster)
+    except Exception as e:  # no autoscaler record
         log.debug("no autoscaler configuration to read: %s", e)
         most = {}
-    if most.get("GPU"):
-        log.info("no GPU is up yet, but the cluster's node types offer %s: each actor asks for one", most["GPU"])
-        return 1.0
-    return 0.0
+    return up, max(up, float(most.get("GPU", 0)))
+
+
+def gpus_per_actor(requested: float | None) -> float:
+    """`--gpus-per-actor` if given; else 1/ACTORS_PER_GPU when the cluster has GPUs or can get
+    them: GPUs up now, or node types with GPUs in the autoscaler's configuration. So on an
+    autoscaling cluster whose GPU nodes are still down, the actors ask for GPUs and the autoscaler
+    brings those nodes up."""
+    if requested is not None:
+        return requested
+    up, most = cluster_gpus()
+    if not up and most:
+        log.info(f"no GPU is up yet, but the cluster's node types offer {most:g}: the actors ask for them")
+    return 1.0 / ACTORS_PER_GPU if most else 0.0
+
+
+@dataclass(frozen=True)
+class ActorLayout:
+    """How the image stream's actors are laid out, the flags' defaults resolved on the cluster."""
+
+    gpus: float  # per actor
+    concurrency: tuple[int, int]  # actors: min, max
+    batch_size: int  # images per model call
+
+    def record(self) -> dict[str, Any]:
+        return {"gpus_per_actor": self.gpus, "concurrency": list(self.concurrency), "batch_size": self.batch_size}
+
+
+def actor_layout(config: LabelJobConfig) -> ActorLayout:
+    """The flags where given; else, with GPUs, ACTORS_PER_GPU actors per GPU up (growing to as many
+    as the autoscaler's GPUs allow) at GPU_BATCH_SIZE, and without, one actor at CPU_BATCH_SIZE."""
+    gpus = gpus_per_actor(config.gpus_per_actor)
+    concurrency = config.concurrency
+    if concurrency is None:
+        up, most = cluster_gpus() if gpus > 0 else (0.0, 0.0)
+        concurrency = (max(1, int(up / gpus + 1e-6)), max(1, int(most / gpus + 1e-6))) if gpus > 0 else (1, 1)
+    batch_size = config.batch_size or (GPU_BATCH_SIZE if gpus > 0 else CPU_BATCH_SIZE)
+    return ActorLayout(gpus, concurrency, batch_size)
 
 
 def cluster_gpu_types(resources: Mapping[str, float]) -> set[str]:
@@ -354,12 +395,8 @@ def cluster_gpu_types(resources: Mapping[str, float]) -> set[str]:
     return {name.removeprefix(prefix) for name, amount in resources.items() if name.startswith(prefix) and amount}
 
 
-def _actor_pool(config: LabelJobConfig, gpus: float) -> dict[str, Any]:
-    return {
-        "compute": ray_actor_pool(config.concurrency),
-        "num_gpus": gpus,
-        "num_cpus": 1,
-    }
+def _actor_pool(layout: ActorLayout) -> dict[str, Any]:
+    return {"compute": ray_actor_pool(layout.concurrency), "num_gpus": layout.gpus, "num_cpus": 1}
 
 
 def ray_actor_pool(concurrency: tuple[int, int]) -> Any:
@@ -378,20 +415,22 @@ def split_videos(todo: pa.StringArray) -> tuple[pa.StringArray, pa.StringArray]:
 def label_image_stream(
     config: LabelJobConfig,
     todo: pa.StringArray,
-    shared: dict[str, Any],
-    actors: dict[str, Any],
+    actor_args: dict[str, Any],
+    layout: ActorLayout,
     fs: fsspec.AbstractFileSystem,
     root: str,
     plan: JobPlan,
-) -> None:
-    """URIs -> load, decode, resize (CPU tasks) -> SAN actor pool -> Parquet, a file per block."""
+) -> str:
+    """URIs -> read, decode, resize (CPU tasks) -> label maps (SAN actors, device work only) ->
+    PNGs, segments, rows (CPU tasks) -> Parquet, in files of --rows-per-file. Actors on CPUs
+    encode their own rows. Returns Ray Data's stats of the stream, stage by stage."""
     import ray
 
-    # one block per output file's worth of images (slices share the plan's buffer)
+    # small read blocks, so that a few thousand images keep every CPU decoding; the write puts
+    # them together again into files of --rows-per-file (slices share the plan's buffer)
+    step = min(config.rows_per_file, LOAD_BLOCK_IMAGES)
     images = pa.table({"image_uri": todo})
-    dataset = ray.data.from_arrow(
-        [images.slice(start, config.rows_per_file) for start in range(0, len(todo), config.rows_per_file)]
-    )
+    dataset = ray.data.from_arrow([images.slice(start, step) for start in range(0, len(todo), step)])
     dataset = dataset.map_batches(
         load_images,
         fn_kwargs={
@@ -402,20 +441,36 @@ def label_image_stream(
             "storage_options": config.storage_options,
             "io_attempts": config.io_attempts,
         },
-        batch_size=config.batch_size,
+        batch_size=layout.batch_size,
         # decoding is light next to inference; a fractional CPU lets it overlap the actors
         num_cpus=0.5,
     )
+    encoding = {"class_names": plan.class_names, "provenance": plan.provenance, "run_id": plan.run_id}
+    on_gpus = layout.gpus > 0
     dataset = dataset.map_batches(
-        SanLabeler, fn_constructor_kwargs=shared, batch_size=config.batch_size, batch_format="numpy", **actors
+        SanLabeler,
+        fn_constructor_kwargs={**actor_args, "encode": None if on_gpus else encoding},
+        batch_size=layout.batch_size,
+        batch_format="numpy",
+        **_actor_pool(layout),
     )
+    if on_gpus:  # the GPU's actors hand raw label maps to CPU tasks that encode them
+        dataset = dataset.map_batches(
+            encode_rows,
+            fn_kwargs=encoding,
+            batch_size=None,  # each actor's answer as it came
+            batch_format="pyarrow",
+            num_cpus=0.5,  # as the write after it, with which Ray Data fuses it into one task
+        )
     dataset.write_parquet(
         root,
         filesystem=pyarrow_filesystem(fs),
         schema=label_row_schema(plan.provenance, plan.run_id),
         filename_provider=ResultFileNames(),
-        ray_remote_args={"num_cpus": 0.25},  # I/O-bound; must not wait for a whole CPU
+        min_rows_per_file=config.rows_per_file,
+        ray_remote_args={"num_cpus": 0.5},
     )
+    return dataset.stats()
 
 
 def label_video_stream(
@@ -461,33 +516,34 @@ def run_label_job(plan: JobPlan) -> RunSummary:
     # The streams: images, then videos, each through a pool of SAN actors into Parquet.
     stream_start = time.time()
     video_files: set[str] = set()  # the files of the videos labeled to the end
+    stream_stats = ""
     if len(todo):
-        gpus = gpus_per_actor(config.gpus_per_actor)
+        layout = actor_layout(config)
         # auto: as the actors' hardware allows (the cluster's GPU names; the driver's CPU flags
         # stand for the workers')
         gpu_types = cluster_gpu_types(ray.cluster_resources())
-        precision = resolve_precision(config.precision, "cuda" if gpus > 0 else "cpu", gpu_types)
+        precision = resolve_precision(config.precision, "cuda" if layout.gpus > 0 else "cpu", gpu_types)
         progress = ray.remote(num_cpus=0)(ProgressCounter).remote()
-        shared = {  # what every labeling actor, of images or of videos, is built from
+        actor_args = {  # what every labeling actor, of images or of videos, is built from
             "weights_ref": [ray.put(plan.shared_weights)],
             "vocabulary_ref": [ray.put(table)],
-            "class_names": {c.id: c.name for c in taxonomy.classes},
             "provenance": plan.provenance,
-            "run_id": plan.run_id,
-            "use_gpu": gpus > 0,
+            "use_gpu": layout.gpus > 0,
             "precision": precision,
-            "torch_threads": _torch_threads_per_actor(config),
+            "torch_threads": _torch_threads_per_actor(config, layout.concurrency[1]),
             "progress": progress,
             "uncertainty_map": config.uncertainty_map,
         }
         images, videos = split_videos(todo)
         with ProgressReporter(progress, len(todo), config.progress_every):
             if len(images):
-                label_image_stream(config, images, shared, _actor_pool(config, gpus), fs, root, plan)
+                stream_stats = label_image_stream(config, images, actor_args, layout, fs, root, plan)
+                log.debug("the image stream, stage by stage (Ray Data):\n%s", stream_stats)
             if len(videos):  # after the images, so that one pool of actors holds models at a time
-                video_files = label_video_stream(config, videos, shared, _actor_pool(config, gpus))
+                video_args = {**actor_args, "class_names": plan.class_names, "run_id": plan.run_id}
+                video_files = label_video_stream(config, videos, video_args, _actor_pool(layout))
     else:
-        precision = None  # nothing labeled
+        precision, layout = None, None  # nothing labeled
     stream_time = time.time() - stream_start
     actor_peak = ray.get(progress.peak_memory.remote()) if len(todo) else None
     timing = {"startup_s": None, "steady_images_per_s": None}
@@ -518,6 +574,7 @@ def run_label_job(plan: JobPlan) -> RunSummary:
     wall = time.time() - plan.started
     skipped = plan.input_count - len(todo)
     summary = RunSummary(plan.run_id, plan.input_count, labeled, failed, skipped, wall, stream_time)
+    summary.stream_stats = stream_stats
     manifest = {
         "run_id": plan.run_id,
         "schema_version": SCHEMA_VERSION,
@@ -527,6 +584,7 @@ def run_label_job(plan: JobPlan) -> RunSummary:
         "weights": "random (smoke test)" if weights.random else "published" if config.weights.model else "checkpoint",
         "labels_meaningful": not weights.random,
         "precision": {"asked": config.precision, "used": precision},
+        "actors": layout.record() if layout else None,  # the defaults as resolved on the cluster
         "digests": {
             "checkpoint": plan.provenance.weights_digest,
             "taxonomy": plan.provenance.taxonomy.digest,

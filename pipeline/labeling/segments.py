@@ -47,16 +47,21 @@ def class_rles(label_map: np.ndarray) -> dict[int, dict]:
     height, width = label_map.shape
     values, lengths = label_runs(label_map)
     ends = np.cumsum(lengths)
-    starts = ends - lengths
+    # each class's runs together, in pixel order: one sort rather than a scan of all runs per class
+    order = np.argsort(values, kind="stable")
+    classes, firsts = np.unique(values[order], return_index=True)
+    lengths, ends = lengths[order], ends[order]
+    previous_ends = np.empty_like(ends)  # where the run before, of the same class, ended
+    previous_ends[1:] = ends[:-1]
+    previous_ends[firsts] = 0
+    gaps = ends - lengths - previous_ends  # the zeros before each run
     rles = {}
-    for class_id in np.unique(values).tolist():
-        chosen = np.flatnonzero(values == class_id)
-        run_starts, run_lengths = starts[chosen], lengths[chosen]
-        previous_ends = np.concatenate(([0], ends[chosen][:-1]))
-        trailing = height * width - int(ends[chosen[-1]])
-        counts = np.empty(2 * chosen.size + (trailing > 0), dtype=np.int64)  # zeros, ones, zeros, ...
-        counts[0 : 2 * chosen.size : 2] = run_starts - previous_ends
-        counts[1 : 2 * chosen.size : 2] = run_lengths
+    for class_id, first, last in zip(classes.tolist(), firsts, [*firsts[1:], len(order)], strict=True):
+        runs = last - first
+        trailing = height * width - int(ends[last - 1])
+        counts = np.empty(2 * runs + (trailing > 0), dtype=np.int64)  # zeros, ones, zeros, ...
+        counts[0 : 2 * runs : 2] = gaps[first:last]
+        counts[1 : 2 * runs : 2] = lengths[first:last]
         if trailing:
             counts[-1] = trailing
         uncompressed = {"counts": counts.tolist(), "size": [height, width]}
@@ -66,13 +71,14 @@ def class_rles(label_map: np.ndarray) -> dict[int, dict]:
 
 def segments_from_label_map(
     label_map: np.ndarray,
-    score_sums: Mapping[int, float],
+    score_sums: Mapping[int, float] | np.ndarray,
     class_names: Mapping[int, str],
-    margin_sums: Mapping[int, float] | None = None,
+    margin_sums: Mapping[int, float] | np.ndarray | None = None,
 ) -> list[Segment]:
     """One Segment per class id present (0 = unlabeled is skipped), in id order. `score_sums`
     holds each class's summed winning score over its pixels, `margin_sums` its summed top-two
-    margin: a segment's score and margin are their means."""
+    margin (by id: a mapping, or an array indexed by id): a segment's score and margin are their
+    means."""
     segments = []
     for class_id, rle in sorted(class_rles(label_map).items()):
         if class_id == 0:

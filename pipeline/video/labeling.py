@@ -31,9 +31,8 @@ import torch
 from schemas.output import LabelRow, Provenance, frame_uri, label_row_schema
 
 from ..images import describe_error
-from ..labeling.inference import HOST_THREADS
+from ..labeling.encode import provenance_fields, row_fields
 from ..labeling.progress import LabelingMetrics, peak_rss_mib
-from ..labeling.stages import row_fields
 from ..results import video_result_file_name
 from ..retries import PERMANENT, classify, is_transient
 from .clips import ModelClip, prefetched, read_clips
@@ -231,12 +230,7 @@ class SanVideoLabeler:
         self.progress = progress
         self.metrics = LabelingMetrics(provenance.model_id)
         self.schema = label_row_schema(provenance, run_id)
-        self.shared = {
-            "model_id": provenance.model_id,
-            "checkpoint_digest": provenance.weights_digest,
-            "taxonomy_digest": provenance.taxonomy.digest,
-        }
-        self.host_threads = max(HOST_THREADS, torch_threads)
+        self.shared = provenance_fields(provenance)
 
     def _label(self, clip: ModelClip) -> list[Any]:
         return label_clip(
