@@ -229,6 +229,16 @@ class SAN(nn.Module):
             groups[self.padded_size(int(image.shape[-2]), int(image.shape[-1]))].append(index)
         return list(groups.values())
 
+    def _by_padded_size(
+        self, images: Sequence[torch.Tensor], class_embeddings: torch.Tensor, background: bool, precision: str
+    ) -> Iterator[tuple[list[int], SanOutputs, torch.Tensor, torch.Tensor]]:
+        """Per group of equal padded size, run as one batch under `precision`: the images'
+        indices, the outputs, and the class and mask logits in float32 for post-processing."""
+        for indices in self._grouped(images):
+            with self.inference_precision(precision):
+                out = self([images[i] for i in indices], class_embeddings, background)
+            yield indices, out, out.class_logits.float(), out.mask_logits.float()
+
     def _per_image(
         self,
         images: Sequence[torch.Tensor],
@@ -242,10 +252,9 @@ class SAN(nn.Module):
         image's outputs in float32."""
         sizes = _sizes(images, output_sizes)
         results: list[Any] = [None] * len(images)
-        for indices in self._grouped(images):
-            with self.inference_precision(precision):
-                out = self([images[i] for i in indices], class_embeddings, background)
-            class_logits, mask_logits = out.class_logits.float(), out.mask_logits.float()
+        for indices, out, class_logits, mask_logits in self._by_padded_size(
+            images, class_embeddings, background, precision
+        ):
             for slot, i in enumerate(indices):
                 results[i] = postprocess(
                     class_logits[slot], mask_logits[slot], out.padded_size, out.input_sizes[slot], sizes[i]
@@ -312,10 +321,9 @@ class SAN(nn.Module):
         call. Returns (image indices, their label maps) pairs that cover every image once."""
         sizes = _sizes(images, output_sizes)
         found = []
-        for indices in self._grouped(images):
-            with self.inference_precision(precision):
-                out = self([images[i] for i in indices], class_embeddings, background)
-            class_logits, mask_logits = out.class_logits.float(), out.mask_logits.float()
+        for indices, out, class_logits, mask_logits in self._by_padded_size(
+            images, class_embeddings, background, precision
+        ):
             alike: dict[tuple[tuple[int, int], tuple[int, int]], list[int]] = defaultdict(list)
             for slot, i in enumerate(indices):  # slots of this batch by (input size, output size)
                 alike[(out.input_sizes[slot], sizes[i])].append(slot)
