@@ -14,7 +14,14 @@ import torch
 from PIL import Image
 
 from pipeline.label_maps import decode_label_map, encode_label_png, encode_png
-from pipeline.labeling.encode import DEVICE_SCHEMA, arrays_of, binary_column, device_table, encode_rows
+from pipeline.labeling.encode import (
+    DEVICE_SCHEMA,
+    arrays_of,
+    binary_column,
+    device_table,
+    encode_labeled,
+    encode_rows,
+)
 from pipeline.labeling.inference import label_images, label_maps
 from san_core.build import load_model
 from schemas.output import SCHEMA_VERSION, Provenance, TaxonomyRef
@@ -47,6 +54,8 @@ def provenance() -> Provenance:
         np.arange(90, dtype=np.uint16)[None],  # one row
         np.arange(90, dtype=np.uint16)[:, None],  # one column
         np.repeat(np.arange(6, dtype=np.int64), 200).reshape(30, 40),  # int64 ids, long runs
+        # deflated a block of rows at a time: rows on both sides of a block's edge
+        np.random.default_rng(2).integers(0, 4, (2100, 1500)).astype(np.uint16).cumsum(axis=0, dtype=np.uint16),
     ],
 )
 def test_label_map_pngs_decode_to_the_map(label_map):
@@ -108,7 +117,11 @@ def test_the_hand_off_makes_the_rows_of_the_whole_job_path(tiny, tiny_inputs, pr
     back = arrays_of(table)
     assert back[1] is None and np.array_equal(back[2].label_map, arrays[2].label_map)
 
-    rows = encode_rows(table, names, provenance, "run-1").to_pylist()
+    encoded = encode_rows(table, names, provenance, "run-1")
+    # an actor on CPUs encodes its arrays itself, with no Arrow copy between: the same rows
+    labeled = {0: arrays[0], 2: arrays[2]}
+    assert encode_labeled(batch, errors, [None, "permanent", None], labeled, names, provenance, "run-1") == encoded
+    rows = encoded.to_pylist()
     assert [r["image_uri"] for r in rows] == batch["image_uri"]
     for row, expected in zip([rows[0], rows[2]], [in_one_process[0], in_one_process[2]], strict=True):
         assert row["label_map_png"] == expected.label_map_png and row["uncertainty_png"] == expected.uncertainty_png

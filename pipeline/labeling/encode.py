@@ -147,12 +147,58 @@ def provenance_fields(provenance: Provenance) -> dict[str, Any]:
 def encode_rows(table: pa.Table, class_names: Mapping[int, str], provenance: Provenance, run_id: str) -> pa.Table:
     """Ray Data task: an actor's `device_table` -> output rows in the run's Parquet schema. An
     image whose arrays cannot be encoded gets an error row, never no row."""
+    return _output_rows(
+        table["image_uri"].to_pylist(),
+        table["height"].to_pylist(),
+        table["width"].to_pylist(),
+        table["error"].to_pylist(),
+        table["error_kind"].to_pylist(),
+        _row_readers(table),
+        class_names,
+        provenance,
+        run_id,
+    )
+
+
+def encode_labeled(
+    batch: Mapping[str, Sequence[Any]],
+    errors: Sequence[str | None],
+    kinds: Sequence[str | None],
+    labeled: Mapping[int, LabelMapArrays],
+    class_names: Mapping[int, str],
+    provenance: Provenance,
+    run_id: str,
+) -> pa.Table:
+    """`encode_rows` of `device_table(batch, errors, kinds, labeled)` straight from the arrays, as
+    an actor on CPUs does: no Arrow copy of its label maps beside them."""
+    readers = [None if i not in labeled else partial(labeled.__getitem__, i) for i in range(len(errors))]
+    return _output_rows(
+        [str(u) for u in batch["image_uri"]],
+        [int(h) for h in batch["height"]],
+        [int(w) for w in batch["width"]],
+        errors,
+        kinds,
+        readers,
+        class_names,
+        provenance,
+        run_id,
+    )
+
+
+def _output_rows(
+    uris: Sequence[str],
+    heights: Sequence[int],
+    widths: Sequence[int],
+    errors: Sequence[str | None],
+    kinds: Sequence[str | None],
+    readers: Sequence[Callable[[], LabelMapArrays] | None],
+    class_names: Mapping[int, str],
+    provenance: Provenance,
+    run_id: str,
+) -> pa.Table:
     shared = provenance_fields(provenance)
-    uris = table["image_uri"].to_pylist()
-    heights, widths = table["height"].to_pylist(), table["width"].to_pylist()
-    errors, kinds = table["error"].to_pylist(), table["error_kind"].to_pylist()
     rows = []
-    for i, reader in enumerate(_row_readers(table)):
+    for i, reader in enumerate(readers):
         fields: dict[str, Any] = {"label_map_png": None, "segments": []}
         error, kind = errors[i], kinds[i]
         if reader is not None:

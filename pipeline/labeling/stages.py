@@ -18,7 +18,7 @@ from schemas.output import Provenance
 
 from ..images import describe_error
 from ..retries import PERMANENT
-from .encode import device_table, encode_rows
+from .encode import device_table, encode_labeled
 from .inference import LabelMapArrays, label_maps
 from .progress import LabelingMetrics, peak_rss_mib
 
@@ -100,5 +100,6 @@ class SanLabeler:
         self.metrics.record(time.perf_counter() - started, count - len(failures), failures)
         if self.progress is not None:  # fire and forget: progress must never slow the labeling
             self.progress.add.remote(count, [e for e in errors if e is not None], peak_rss_mib())
-        table = device_table(batch, errors, kinds, labeled)
-        return encode_rows(table, **self.encode) if self.encode is not None else table
+        if self.encode is not None:
+            return encode_labeled(batch, errors, kinds, labeled, **self.encode)
+        return device_table(batch, errors, kinds, labeled)
