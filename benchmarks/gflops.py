@@ -29,7 +29,7 @@ from pipeline_throughput import weights_for  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode, flop_registry, register_flop_formula, sdpa_flop_count  # noqa: E402
 
-from pipeline.images import resize_short_side  # noqa: E402
+from pipeline.media.images import resize_short_side  # noqa: E402
 from pipeline.vocabulary import load_or_build_vocabulary  # noqa: E402
 from pipeline.weights import resolve_weights  # noqa: E402
 from san_core.postprocess import semantic_label_tiles  # noqa: E402

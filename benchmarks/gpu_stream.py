@@ -100,8 +100,8 @@ def networks_alone(checkpoint: Path, images: Path, vocab_cache: Path, runs: list
     import torch
 
     sys.path.insert(0, str(ROOT))
-    from pipeline.images import decode_for_model
     from pipeline.labeling.inference import label_maps
+    from pipeline.media.images import decode_for_model
     from pipeline.vocabulary import load_or_build_vocabulary
     from pipeline.weights import resolve_weights
     from schemas.jobs import ModelChoice

@@ -56,8 +56,8 @@ def write_inputs(folder: Path) -> list[str]:
     from PIL import Image
 
     sys.path.insert(0, str(ROOT))
-    from pipeline.images import decode_for_model
     from pipeline.labeling.inference import label_maps
+    from pipeline.media.images import decode_for_model
     from pipeline.vocabulary import load_or_build_vocabulary
     from san_core.build import build_model
     from san_core.presets import get_preset
@@ -120,9 +120,9 @@ def stage_times(npz: Path, repeats: int, batch: int) -> dict[str, Any]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pipeline.images import load_images
-    from pipeline.label_maps import encode_label_png
     from pipeline.labeling.segments import segments_from_label_map
+    from pipeline.masks.label_maps import encode_label_png
+    from pipeline.media.images import load_images
     from schemas.output import LabelRow, Provenance, TaxonomyRef, label_row_schema
 
     root = Path(load_images.__code__.co_filename).parents[1]
@@ -211,7 +211,7 @@ def png_encoders(data: Path, repeats: int) -> list[tuple[str, dict[str, tuple[fl
     from PIL import Image
 
     sys.path.insert(0, str(ROOT))
-    import pipeline.label_maps as codec
+    import pipeline.masks.label_maps as codec
 
     def pillow(**options: Any) -> Callable[[np.ndarray], bytes]:
         def encode(label_map: np.ndarray) -> bytes:

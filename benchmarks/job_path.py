@@ -261,7 +261,7 @@ def prepare(data: Path, vocabs: list[str], short_side: int, photos: tuple[str, .
     import skimage.data
     import torch
 
-    from pipeline.images import resize_short_side
+    from pipeline.media.images import resize_short_side
     from san_core.build import build_model
     from san_core.presets import get_preset
     from schemas.taxonomy import load_taxonomy

@@ -25,8 +25,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from pipeline.images import decode_rgb, resize_short_side  # noqa: E402
 from pipeline.labeling.inference import label_images  # noqa: E402
+from pipeline.media.images import decode_rgb, resize_short_side  # noqa: E402
 from pipeline.vocabulary import load_or_build_vocabulary  # noqa: E402
 from schemas.jobs import LabelJobConfig, ModelChoice  # noqa: E402
 from schemas.taxonomy import load_taxonomy  # noqa: E402

@@ -60,7 +60,7 @@ def config_of(flags: list[str]):
 
 
 def current_provenance(flags: list[str]):
-    from pipeline.labeling.job import make_provenance
+    from pipeline.labeling.provenance import make_provenance
     from pipeline.weights import resolve_weights
 
     config, taxonomy = config_of(flags)
@@ -91,8 +91,8 @@ def old_uri(i: int) -> str:
 def write_earlier_output(fs, root: str, count: int, provenance, index: bool = True) -> int:
     """`count` rows (URIs old_uri(0..count-1)) in result files of ROWS_PER_FILE rows, as RUNS
     earlier runs wrote them, each run's row index beside them. Returns the number of files."""
-    from pipeline.labeling.row_index import IndexBuilder, ResultFile, index_path
-    from pipeline.results import result_file_name, result_file_stamps
+    from pipeline.store.layout import result_file_name, result_file_stamps
+    from pipeline.store.row_index import IndexBuilder, ResultFile, index_path
     from schemas.output import label_row_schema
 
     fs.makedirs(root, exist_ok=True)
@@ -125,7 +125,7 @@ def write_earlier_output(fs, root: str, count: int, provenance, index: bool = Tr
                     keys = pa.table(
                         {
                             "file": pa.array([0] * len(uris), pa.int32()),
-                            "image_uri": uris,
+                            "source_uri": uris,
                             "is_error": pa.array([False] * len(uris)),
                             "error_kind": pa.nulls(len(uris), pa.string()),
                         }
@@ -156,12 +156,13 @@ def plan_only(flags: list[str]) -> None:
     print(json.dumps({"seconds": seconds, "peak_mib": peak_rss_mib(), "imports_mib": before, "todo": len(plan.todo)}))
 
 
-def in_subprocess(home: Path, *args: str) -> dict:
+def in_subprocess(home: Path, *args: str, tree: Path = ROOT) -> dict:
     """Run this script's `args[0]` step in a fresh process whose home is `home` (the vocabulary
-    cache and Ray's files land there, not in the caller's home)."""
+    cache and Ray's files land there, not in the caller's home), from the checkout `tree` (its
+    own copy of this script, so that a baseline worktree plans with its own code)."""
     env = dict(os.environ, HOME=str(home), RAY_USAGE_STATS_ENABLED="0")
-    command = [sys.executable, __file__, *args]
-    done = subprocess.run(command, capture_output=True, text=True, check=False, cwd=ROOT, env=env)
+    command = [sys.executable, str(tree / "benchmarks" / "planning.py"), *args]
+    done = subprocess.run(command, capture_output=True, text=True, check=False, cwd=tree, env=env)
     if done.returncode != 0:
         raise SystemExit(f"{args[0]} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -175,12 +176,14 @@ def label_job(flags: list[str]) -> None:
     print(json.dumps({"seconds": time.perf_counter() - start, "exit": code}))
 
 
-def local_table(sizes: list[int], new: int) -> None:
+def local_table(sizes: list[int], new: int, baseline: Path | None) -> None:
     import fsspec
 
     print(f"Local disk, {os.cpu_count()} CPUs; all but {new:,} inputs already labeled; {RUNS} earlier runs.")
-    print("| inputs | result files | write fixture s | plan s | driver peak RSS MiB (after imports) | "
-          "label the new, whole job s |")  # fmt: skip
+    if baseline is not None:
+        print(f"Baseline: the checkout at {baseline}, planning the same folder just before this one.")
+    print("| inputs | result files | write fixture s | plan s (baseline) | driver peak RSS MiB (after imports) "
+          "(baseline) | label the new, whole job s |")  # fmt: skip
     print("|---|---|---|---|---|---|")
     for n in sizes:
         with tempfile.TemporaryDirectory(prefix="san-plan-bench-") as tmp:
@@ -202,6 +205,11 @@ def local_table(sizes: list[int], new: int) -> None:
             )
             fixture = time.perf_counter() - started
             (work / "home").mkdir()
+            before = ""
+            if baseline is not None:
+                base = in_subprocess(work / "home", "--plan-only", *flags, tree=baseline)
+                assert base["todo"] == new, base
+                before = f" ({base['seconds']:.1f})", f" ({base['peak_mib']:.0f})"
             plan = in_subprocess(work / "home", "--plan-only", *flags)
             assert plan["todo"] == new, plan
             labeled = in_subprocess(work / "home", "--label-job", *flags)
@@ -209,8 +217,9 @@ def local_table(sizes: list[int], new: int) -> None:
             manifest = json.loads((work / "out" / "_manifest.json").read_text())
             assert manifest["counts"]["labeled"] == new and manifest["counts"]["skipped"] == n - new, manifest
             print(
-                f"| {n:,} | {files:,} | {fixture:.0f} | {plan['seconds']:.1f} | {plan['peak_mib']:.0f} "
-                f"({plan['imports_mib']:.0f}) | {labeled['seconds']:.1f} |",
+                f"| {n:,} | {files:,} | {fixture:.0f} | {plan['seconds']:.1f}{before[0] if before else ''} | "
+                f"{plan['peak_mib']:.0f} ({plan['imports_mib']:.0f}){before[1] if before else ''} | "
+                f"{labeled['seconds']:.1f} |",
                 flush=True,
             )
 
@@ -252,8 +261,8 @@ def s3_table(rows: int, file_counts: list[int]) -> None:
 
 
 def plan_scan(fs, root: str, inputs: list[str]) -> float:
-    from pipeline.labeling.output_state import scan_output
-    from pipeline.labeling.planning import AntiJoin
+    from pipeline.store.join import AntiJoin
+    from pipeline.store.scan import scan_output
 
     fs.invalidate_cache()
     start = time.perf_counter()
@@ -262,6 +271,7 @@ def plan_scan(fs, root: str, inputs: list[str]) -> float:
         join.add_inputs(pa.array(inputs))
         state = scan_output(fs, root, join, scratch)
         decision = join.decide(state.file_rank(), "none", sort_by_uri=True)
+        join.close()
     assert decision.todo.to_pylist() == ["s3://new/1.jpg"], decision.todo
     return time.perf_counter() - start
 
@@ -275,10 +285,13 @@ def main() -> None:
     parser.add_argument("--new", type=int, default=1000)
     parser.add_argument("--s3", action="store_true", help="also the moto S3 table")
     parser.add_argument("--s3-only", action="store_true")
+    parser.add_argument(
+        "--baseline", type=Path, help="a checkout of an older commit (git worktree add DIR COMMIT) to plan beside"
+    )
     args = parser.parse_args()
     np.random.seed(0)
     if not args.s3_only:
-        local_table([int(s) for s in args.sizes.split(",")], args.new)
+        local_table([int(s) for s in args.sizes.split(",")], args.new, args.baseline)
     if args.s3 or args.s3_only:
         s3_table(20_000, [20, 200, 2000])
 

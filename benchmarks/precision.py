@@ -28,9 +28,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from pipeline_throughput import weights_for  # noqa: E402
 
-from pipeline.images import resize_short_side  # noqa: E402
-from pipeline.label_maps import decode_label_map  # noqa: E402
 from pipeline.labeling.inference import LabeledImage, label_images  # noqa: E402
+from pipeline.masks.label_maps import decode_label_map  # noqa: E402
+from pipeline.media.images import resize_short_side  # noqa: E402
 from pipeline.vocabulary import load_or_build_vocabulary  # noqa: E402
 from pipeline.weights import resolve_weights  # noqa: E402
 from san_core.precision import cpu_runs_bf16_natively  # noqa: E402

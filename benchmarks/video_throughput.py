@@ -44,8 +44,8 @@ def worker(video: str, clip_length: int, vocab: str, weights: str) -> dict:
     import torch
 
     from pipeline.labeling.inference import label_images
-    from pipeline.video.clips import read_clips
-    from pipeline.video.inference import label_clip
+    from pipeline.labeling.video_inference import label_clip
+    from pipeline.media.clips import read_clips
     from san_core.build import build_model
     from san_core.presets import get_preset
     from san_core.video import cluster_queries

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as a pl
 from PIL import Image  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
 
-from pipeline.logs import configure_logging  # noqa: E402
+from pipeline.ray_session import configure_logging  # noqa: E402
 from schemas.cli import add_local_ray_flags, add_logging_flags, explain, log_level  # noqa: E402
 from schemas.jobs import LabelJobConfig, ModelChoice  # noqa: E402
 from schemas.taxonomy import TaxonomyError, load_taxonomy  # noqa: E402
@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
 
     from pipeline.inputs import InputError
     from pipeline.labeling.job import label
-    from pipeline.results import read_output_rows
+    from pipeline.store import LabelStore
     from pipeline.weights import SMOKE_BANNER, WeightsError
 
     try:
@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
         log.error("%s", e)
         return 1
 
-    for row in sorted(read_output_rows(str(labels)), key=lambda r: r["image_uri"]):
+    for row in sorted(LabelStore(str(labels)).rows(), key=lambda r: r["image_uri"]):
         name = Path(row["image_uri"]).name
         if row["error"]:
             print(f"{name:<16} error: {row['error']}")

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as a pl
 
 from pydantic import ValidationError  # noqa: E402
 
-from pipeline.logs import configure_logging, ray_for_job  # noqa: E402
+from pipeline.ray_session import configure_logging, ray_for_job  # noqa: E402
 from schemas.cli import (  # noqa: E402
     add_config_flags,
     add_local_ray_flags,
@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
 
     from pipeline.evaluation.scoring import evaluate_output, write_reports
     from pipeline.inputs import InputError
-    from pipeline.results import ProvenanceError, check_taxonomy
+    from pipeline.store import LabelStore, ProvenanceError
     from pipeline.weights import WeightsError
 
     if args.mode == "score":
@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
             return 2
         score, taxonomy = checked
         try:
-            check_taxonomy(score.input, taxonomy, score.storage_options)
+            LabelStore(score.input, score.storage_options).check_taxonomy(taxonomy)
         except ProvenanceError as e:
             log.error("%s", e)
             return 2

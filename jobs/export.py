@@ -26,8 +26,8 @@ from pipeline.exports.coco import to_coco  # noqa: E402
 from pipeline.exports.label_studio import labeling_config, to_label_studio  # noqa: E402
 from pipeline.exports.png import export_png  # noqa: E402
 from pipeline.exports.vspw import export_vspw  # noqa: E402
-from pipeline.logs import configure_logging  # noqa: E402
-from pipeline.results import ProvenanceError, check_taxonomy, read_output_rows  # noqa: E402
+from pipeline.ray_session import configure_logging  # noqa: E402
+from pipeline.store import LabelStore, ProvenanceError  # noqa: E402
 from schemas.cli import add_config_flags, add_logging_flags, config_and_taxonomy, log_level  # noqa: E402
 from schemas.jobs import ExportConfig  # noqa: E402
 from schemas.taxonomy import Taxonomy  # noqa: E402
@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     config, taxonomy = checked
     try:
-        check_taxonomy(config.input, taxonomy, config.storage_options)
+        LabelStore(config.input, config.storage_options).check_taxonomy(taxonomy)
     except ProvenanceError as e:
         log.error("%s", e)
         return 2
@@ -65,7 +65,7 @@ def _write_json(config: ExportConfig, document: object) -> None:
 
 
 def _export(config: ExportConfig, taxonomy: Taxonomy) -> int:
-    rows = read_output_rows(config.input, config.storage_options)
+    rows = LabelStore(config.input, config.storage_options).rows()
     if config.format == "vspw":
         counts = export_vspw(config.input, taxonomy, config.output, config.storage_options)
         log.info("%d videos, %d frames -> %s", counts["videos"], counts["frames"], config.output)

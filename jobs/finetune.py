@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as a plain script
 
-from pipeline.logs import configure_logging, ray_for_job  # noqa: E402
+from pipeline.ray_session import configure_logging, ray_for_job  # noqa: E402
 from schemas.cli import (  # noqa: E402
     DeprecatedFlag,
     add_config_flags,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as a plain script
 
-from pipeline.logs import configure_logging  # noqa: E402
+from pipeline.ray_session import configure_logging  # noqa: E402
 from schemas.cli import (  # noqa: E402
     add_config_flags,
     add_local_ray_flags,
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
 
     from pipeline.inputs import InputError
     from pipeline.labeling.job import label
-    from pipeline.results import ProvenanceError
+    from pipeline.store import ProvenanceError
     from pipeline.weights import WeightsError
 
     try:  # input, output, weights and earlier results are checked before Ray starts

@@ -19,8 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as a pl
 
 import fsspec  # noqa: E402
 
-from pipeline.logs import configure_logging  # noqa: E402
-from pipeline.results import ProvenanceError, check_taxonomy  # noqa: E402
+from pipeline.ray_session import configure_logging  # noqa: E402
+from pipeline.store import LabelStore, ProvenanceError  # noqa: E402
 from schemas.cli import add_config_flags, add_logging_flags, config_and_taxonomy, log_level  # noqa: E402
 from schemas.jobs import ReportConfig  # noqa: E402
 
@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     config, taxonomy = checked
     try:
-        check_taxonomy(config.input, taxonomy, config.storage_options)
+        LabelStore(config.input, config.storage_options).check_taxonomy(taxonomy)
     except ProvenanceError as e:
         log.error("%s", e)
         return 2

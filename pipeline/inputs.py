@@ -1,4 +1,5 @@
-"""Find the images a job should label, and fail early when the input cannot be read at all.
+"""Find the images a job should label, and fail early when the input cannot be read at all (or an
+output cannot be written: `check_output_writable`).
 
 An input is a directory or object-store prefix (searched recursively for image files), a glob,
 or a manifest file (.txt with one URI per line, .csv or .parquet with a `uri` column). Any fsspec
@@ -18,9 +19,9 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from .images import IMAGE_EXTENSIONS
+from .media.images import IMAGE_EXTENSIONS
+from .media.video import VIDEO_EXTENSIONS
 from .storage import is_local, read_parquet, with_protocol
-from .video.decode import VIDEO_EXTENSIONS
 
 # What the labeling job takes from a folder or glob: images and videos.
 LABEL_INPUT_EXTENSIONS = IMAGE_EXTENSIONS + VIDEO_EXTENSIONS

@@ -24,6 +24,8 @@ import time
 import uuid
 from pathlib import Path
 
+import psutil
+
 MARKER = "SAN_LABELER_DRIVER"
 GRACE_S = 3.0  # after the driver exits, before its leftovers are killed
 WATCH_INTERVAL_S = 1.0  # how often the watcher notes the processes of the run while the driver lives
@@ -69,48 +71,26 @@ def wait_for_exit(pid: int, timeout_s: float | None = None) -> bool:
 
 
 def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return psutil.pid_exists(pid)
 
 
 def pids_with_env(name: str, value: str) -> list[int]:
     """Every other process whose environment holds name=value (the ones this user may read)."""
-    wanted = f"{name}={value}".encode()
     found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            if wanted in (entry / "environ").read_bytes().split(b"\0"):
-                found.append(int(entry.name))
-        except OSError:  # gone, or another user's
-            continue
+    for process in psutil.process_iter(["environ"]):
+        environment = process.info["environ"]  # None where another user's
+        if process.pid != os.getpid() and environment and environment.get(name) == value:
+            found.append(process.pid)
     return found
 
 
-def _stat(pid: int) -> tuple[str, int, int] | None:
-    """(state, parent pid, start time in clock ticks since boot) from /proc/PID/stat; None if gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[-1].split()  # after "(comm)", which may hold spaces
-    return fields[0], int(fields[1]), int(fields[19])
-
-
 def with_descendants(pids: list[int]) -> list[int]:
-    """These processes and every process below them (by parent pid in /proc/PID/stat). Some of
-    Ray's agents retitle themselves over their environment, where the token may sit; they are
-    found as children of the raylet, which carries it."""
+    """These processes and every process below them (by parent pid). Some of Ray's agents retitle
+    themselves over their environment, where the token may sit; they are found as children of
+    the raylet, which carries it."""
     children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and (stat := _stat(int(entry.name))):
-            children.setdefault(stat[1], []).append(int(entry.name))
+    for process in psutil.process_iter(["ppid"]):
+        children.setdefault(process.info["ppid"], []).append(process.pid)
     found, todo = set(), list(pids)
     while todo:
         pid = todo.pop()
@@ -121,14 +101,17 @@ def with_descendants(pids: list[int]) -> list[int]:
     return sorted(found)
 
 
-def _start_time_if_live(pid: int) -> int | None:
+def _start_time_if_live(pid: int) -> float | None:
     """The process's start time (which tells it from a later process given the same pid), or None
     when it is gone or a zombie."""
-    stat = _stat(pid)
-    return stat[2] if stat and stat[0] != "Z" else None
+    try:
+        process = psutil.Process(pid)
+        return None if process.status() == psutil.STATUS_ZOMBIE else process.create_time()
+    except psutil.Error:  # gone, or another user's
+        return None
 
 
-def process_tree(name: str, value: str) -> dict[int, int]:
+def process_tree(name: str, value: str) -> dict[int, float]:
     """The live processes whose environment holds name=value and every live process below them,
     each with its start time."""
     found = {}
@@ -138,23 +121,23 @@ def process_tree(name: str, value: str) -> dict[int, int]:
     return found
 
 
-def run_processes(token: str) -> dict[int, int]:
+def run_processes(token: str) -> dict[int, float]:
     """The live processes of the run now: those carrying the token and everything below them."""
     return process_tree(MARKER, token)
 
 
-def watch(pid: int, token: str, interval_s: float = WATCH_INTERVAL_S) -> dict[int, int]:
+def watch(pid: int, token: str, interval_s: float = WATCH_INTERVAL_S) -> dict[int, float]:
     """Wait for the driver to exit, noting the processes of its run as it goes. A retitled agent
     is found only below the raylet; should the raylet stop on its own before the watcher's last
     look (it may, once the driver is gone), the agent is reparented and would be lost but for
     this record."""
-    seen: dict[int, int] = {}
+    seen: dict[int, float] = {}
     while not wait_for_exit(pid, interval_s):
         seen.update(run_processes(token))
     return seen
 
 
-def reap(token: str, seen: dict[int, int] | None = None, timeout_s: float = 30.0, quiet_s: float = 3.0) -> None:
+def reap(token: str, seen: dict[int, float] | None = None, timeout_s: float = 30.0, quiet_s: float = 3.0) -> None:
     """Kill every live process of the run (see `run_processes`) and every process in `seen`
     still running under the same start time, until none has been found for `quiet_s` (a process a
     dying parent was still starting shows up a moment later) or `timeout_s` has passed."""

@@ -13,12 +13,13 @@ import errno
 import logging
 import random
 import time
-from collections.abc import Iterator, Mapping
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, TypeVar
 
 import fsspec
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 TRANSIENT = "transient"
 PERMANENT = "permanent"
@@ -82,6 +83,30 @@ def classify(error: BaseException) -> str:
     return TRANSIENT if is_transient(error) else PERMANENT
 
 
+def with_retries(
+    call: Callable[[], T],
+    what: str,
+    attempts: int = 4,
+    first_delay_s: float = 0.5,
+    max_delay_s: float = 8.0,
+) -> T:
+    """`call()`, tried again after a transient failure up to `attempts` times in all, after delays
+    of first_delay_s, twice that, ... (capped, with jitter, so that many workers failing together
+    do not retry together). The last failure, or the first permanent one, is raised. The one
+    retry policy of every read: images, videos, training samples."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return call()
+        except Exception as e:
+            if attempt == attempts or not is_transient(e):
+                raise
+            delay = min(max_delay_s, first_delay_s * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+            reason = f"{type(e).__name__}: {e}"
+            log.info("%s failed (%s); try %d of %d in %.1fs", what, reason, attempt + 1, attempts, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
 def read_bytes(
     uri: str,
     storage_options: Mapping[str, Any] | None = None,
@@ -89,17 +114,10 @@ def read_bytes(
     first_delay_s: float = 0.5,
     max_delay_s: float = 8.0,
 ) -> bytes:
-    """The file's bytes; a transient failure is tried again up to `attempts` times in all, after
-    delays of first_delay_s, twice that, ... (capped, with jitter). The last failure is raised."""
-    for attempt in range(1, attempts + 1):
-        try:
-            with fsspec.open(uri, "rb", **(storage_options or {})) as f:
-                return f.read()
-        except Exception as e:
-            if attempt == attempts or not is_transient(e):
-                raise
-            delay = min(max_delay_s, first_delay_s * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
-            reason = f"{type(e).__name__}: {e}"
-            log.info("reading %s failed (%s); try %d of %d in %.1fs", uri, reason, attempt + 1, attempts, delay)
-            time.sleep(delay)
-    raise AssertionError("unreachable")
+    """The file's bytes, through `with_retries`."""
+
+    def read() -> bytes:
+        with fsspec.open(uri, "rb", **(storage_options or {})) as f:
+            return f.read()
+
+    return with_retries(read, f"reading {uri}", attempts, first_delay_s, max_delay_s)

@@ -163,7 +163,7 @@ def add_logging_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def add_local_ray_flags(parser: argparse.ArgumentParser) -> None:
-    """Flags of the jobs that start a local Ray when they find none (see `pipeline.logs.init_ray`)."""
+    """Flags of the jobs that start a local Ray when they find none (see `pipeline.ray_session.init_ray`)."""
     group = parser.add_argument_group("local Ray")
     group.add_argument(
         "--ray-dashboard",

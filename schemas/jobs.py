@@ -61,7 +61,7 @@ VOCAB = Field(
 )
 
 # The labeling actors' resources, shared by the jobs that label.
-# Defaults that follow the cluster (resolved when Ray is up: pipeline.labeling.job.actor_layout).
+# Defaults that follow the cluster (resolved when Ray is up: pipeline.labeling.actors.actor_layout).
 CPU_BATCH_SIZE = 4
 GPU_BATCH_SIZE = 32  # the networks' rate at 32 is 7-10 times batch 1's on an H200, in bf16
 ACTORS_PER_GPU = 2  # one actor's host side (batches in and out, kernel launches) overlaps the other's device work

@@ -125,14 +125,14 @@ def s3_bucket(s3_server: str) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def ray_session(s3_server: str) -> Iterator[None]:
     """A Ray in this process, started by the first module that asks and left up for the next: a
-    job run in-process joins it as it would a notebook's (`pipeline.logs.ray_for_job`) instead
+    job run in-process joins it as it would a notebook's (`pipeline.ray_session.ray_for_job`) instead
     of starting and stopping its own, about a third of a small job's CPU. Started after the S3
     server's variables are set, since its workers keep the environment they started with. A job
     runs the same either way, so no result depends on it; a test that needs its own Ray or none
     asks for `no_ray_session`, and the tests after it in its module start their own again."""
     import ray
 
-    from pipeline.logs import init_ray
+    from pipeline.ray_session import init_ray
 
     if not ray.is_initialized():
         init_ray("INFO")

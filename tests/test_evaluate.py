@@ -16,8 +16,8 @@ from jobs.evaluate import main as evaluate_main
 from jobs.label import main as label_main
 from pipeline.evaluation.scoring import ScoringSpec, list_ground_truth
 from pipeline.inputs import InputError
-from pipeline.label_maps import decode_label_map
-from pipeline.results import read_output_rows
+from pipeline.masks.label_maps import decode_label_map
+from pipeline.store import LabelStore
 from schemas.taxonomy import Taxonomy, load_taxonomy
 
 pytestmark = pytest.mark.usefixtures("ray_session")
@@ -70,7 +70,7 @@ def test_perfect_ground_truth_scores_100_and_reports_are_written(labeled, capsys
     root, output = labeled
     gt_dir = root / "perfect-gt"
     gt_dir.mkdir()
-    for row in read_output_rows(str(output)):
+    for row in LabelStore(str(output)).rows():
         ids = decode_label_map(row["label_map_png"]).astype(np.int64)
         gt = (ids - 1).astype(np.uint8)  # voc20 ids are 1..20, ground truth indices 0..19
         gt[:5] = 255  # ignored rows change nothing
@@ -140,7 +140,7 @@ def test_mode_a_and_mode_b_agree_on_the_same_images(tmp_path, tiny_weights):
     a = json.loads((report_a / "metrics.json").read_text())
     assert a["images"]["scored"] == 3
     labels = report_a / "labels"
-    assert len(list(read_output_rows(str(labels)))) == 3  # only images with ground truth were labeled
+    assert len(list(LabelStore(str(labels)).rows())) == 3  # only images with ground truth were labeled
 
     report_b = tmp_path / "report-b"
     assert (

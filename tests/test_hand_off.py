@@ -13,7 +13,6 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.label_maps import decode_label_map, encode_label_png, encode_png
 from pipeline.labeling.encode import (
     DEVICE_SCHEMA,
     arrays_of,
@@ -23,6 +22,7 @@ from pipeline.labeling.encode import (
     encode_rows,
 )
 from pipeline.labeling.inference import label_images, label_maps
+from pipeline.masks.label_maps import decode_label_map, encode_label_png, encode_png
 from san_core.build import load_model
 from schemas.output import SCHEMA_VERSION, Provenance, TaxonomyRef
 

@@ -11,7 +11,8 @@ import pytest
 from image_fixtures import jpeg_bytes
 
 from jobs.label import main as label_main
-from pipeline.results import is_own_result, read_output_rows
+from pipeline.store import LabelStore
+from pipeline.store.layout import is_own_result
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -36,7 +37,7 @@ def test_three_runs_in_a_row_into_s3_each_finish_with_a_manifest(s3_bucket, tiny
         assert label_main(args) == 0, f"run {run}"
         manifest = json.loads(fs.cat(f"{output}/_manifest.json"))
         assert manifest["counts"] == {"inputs": run, "labeled": 1, "failed": 0, "skipped": run - 1}
-    uris = [row["image_uri"] for row in read_output_rows(output)]
+    uris = [row["image_uri"] for row in LabelStore(output).rows()]
     assert sorted(uris) == sorted(f"{s3_bucket}/in/{n}.jpg" for n in ("astronaut", "coffee", "chelsea"))
     assert all(is_own_result(p) for p in fs.find(output) if p.endswith(".parquet"))
     assert len(fs.ls(f"{output}/_row_index")) == 3  # each run indexed its own rows
@@ -77,6 +78,6 @@ def test_files_the_job_did_not_write_survive_and_its_own_broken_file_is_replaced
     assert label_main([*args, "--overwrite"]) == 0
     for path, data in before.items():
         assert path.read_bytes() == data, f"{path.name} was changed"
-    assert sorted(r["image_uri"] for r in read_output_rows(str(output))) == sorted(
+    assert sorted(r["image_uri"] for r in LabelStore(str(output)).rows()) == sorted(
         str(images / n) for n in ("astronaut.jpg", "coffee.jpg")
     )

@@ -16,10 +16,10 @@ from pycocotools.coco import COCO
 
 from jobs.export import main as export_main
 from jobs.label import main as label_main
-from pipeline.images import decode_for_model, decode_rgb
 from pipeline.inputs import InputError, list_inputs
-from pipeline.label_maps import decode_label_map
-from pipeline.labeling.segments import rle_to_mask
+from pipeline.masks.coco_rle import rle_to_mask
+from pipeline.masks.label_maps import decode_label_map
+from pipeline.media.images import decode_for_model, decode_rgb
 from pipeline.vocabulary import load_or_build_vocabulary
 from san_core.build import load_model
 from schemas.output import SCHEMA_VERSION, LabelRow

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from image_fixtures import jpeg_bytes
 
-from pipeline.logs import PROJECT_LOGGERS, configure_logging
+from pipeline.ray_session import PROJECT_LOGGERS, configure_logging
 
 SAN = Path(sys.executable).parent / "san"
 

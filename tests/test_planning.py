@@ -1,4 +1,4 @@
-"""Planning at scale: the spilling hash anti-join decides what a plain Python reading of every
+"""Planning at scale: the anti-join (DuckDB, spilling to disk) decides what a plain Python reading of every
 row would, the runs' row indexes stand in for reading every result file (and only while those
 files exist), and on S3 the plan's requests do not grow with the number of result files."""
 
@@ -16,25 +16,39 @@ import pyarrow.parquet as pq
 import pytest
 from faults import FaultyProxy
 
-from pipeline.labeling.output_state import scan_output
-from pipeline.labeling.planning import AntiJoin, uri_buckets
-from pipeline.labeling.row_index import INDEX_DIR, IndexBuilder, index_path, read_keys
-from pipeline.results import result_file_stamps
+from pipeline.store.join import AntiJoin
+from pipeline.store.layout import INDEX_DIR, result_file_stamps
+from pipeline.store.row_index import IndexBuilder, index_path, read_keys
+from pipeline.store.scan import scan_output
 from schemas.output import label_row_schema
 
 
-def test_a_uri_lands_in_the_same_bucket_however_it_arrives():
-    uris = [f"s3://bucket/images/{i:08d}.jpg" for i in range(100_000)] + ["", "x" * 5000, "é/ü/漢字.png"]
-    whole = uri_buckets(pa.array(uris), 64)
-    assert whole.min() >= 0 and whole.max() < 64
-    sliced = np.concatenate([uri_buckets(pa.array(uris).slice(s, 777), 64) for s in range(0, len(uris), 777)])
-    assert np.array_equal(whole, sliced)
-    assert np.array_equal(whole, uri_buckets(pa.array(uris, pa.large_string()), 64))
-    counts = np.bincount(whole[:100_000], minlength=64)
-    assert counts.min() > 0.85 * 100_000 / 64 and counts.max() < 1.15 * 100_000 / 64, counts
-    # one character apart, the buckets differ about as often as chance says
-    neighbours = uri_buckets(pa.array([u[:-5] + "x.jpg" for u in uris[:10_000]]), 64)
-    assert (neighbours != whole[:10_000]).mean() > 0.95
+def test_the_join_decides_past_its_memory_limit():
+    """More URIs than DuckDB may hold in memory (600,000 of 60-odd bytes and as many row keys in
+    48 MB, which one pass over them all runs out of): in passes over shares of the URIs, spilling
+    to the scratch folder, it decides the same."""
+    n = 600_000
+    uris = pa.array([f"s3://bucket/images/{i:08d}/{'x' * 40}.jpg" for i in range(n)])
+    with tempfile.TemporaryDirectory() as scratch:
+        join = AntiJoin(scratch, memory_limit="48MB", rows_per_pass=400_000)  # 3 passes
+        for start in range(0, n, 100_000):
+            join.add_inputs(uris.slice(start, 100_000))
+        labeled = uris.filter(pa.array(np.arange(n) % 3 != 0))
+        join.add_rows(
+            pa.table(
+                {
+                    "file": pa.array(np.arange(len(labeled)) % 50, pa.int32()),
+                    "source_uri": labeled,
+                    "is_error": pa.array(np.zeros(len(labeled), bool)),
+                    "error_kind": pa.nulls(len(labeled), pa.string()),
+                }
+            )
+        )
+        decision = join.decide(np.arange(50), "none", sort_by_uri=False)
+        join.close()
+    assert decision.inputs == n
+    assert decision.todo.to_pylist() == uris.to_pylist()[::3]
+    assert not decision.superseded and not decision.retried
 
 
 def _reference(inputs, files, retry_errors):
@@ -73,8 +87,9 @@ def _as_sets(mapping):
     return {number: set(uris.to_pylist()) for number, uris in mapping.items()}
 
 
+@pytest.mark.parametrize("rows_per_pass", [1_000_000, 700])  # one pass, and several (each a share of the URIs)
 @pytest.mark.parametrize("retry_errors", ["none", "transient", "all"])
-def test_the_join_decides_what_reading_every_row_would(retry_errors):
+def test_the_join_decides_what_reading_every_row_would(retry_errors, rows_per_pass):
     rng = random.Random(7)
     universe = [f"s3://b/{rng.randrange(10**9):09d}.jpg" for _ in range(4000)]
     inputs = [rng.choice(universe) for _ in range(5000)]  # repeats, as manifests have
@@ -88,7 +103,7 @@ def test_the_join_decides_what_reading_every_row_would(retry_errors):
         ]
         files.append((rank, rows))
     with tempfile.TemporaryDirectory() as scratch:
-        join = AntiJoin(scratch, buckets=7)
+        join = AntiJoin(scratch, rows_per_pass=rows_per_pass)
         for start in range(0, len(inputs), 999):
             join.add_inputs(pa.array(inputs[start : start + 999]))
         for number, (_, rows) in enumerate(files):
@@ -125,7 +140,7 @@ def _result_file(path: Path, run_id: str, rows: list[tuple[str, str | None]]) ->
 
 def _plan(fs, root: str, inputs: list[str]):
     with tempfile.TemporaryDirectory() as scratch:
-        join = AntiJoin(scratch, buckets=5)
+        join = AntiJoin(scratch)
         join.add_inputs(pa.array(inputs))
         state = scan_output(fs, root, join, scratch)
         return state, join.decide(state.file_rank(), "all", sort_by_uri=True)
@@ -211,3 +226,25 @@ def test_on_s3_the_plan_does_not_read_more_as_result_files_multiply(s3_server, s
         proxy.close()
     assert requests[(40, True)] == requests[(4, True)], requests
     assert requests[(40, False)] >= 40 > 4 * requests[(40, True)], requests  # at least one per file
+
+
+def test_the_store_reads_its_own_files_only(tmp_path):
+    """Every reader goes through LabelStore: its own result files, chosen columns, rows by number
+    (across row groups), no manifest while a run is unfinished."""
+    from pipeline.store import LabelStore
+
+    rows = [(f"u{i}", None) for i in range(10)]
+    _result_file(tmp_path / "labels-a_000000.parquet", "20260101T000000Z-a", rows[:4])
+    table = pq.read_table(tmp_path / "labels-a_000000.parquet")
+    pq.write_table(table, tmp_path / "labels-b_000000.parquet", row_group_size=3)  # several row groups
+    _result_file(tmp_path / "other_team.parquet", "20260101T000000Z-x", [("foreign", None)])
+    store = LabelStore(str(tmp_path))
+    assert [p.rsplit("/", 1)[1] for p in store.files()] == ["labels-a_000000.parquet", "labels-b_000000.parquet"]
+    assert [r["image_uri"] for r in store.rows(["image_uri"])] == ["u0", "u1", "u2", "u3"] * 2
+    assert set(next(store.rows(["image_uri", "error"]))) == {"image_uri", "error"}
+    taken = store.take(store.files()[1], [3, 0, 2], ["image_uri"])
+    assert taken.column("image_uri").to_pylist() == ["u0", "u2", "u3"]
+    assert store.manifest() is None
+    store.write_manifest({"run_id": "r"})
+    assert store.manifest() == {"run_id": "r"}
+    assert store.provenance() is None  # these files record no provenance (an earlier release's)

@@ -9,9 +9,9 @@ import pytest
 import torch
 from pycocotools import mask as coco_mask
 
-from pipeline.label_maps import decode_label_map
 from pipeline.labeling.inference import label_images
 from pipeline.labeling.segments import class_rles, label_runs, score_sums, segments_from_label_map
+from pipeline.masks.label_maps import decode_label_map
 from san_core.build import load_model
 from san_core.postprocess import (
     BOUND_SLACK,

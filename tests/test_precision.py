@@ -15,7 +15,7 @@ from image_fixtures import jpeg_bytes
 from PIL import Image
 
 from jobs.label import main as label_main
-from pipeline.labeling.job import cluster_gpu_types
+from pipeline.labeling.actors import cluster_gpu_types
 from san_core.build import load_model
 from san_core.precision import Bf16Weights, cpu_runs_bf16_natively, resolve_precision
 from schemas.output import Provenance

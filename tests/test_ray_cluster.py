@@ -316,7 +316,7 @@ def test_actors_ask_for_gpus_that_the_autoscaler_can_bring_up(no_ray_session):
     from ray.core.generated import autoscaler_pb2
     from ray.experimental.internal_kv import _internal_kv_put
 
-    from pipeline.labeling.job import ActorLayout, actor_layout, gpus_per_actor
+    from pipeline.labeling.actors import ActorLayout, actor_layout, gpus_per_actor
     from schemas.jobs import LabelJobConfig
 
     def layout(**flags: object) -> ActorLayout:

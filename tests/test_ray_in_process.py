@@ -14,7 +14,7 @@ from training_fixtures import TAXONOMY_YAML, write_manifest_dataset
 
 from jobs.finetune import main as finetune_main
 from jobs.label import main as label_main
-from pipeline.logs import ray_for_job
+from pipeline.ray_session import ray_for_job
 
 
 def _one_image(folder) -> None:

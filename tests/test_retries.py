@@ -26,10 +26,10 @@ from faults import FaultyProxy
 from PIL import Image, UnidentifiedImageError
 
 from jobs.label import main as label_main
-from pipeline.image_integrity import CorruptImageError
-from pipeline.labeling.output_state import drop_superseded, scan_output
-from pipeline.labeling.planning import AntiJoin
+from pipeline.media.integrity import CorruptImageError
 from pipeline.retries import is_transient, read_bytes
+from pipeline.store.join import AntiJoin
+from pipeline.store.scan import drop_superseded, scan_output
 from schemas.output import label_row_schema
 
 pytestmark = pytest.mark.usefixtures("ray_session")
@@ -178,7 +178,7 @@ def _write(path: Path, run_id: str, rows: list[tuple[str, str | None]]) -> None:
 def _plan(fs, root: Path, retry_errors: str = "none", inputs: tuple[str, ...] = ("u1", "u2")):
     """What the planner decides for an output folder: (state, decision)."""
     with tempfile.TemporaryDirectory() as scratch:
-        join = AntiJoin(scratch, buckets=3)
+        join = AntiJoin(scratch)
         join.add_inputs(pa.array(list(inputs)))
         state = scan_output(fs, str(root), join, scratch)
         return state, join.decide(state.file_rank(), retry_errors, sort_by_uri=True)

@@ -31,14 +31,13 @@ from scipy import ndimage
 from jobs.export import main as export_main
 from jobs.label import main as label_main
 from jobs.report import main as report_main
-from pipeline.exports.label_studio import brush_rle
-from pipeline.exports.polygons import mask_polygons
-from pipeline.images import decode_for_model
-from pipeline.label_maps import decode_label_map
-from pipeline.labeling.segments import rle_to_mask
+from pipeline.masks.brush import brush_mask, brush_rle
+from pipeline.masks.coco_rle import rle_to_mask
+from pipeline.masks.label_maps import decode_label_map
+from pipeline.masks.polygons import mask_polygons
+from pipeline.media.images import decode_for_model
 from pipeline.report.collect import CONFIDENCE_BINS, review_key, summarize
 from pipeline.report.html import build_report
-from pipeline.training.imports import brush_mask
 from pipeline.vocabulary import load_or_build_vocabulary
 from san_core.build import load_model
 from schemas.output import UNCERTAIN_MARGIN
@@ -373,6 +372,22 @@ def test_the_report_reads_the_label_maps_of_the_rows_it_shows_alone(labeled, tmp
     assert read - baseline < map_bytes / 20, (read, baseline, map_bytes)
     thumbnail_alts = re.compile(r'<img src="data:image/jpeg;base64,[^"]*" alt="([^"]*)"')
     assert thumbnail_alts.findall(page) and thumbnail_alts.findall(page) == thumbnail_alts.findall(expected)
+
+
+def test_every_string_the_report_shows_is_escaped(labeled, tmp_path):
+    """A shown image that moved since labeling is named in the page with the error: a hostile
+    file name (and any class name or error text) arrives escaped, never as markup."""
+    hostile = "<img src=x onerror=alert(1)>.jpg"
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    for path in sorted(Path(labeled["output"]).glob("labels-*.parquet")):
+        table = pq.read_table(path)
+        uris = [str(tmp_path / "gone" / f"{i}{hostile}") for i in range(table.num_rows)]
+        table = table.set_column(table.schema.get_field_index("image_uri"), "image_uri", pa.array(uris))
+        pq.write_table(table, moved / path.name)
+    page = build_report(str(moved), load_taxonomy(str(labeled["vocab"])), least=4)
+    assert "not shown (" in page
+    assert "<img src=x" not in page and "&lt;img src=x onerror=alert(1)&gt;.jpg" in page
 
 
 def test_the_report_is_one_page_that_renders_in_chromium(labeled, tmp_path):

@@ -11,7 +11,7 @@ import pytest
 import skimage.data
 from video_fixtures import FORMATS, audio_only, camera_frames, encode
 
-from pipeline.video.decode import Damage, SampledFrame, VideoError, VideoReader, clips, is_video
+from pipeline.media.video import Damage, SampledFrame, VideoError, VideoReader, clips, is_video
 
 
 def _read(data: bytes, **sampling) -> list[SampledFrame | Damage]:
@@ -114,7 +114,7 @@ def test_a_video_on_s3_is_read_in_ranged_requests_clip_by_clip(s3_server, s3_buc
     import fsspec
     from faults import FaultyProxy
 
-    from pipeline.video.clips import read_clips
+    from pipeline.media.clips import read_clips
 
     proxy = FaultyProxy(int(s3_server.rsplit(":", 1)[1]))
     try:

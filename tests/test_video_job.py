@@ -20,12 +20,12 @@ from video_fixtures import audio_only, camera_frames, encode
 
 from jobs.export import main as export_main
 from jobs.label import main as label_main
-from pipeline.label_maps import decode_label_map
 from pipeline.labeling.inference import label_images
-from pipeline.results import read_output_rows
-from pipeline.video.clips import read_clips
-from pipeline.video.decode import VideoReader
-from pipeline.video.inference import label_clip
+from pipeline.labeling.video_inference import label_clip
+from pipeline.masks.label_maps import decode_label_map
+from pipeline.media.clips import read_clips
+from pipeline.media.video import VideoReader
+from pipeline.store import LabelStore
 from pipeline.vocabulary import load_or_build_vocabulary
 from san_core.build import load_model
 from schemas.output import frame_uri
@@ -88,7 +88,7 @@ def video_run(ray_session, tmp_path_factory, tiny_weights):
 
 def _by_source(output: Path) -> dict[str, list[dict]]:
     rows: dict[str, list[dict]] = {}
-    for row in read_output_rows(str(output)):
+    for row in LabelStore(str(output)).rows():
         rows.setdefault(row["video_uri"] or row["image_uri"], []).append(row)
     return rows
 

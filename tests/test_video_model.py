@@ -230,9 +230,9 @@ def test_a_decoded_clip_is_labeled_at_the_video_size(tiny_model):
     from PIL import Image
     from video_fixtures import camera_frames, encode
 
-    from pipeline.label_maps import decode_label_map
-    from pipeline.video.decode import VideoReader
-    from pipeline.video.inference import label_clip
+    from pipeline.labeling.video_inference import label_clip
+    from pipeline.masks.label_maps import decode_label_map
+    from pipeline.media.video import VideoReader
 
     video = encode(camera_frames(skimage.data.astronaut(), 6, (120, 160)), "mp4")
     with VideoReader(io.BytesIO(video), "pan.mp4") as reader:

@@ -1,2 +1,3 @@
-"""Evaluation with the SAN benchmark protocol: confusion matrices and metrics (`metrics`), and
-scoring a labeling output against ground truth on Ray, with reports (`scoring`)."""
+"""Evaluation with the SAN benchmark protocol: confusion matrices and metrics (`metrics`), scoring
+a labeling output against ground truth on Ray, with reports (`scoring`), and the benchmarks'
+folder layouts, labeled by the labeling job (`benchmarks`)."""

@@ -26,8 +26,9 @@ from PIL import Image, ImageDraw, ImageFont
 from schemas.taxonomy import Taxonomy
 
 from ..inputs import read_manifest_rows
-from ..label_maps import LABEL_MAP_EXTENSIONS, decode_label_map
-from ..storage import pyarrow_filesystem, with_protocol
+from ..masks.label_maps import LABEL_MAP_EXTENSIONS, decode_label_map
+from ..storage import with_protocol
+from ..store import LabelStore
 from .metrics import ConfusionMatrix
 
 
@@ -122,14 +123,9 @@ def evaluate_output(
     storage_options: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Score a labeling output (Parquet) against ground truth on the connected Ray cluster."""
-    import ray
-
     ground_truth = list_ground_truth(ground_truth_source, storage_options)
     spec = ScoringSpec.for_taxonomy(taxonomy, ignore_label)
-    fs, root = fsspec.core.url_to_fs(output, **(storage_options or {}))
-    dataset = ray.data.read_parquet(root, filesystem=pyarrow_filesystem(fs)).select_columns(
-        ["image_uri", "label_map_png", "error"]  # pushed down into the read
-    )
+    dataset = LabelStore(output, storage_options).dataset(["image_uri", "label_map_png", "error"])
     partial = dataset.map_batches(
         score_rows,
         fn_kwargs={"spec": spec, "ground_truth": ground_truth, "storage_options": storage_options},

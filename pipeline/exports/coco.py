@@ -2,33 +2,14 @@
 
 from __future__ import annotations
 
-import posixpath
 from collections.abc import Iterable
 from typing import Any
 
 from schemas.taxonomy import Taxonomy
 
-from ..labeling.segments import rle_to_mask
-from .polygons import mask_polygons
-
-
-def common_folder(uris: list[str]) -> str:
-    """The deepest folder (or prefix) holding every URI, ending in '/'."""
-    if not uris:
-        return ""
-    folders = [u.rsplit("/", 1)[0] + "/" if "/" in u else "" for u in uris]
-    common = posixpath.commonprefix(folders)
-    return common[: common.rfind("/") + 1]
-
-
-def relative_file_names(uris: list[str], image_root: str | None) -> tuple[list[str], str]:
-    """Each URI relative to `image_root` (default: their common folder), as annotation tools resolve
-    `file_name` against the image folder they are given; and the root used."""
-    root = common_folder(uris) if image_root is None else image_root.rstrip("/") + "/"
-    outside = [u for u in uris if not u.startswith(root)]
-    if outside:
-        raise ValueError(f"{len(outside)} images are not under --image-root {root} (first: {outside[0]})")
-    return [u[len(root) :] for u in uris], root
+from ..masks.coco_rle import rle_to_mask
+from ..masks.polygons import mask_polygons
+from .names import frame_name, relative_file_names, video_names
 
 
 def to_coco(
@@ -50,7 +31,6 @@ def to_coco(
     With `polygons`, each segment is its outlines (`polygons.mask_polygons`, simplified within
     `tolerance` pixels, iscrowd 0), except a segment with a hole, which a COCO polygon cannot
     hold: it stays RLE with iscrowd 1, as COCO marks masks. `info.rle_fallbacks` counts those."""
-    from .vspw import frame_name, video_names
 
     categories = [{"id": c.id, "name": c.name, "supercategory": taxonomy.name} for c in taxonomy.classes]
     images, annotations = [], []

@@ -9,11 +9,7 @@ mask in Label Studio's RLE, or with `polygons` one polygon per connected part, c
 segment's score; the prediction's score is the image's mean top-two margin (0 to 1), so that
 Label Studio's sort by prediction score shows the least confident first.
 
-Label Studio's brush RLE (the rle-pack format of thi.ng/umbrella) packs the mask as an RGBA
-image, row-major, every channel 255 inside the mask and 0 outside: a header (value count in 32
-bits, word size - 1 in 5 bits, four run-length field widths - 1 in 4 bits each), then per run a
-1 bit, the index of a field width in 2 bits, the run length - 1 in that many bits, the value in
-8 bits.
+Label Studio's brush RLE is `pipeline.masks.brush`.
 """
 
 from __future__ import annotations
@@ -24,35 +20,14 @@ from typing import Any
 from urllib.parse import quote
 from xml.sax.saxutils import quoteattr
 
-import numpy as np
-
 from schemas.taxonomy import Taxonomy
 
-from ..labeling.segments import rle_to_mask
-from .polygons import mask_polygons
+from ..masks.brush import brush_rle
+from ..masks.coco_rle import rle_to_mask
+from ..masks.polygons import mask_polygons
 
-RUN_FIELD_BITS = (3, 4, 8, 16)  # the field widths Label Studio's own encoder uses
 FROM_NAME, TO_NAME = "label", "image"
 _CLOUD_SCHEMES = ("s3://", "gs://", "azure-blob://", "http://", "https://")
-
-
-def brush_rle(mask: np.ndarray) -> list[int]:
-    """A 2-D bool mask as Label Studio's brush RLE (a list of byte values)."""
-    values = mask.ravel().astype(np.uint8) * 255
-    changes = np.flatnonzero(values[1:] != values[:-1]) + 1
-    starts = np.concatenate(([0], changes))
-    lengths = np.diff(np.append(starts, values.size)) * 4  # four channels per pixel
-    bits = [f"{values.size * 4:032b}", f"{8 - 1:05b}", "".join(f"{b - 1:04b}" for b in RUN_FIELD_BITS)]
-    for start, length in zip(starts.tolist(), lengths.tolist(), strict=True):
-        value = f"{int(values[start]):08b}"
-        while length > 0:
-            run = min(length, 1 << RUN_FIELD_BITS[-1])
-            field = next(i for i, width in enumerate(RUN_FIELD_BITS) if run <= 1 << width)
-            bits.append(f"1{field:02b}{run - 1:0{RUN_FIELD_BITS[field]}b}{value}")
-            length -= run
-    stream = "".join(bits)
-    stream += "0" * (-len(stream) % 8)
-    return [int(stream[i : i + 8], 2) for i in range(0, len(stream), 8)]
 
 
 def image_url(uri: str, image_root: str | None) -> str:

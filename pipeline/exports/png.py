@@ -21,11 +21,10 @@ import fsspec
 
 from schemas.taxonomy import Taxonomy
 
-from ..label_maps import decode_label_map
-from ..results import is_own_result, result_files
-from ..storage import read_parquet
-from .coco import common_folder
-from .vspw import frame_name, mask_png
+from ..masks.label_maps import decode_label_map
+from ..store import LabelStore
+from .names import common_folder, frame_name
+from .vspw import mask_png
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._ -]")
 
@@ -48,12 +47,11 @@ def export_png(
 ) -> dict[str, int]:
     """Write the label maps of the labeling output `labels` under `output`; returns counts."""
     options = dict(storage_options or {})
-    labels_fs, labels_root = fsspec.core.url_to_fs(labels, **options)
-    files = [p for p in result_files(labels_fs, labels_root) if is_own_result(p)]
+    store = LabelStore(labels, options)
+    files = store.files()
     sources: list[str] = []
     for path in files:  # first the sources, whose common folder names the files
-        with labels_fs.open(path, "rb") as f:
-            table = read_parquet(f, columns=["image_uri", "video_uri"])
+        table = store.read_file(path, ["image_uri", "video_uri"])
         for image, video in zip(table["image_uri"].to_pylist(), table["video_uri"].to_pylist(), strict=True):
             sources.append(video or image)
     root = common_folder(sorted(set(sources))) if image_root is None else image_root.rstrip("/") + "/"
@@ -62,8 +60,7 @@ def export_png(
     palette = {c.id: c.rgb() for c in taxonomy.classes}
     counts = {"images": 0, "frames": 0}
     for path in files:
-        with labels_fs.open(path, "rb") as f:
-            table = read_parquet(f, columns=["image_uri", "video_uri", "frame_index", "label_map_png", "error"])
+        table = store.read_file(path, ["image_uri", "video_uri", "frame_index", "label_map_png", "error"])
         for row in table.to_pylist():
             if row["error"] is not None or row["label_map_png"] is None:
                 continue

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import io
 import json
-import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,27 +25,10 @@ from PIL import Image
 
 from schemas.taxonomy import Taxonomy
 
-from ..label_maps import decode_label_map, encode_label_png
-from ..results import is_own_result, result_files
-from ..storage import read_parquet
-from ..video.decode import SampledFrame, VideoReader
-from .coco import common_folder
-
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
-
-
-def video_names(video_uris: list[str]) -> dict[str, str]:
-    """Each video's folder name: its path under the videos' common folder, made one safe name."""
-    root = common_folder(video_uris)
-    names = {}
-    for uri in video_uris:
-        relative = uri[len(root) :].rsplit(".", 1)[0]
-        names[uri] = _UNSAFE.sub("_", relative.replace("/", "__")).lstrip(".") or "video"
-    return names
-
-
-def frame_name(frame_index: int) -> str:
-    return f"{frame_index:08d}"
+from ..masks.label_maps import decode_label_map, encode_label_png
+from ..media.video import SampledFrame, VideoReader
+from ..store import LabelStore
+from .names import frame_name, video_names
 
 
 def mask_png(label_map: np.ndarray, palette: Mapping[int, tuple[int, int, int]]) -> bytes:
@@ -76,12 +58,11 @@ def export_vspw(
     under `output`; returns counts of videos and frames written. A video's rows all live in one
     result file, so memory holds one file's label maps at a time."""
     options = dict(storage_options or {})
-    labels_fs, labels_root = fsspec.core.url_to_fs(labels, **options)
-    files = [p for p in result_files(labels_fs, labels_root) if is_own_result(p)]
+    store = LabelStore(labels, options)
+    files = store.files()
     videos: set[str] = set()
     for path in files:  # first the names, which depend on every video's path
-        with labels_fs.open(path, "rb") as f:
-            column = read_parquet(f, columns=["video_uri"]).column("video_uri")
+        column = store.read_file(path, ["video_uri"]).column("video_uri")
         videos.update(v for v in column.unique().to_pylist() if v is not None)
     names = video_names(sorted(videos))
     fs, root = fsspec.core.url_to_fs(output, **options)
@@ -90,8 +71,7 @@ def export_vspw(
     palette = {c.id: c.rgb() for c in taxonomy.classes}
     written = 0
     for path in files:
-        with labels_fs.open(path, "rb") as f:
-            table = read_parquet(f, columns=["video_uri", "frame_index", "label_map_png", "error"])
+        table = store.read_file(path, ["video_uri", "frame_index", "label_map_png", "error"])
         label_maps: dict[str, dict[int, bytes]] = {}
         for row in table.filter(pc.and_(pc.is_valid(table["video_uri"]), pc.is_null(table["error"]))).to_pylist():
             if row["frame_index"] is not None:

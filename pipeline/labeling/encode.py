@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from schemas.output import LabelRow, Provenance, label_row_schema
 
-from ..images import describe_error
+from ..media.images import describe_error
 from ..retries import PERMANENT
 from .inference import LabeledImage, LabelMapArrays
 

@@ -30,7 +30,7 @@ import torch
 from san_core.postprocess import LabelBatch, LabelTile
 from schemas.output import UNCERTAIN_MARGIN, Segment
 
-from ..label_maps import encode_label_png, encode_png
+from ..masks.label_maps import encode_label_png, encode_png
 from .segments import segments_from_label_map
 
 

@@ -1,58 +1,58 @@
-"""Overlay previews for a person to look at: the image, translucent class colours, a legend."""
+"""The first few labeled inputs of a run as overlay previews under the labels folder's `_previews/`."""
 
 from __future__ import annotations
 
-import io
+import logging
 
-import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+import fsspec
 
+from schemas.jobs import LabelJobConfig
 from schemas.taxonomy import Taxonomy
 
-BANNER_HEIGHT = 22
+from ..masks.label_maps import decode_label_map
+from ..media.images import decode_rgb
+from ..store import LabelStore
+from .overlays import PREVIEW_FRAMES, render_overlay, render_video_preview
+
+log = logging.getLogger(__name__)
 
 
-def render_overlay(
-    rgb: np.ndarray, label_map: np.ndarray, taxonomy: Taxonomy, alpha: float = 0.5, banner: str | None = None
-) -> bytes:
-    """PNG bytes of `overlay_image`."""
-    buffer = io.BytesIO()
-    overlay_image(rgb, label_map, taxonomy, alpha, banner).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def overlay_image(
-    rgb: np.ndarray, label_map: np.ndarray, taxonomy: Taxonomy, alpha: float = 0.5, banner: str | None = None
-) -> Image.Image:
-    """`rgb` [H, W, 3] with each labeled class tinted in its colour, plus a legend (classes by
-    area) on a white strip at the right, and `banner` in white on red across the top."""
-    palette = np.zeros((int(label_map.max(initial=0)) + 1, 3), dtype=np.float32)
-    names = {}
-    for cls in taxonomy.classes:
-        if cls.id < len(palette):
-            palette[cls.id] = cls.rgb()
-            names[cls.id] = cls.name
-    tinted = rgb.astype(np.float32)
-    labeled = label_map > 0
-    tinted[labeled] = (1 - alpha) * tinted[labeled] + alpha * palette[label_map[labeled]]
-    image = Image.fromarray(tinted.clip(0, 255).astype(np.uint8))
-
-    ids, counts = np.unique(label_map[labeled], return_counts=True)
-    order = [int(i) for i in ids[np.argsort(-counts)]]
-    font = ImageFont.load_default()
-    row = 16
-    legend_w = 200
-    head = BANNER_HEIGHT if banner else 0  # the banner sits above the image, hiding nothing
-    canvas = Image.new("RGB", (image.width + legend_w, head + max(image.height, row * (len(order) + 1))), "white")
-    canvas.paste(image, (0, head))
-    draw = ImageDraw.Draw(canvas)
-    for k, class_id in enumerate(order):
-        top = head + 4 + k * row
-        colour = tuple(int(c) for c in palette[class_id])
-        draw.rectangle([image.width + 6, top, image.width + 18, top + 12], fill=colour, outline="black")
-        share = counts[list(ids).index(class_id)] / label_map.size
-        draw.text((image.width + 24, top), f"{names.get(class_id, class_id)} {share:.0%}", fill="black", font=font)
-    if banner:
-        draw.rectangle([0, 0, canvas.width, BANNER_HEIGHT], fill=(200, 0, 0))
-        draw.text((6, 5), banner, fill="white", font=font)
-    return canvas
+def write_previews(
+    store: LabelStore, config: LabelJobConfig, taxonomy: Taxonomy, files: list[str], banner: str | None = None
+) -> list[str]:
+    """Overlay previews under the labels folder's _previews/ for the first `config.preview`
+    labeled inputs of `files`: a PNG per image, an animated WebP of its first labeled frames per
+    video; each with `banner` across its top if given (smoke-test previews must not pass for real
+    labels). This run's previews replace the last run's, none left over."""
+    store.clear_previews()
+    written: list[str] = []
+    columns = ["image_uri", "video_uri", "frame_index", "label_map_png", "error"]
+    for path in files:
+        table = store.read_file(path, columns)
+        videos: dict[str, dict[int, bytes]] = {}
+        for row in table.to_pylist():
+            if row["error"] is not None:
+                continue
+            if row["video_uri"] is not None:
+                frames = videos.setdefault(row["video_uri"], {})
+                if len(frames) < PREVIEW_FRAMES:
+                    frames[row["frame_index"]] = row["label_map_png"]
+                continue
+            if len(written) >= config.preview:
+                return written
+            with fsspec.open(row["image_uri"], "rb", **config.storage_options) as f:
+                rgb = decode_rgb(f.read(), config.max_pixels, config.max_image_mib)
+            overlay = render_overlay(rgb, decode_label_map(row["label_map_png"]), taxonomy, banner=banner)
+            written.append(store.write_preview(len(written), row["image_uri"], "png", overlay))
+        for video_uri, label_maps in videos.items():
+            if len(written) >= config.preview:
+                return written
+            try:
+                preview = render_video_preview(
+                    video_uri, label_maps, taxonomy, config.video_fps, config.storage_options, banner
+                )
+            except Exception as e:  # a preview is a courtesy: the labels are written
+                log.warning("no preview of %s: %s", video_uri, e)
+                continue
+            written.append(store.write_preview(len(written), video_uri, "webp", preview))
+    return written

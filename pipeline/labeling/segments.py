@@ -7,7 +7,7 @@ of every class are found in one pass over the label map, a block of columns at a
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import numpy as np
 from pycocotools import mask as coco_mask
@@ -104,7 +104,3 @@ def score_sums(label_map: np.ndarray, scores: np.ndarray) -> dict[int, float]:
     """class id -> summed score over its pixels (for a map already held whole, as in tests)."""
     sums = np.bincount(label_map.ravel(), weights=scores.ravel().astype(np.float64))
     return {int(i): float(sums[i]) for i in np.flatnonzero(np.bincount(label_map.ravel()))}
-
-
-def rle_to_mask(counts: str, size: Sequence[int]) -> np.ndarray:
-    return coco_mask.decode({"counts": counts.encode("ascii"), "size": list(size)}).astype(bool)

@@ -1,5 +1,5 @@
 """The labeling actor: a Ray Data callable class that holds one SAN model and turns batches of
-loaded images (`pipeline.images.load_images`) into label maps and confidence sums on its device,
+loaded images (`pipeline.media.images.load_images`) into label maps and confidence sums on its device,
 handed on as raw arrays (`encode.DEVICE_SCHEMA`) to the CPU tasks that encode them. A failure
 becomes that image's error."""
 
@@ -7,17 +7,14 @@ from __future__ import annotations
 
 import logging
 import time
-import warnings
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import torch
 
-from schemas.output import Provenance
-
-from ..images import describe_error
+from ..media.images import describe_error
 from ..retries import PERMANENT
+from .actors import ActorSpec
 from .encode import device_table, encode_labeled
 from .inference import LabelMapArrays, label_maps
 from .progress import LabelingMetrics, peak_rss_mib
@@ -30,32 +27,14 @@ class SanLabeler:
     device and, on a GPU, does nothing else (no PNG, no segments: the `encode.encode_rows` tasks
     after it do); given `encode`, as on CPUs, it encodes its rows itself."""
 
-    def __init__(
-        self,
-        weights_ref: list,
-        vocabulary_ref: list,
-        provenance: Provenance,
-        use_gpu: bool,
-        torch_threads: int,
-        progress: Any = None,
-        precision: str = "fp32",
-        uncertainty_map: bool = False,
-        encode: dict[str, Any] | None = None,
-    ) -> None:
-        import ray
-
-        torch.set_num_threads(max(1, torch_threads))
-        self.device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
-        self.model = ray.get(weights_ref[0]).build(self.device)  # the driver's copy, not the checkpoint
-        self.vocabulary = ray.get(vocabulary_ref[0])  # the object-store copy, zero-copy numpy
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # read-only shared memory; never written
-            self.embeddings = torch.from_numpy(self.vocabulary.embeddings).to(self.device)
-        self.class_ids = torch.from_numpy(self.vocabulary.class_ids.astype(np.int64)).to(self.device)
-        self.precision = precision  # fp32 or bf16, resolved by the driver
-        self.uncertainty_map = uncertainty_map
-        self.progress = progress  # a ProgressCounter actor, told of every batch
-        self.metrics = LabelingMetrics(provenance.model_id)
+    def __init__(self, spec: ActorSpec, encode: dict[str, Any] | None = None) -> None:
+        loaded = spec.load()
+        self.device, self.model, self.vocabulary = loaded.device, loaded.model, loaded.vocabulary
+        self.embeddings, self.class_ids = loaded.embeddings, loaded.class_ids
+        self.precision = spec.precision
+        self.uncertainty_map = spec.uncertainty_map
+        self.progress = spec.progress
+        self.metrics = LabelingMetrics(spec.provenance.model_id)
         # on CPUs the actor encodes its own rows (`encode.encode_rows`' arguments): a task of
         # its own there only takes turns on the same cores, at a cost per block
         self.encode = encode

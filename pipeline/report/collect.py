@@ -8,20 +8,18 @@ kept, 4 bytes a labeled row (40 MB at 10 million rows)."""
 from __future__ import annotations
 
 import heapq
-import json
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..labeling.progress import error_kind
-from ..results import MANIFEST_NAME, is_own_result, result_files
+from ..store import LabelStore
 
 COLUMNS = [
     "image_uri",
@@ -99,15 +97,10 @@ def summarize(
     labels: str, storage_options: Mapping[str, Any] | None = None, least: int = 12, examples: int = 24
 ) -> OutputSummary:
     """Read the labeling output `labels` once and summarize it (see the module's docstring)."""
-    fs, root = fsspec.core.url_to_fs(labels, **(storage_options or {}))
-    manifest_path = f"{root.rstrip('/')}/{MANIFEST_NAME}"
-    manifest = json.loads(fs.cat(manifest_path)) if fs.exists(manifest_path) else None
-    summary = OutputSummary(manifest)
+    store = LabelStore(labels, storage_options)
+    summary = OutputSummary(store.manifest())
     videos: set[str] = set()
-    for path in filter(is_own_result, result_files(fs, root)):
-        with fs.open(path, "rb") as f:
-            parquet = pq.ParquetFile(f)
-            table = parquet.read(columns=report_columns(parquet.schema))
+    for path, table in store.tables(report_columns):
         _add_confidence(summary, table)
         for index, row in enumerate(table.to_pylist()):
             summary.rows += 1

@@ -1,27 +1,29 @@
 """`san report`: a labeling output as one self-contained HTML page (figures and images embedded as
 data URIs, no script, nothing fetched), for a person to see a run at a glance and to know which
-images to review first."""
+images to review first. The page is `templates/report.html.j2`, rendered by Jinja2 with
+autoescape on: every string that reaches it (file names, class names, error texts) is escaped."""
 
 from __future__ import annotations
 
 import base64
-import html
 import io
 import json
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import fsspec
+import jinja2
 import numpy as np
-import pyarrow.parquet as pq
 from PIL import Image
 
 from schemas.taxonomy import Taxonomy
 
-from ..images import decode_rgb
-from ..label_maps import decode_label_map
-from ..labeling.preview import overlay_image
-from ..video.decode import SampledFrame, VideoReader
+from ..labeling.overlays import overlay_image
+from ..masks.label_maps import decode_label_map
+from ..media.images import decode_rgb
+from ..media.video import SampledFrame, VideoReader
+from ..store import LabelStore
 from . import plots
 from .collect import CONFIDENCE_BINS, Example, OutputSummary, summarize
 
@@ -37,32 +39,23 @@ figcaption { font-size: 0.8em; word-break: break-all; } img { max-width: 100%; }
 """
 
 
-def _data_uri(data: bytes, mime: str) -> str:
-    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+_TEMPLATES = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+)
 
 
-def _img(data: bytes, mime: str, alt: str) -> str:
-    return f'<img src="{_data_uri(data, mime)}" alt="{html.escape(alt)}">'
-
-
-def _cell(value: Any) -> str:
-    return f'<td class="n">{value:,}</td>' if isinstance(value, int) else f"<td>{html.escape(str(value))}</td>"
-
-
-def _table(header: list[str] | None, rows: list[list[Any]]) -> str:
-    """A table; without a header, the first cell of each row is that row's heading."""
-    if header is None:
-        body = "".join(f"<tr><th>{html.escape(str(row[0]))}</th>{''.join(map(_cell, row[1:]))}</tr>" for row in rows)
-        return f"<table>{body}</table>"
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join(f"<tr>{''.join(map(_cell, row))}</tr>" for row in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
+def _figure(data: bytes, mime: str, alt: str, **more: Any) -> dict[str, Any]:
+    """An image for the template: embedded as a data URI, with its alt text."""
+    return {"src": f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}", "alt": alt, **more}
 
 
 def _label_maps(labels: str, shown: list[Example], storage_options: Mapping[str, Any] | None) -> dict[str, bytes]:
     """The label-map PNGs of the shown rows, read again (a report keeps none while it scans): of
     each file that holds some, only the row groups that do, and their label maps alone."""
-    fs, _ = fsspec.core.url_to_fs(labels, **(storage_options or {}))
+    store = LabelStore(labels, storage_options)
     rows_by_file: dict[str, set[int]] = {}
     for example in shown:
         if example.source is not None:
@@ -70,17 +63,8 @@ def _label_maps(labels: str, shown: list[Example], storage_options: Mapping[str,
             rows_by_file.setdefault(path, set()).add(index)
     found: dict[str, bytes] = {}
     for path, indices in sorted(rows_by_file.items()):
-        ordered = sorted(indices)
-        with fs.open(path, "rb") as f:
-            parquet = pq.ParquetFile(f)
-            start = 0
-            for group in range(parquet.num_row_groups):
-                end = start + parquet.metadata.row_group(group).num_rows
-                wanted = [index - start for index in ordered if start <= index < end]
-                if wanted:
-                    table = parquet.read_row_group(group, columns=["image_uri", "label_map_png"]).take(wanted)
-                    found.update(zip(table["image_uri"].to_pylist(), table["label_map_png"].to_pylist(), strict=True))
-                start = end
+        table = store.take(path, sorted(indices), ["image_uri", "label_map_png"])
+        found.update(zip(table["image_uri"].to_pylist(), table["label_map_png"].to_pylist(), strict=True))
     return found
 
 
@@ -117,7 +101,7 @@ def _gallery(
     taxonomy: Taxonomy,
     banner: str | None,
     options: Mapping[str, Any] | None,
-) -> str:
+) -> list[dict[str, Any]]:
     figures = []
     for example, caption in examples:
         if example.image_uri not in maps:
@@ -125,15 +109,10 @@ def _gallery(
         try:
             jpeg = _thumbnail(example, maps[example.image_uri], taxonomy, banner, options)
         except Exception as e:  # an image moved or deleted since: say so, show the rest
-            figures.append(
-                f"<figure><figcaption>{html.escape(example.image_uri)}: not shown ({e})</figcaption></figure>"
-            )
+            figures.append({"src": None, "alt": example.image_uri, "problem": str(e)})
             continue
-        figures.append(
-            f"<figure>{_img(jpeg, 'image/jpeg', example.image_uri)}"
-            f"<figcaption>{html.escape(caption)}<br>{html.escape(example.image_uri)}</figcaption></figure>"
-        )
-    return f'<div class="grid">{"".join(figures)}</div>'
+        figures.append(_figure(jpeg, "image/jpeg", example.image_uri, caption=caption))
+    return figures
 
 
 def _precision(precision: Any) -> str:
@@ -152,7 +131,7 @@ def _throughput(manifest: Mapping[str, Any]) -> str:
     return f"{overall:.2f} rows/s" + (f", {steady:.2f} after start-up" if steady else "")
 
 
-def _run_section(summary: OutputSummary) -> str:
+def _run_section(summary: OutputSummary) -> dict[str, Any]:
     manifest = summary.manifest or {}
     provenance = manifest.get("provenance", {})
     taxonomy = provenance.get("taxonomy", {})
@@ -175,35 +154,34 @@ def _run_section(summary: OutputSummary) -> str:
         ["errors", summary.rows - summary.labeled],
         ["videos", summary.videos],
     ]
-    errors = [[name, count] for name, count in summary.errors.most_common()]
-    kinds = ", ".join(f"{k} {v}" for k, v in summary.error_kinds.items()) or "none"
-    return (
-        "<h2>Run</h2>"
-        + _table(None, facts)
-        + _table(None, counts)
-        + (f"<p>Errors by kind ({kinds}):</p>" + _table(["error", "rows"], errors) if errors else "<p>No errors.</p>")
-    )
+    return {
+        "facts": facts,
+        "counts": counts,
+        "errors": [[name, count] for name, count in summary.errors.most_common()],
+        "kinds": ", ".join(f"{k} {v}" for k, v in summary.error_kinds.items()) or "none",
+    }
 
 
-def _evaluation_section(evaluation: str, storage_options: Mapping[str, Any] | None) -> str:
+def _evaluation_section(evaluation: str, storage_options: Mapping[str, Any] | None) -> dict[str, Any]:
     fs, root = fsspec.core.url_to_fs(evaluation, **(storage_options or {}))
     root = root.rstrip("/")
     result = json.loads(fs.cat(f"{root}/metrics.json"))
-    summary = _table(
-        ["mIoU", "fwIoU", "mACC", "pACC", "images scored"],
-        [[f"{result[k]:.2f}" for k in ("mIoU", "fwIoU", "mACC", "pACC")] + [result["images"].get("scored", 0)]],
-    )
     per_class = sorted(result["per_class"], key=lambda r: (r["IoU"] is None, r["IoU"] or 0))
     rows = [[r["name"], "absent" if r["IoU"] is None else f"{r['IoU']:.2f}",
              "absent" if r["ACC"] is None else f"{r['ACC']:.2f}"] for r in per_class]  # fmt: skip
-    parts = ["<h2>Evaluation</h2>", summary, _img(plots.iou_bars(result["per_class"]), "image/png", "per-class IoU")]
+    confusion = None
     if fs.exists(f"{root}/confusion.npy"):
         with fs.open(f"{root}/confusion.npy", "rb") as f:
             matrix = np.load(f)
         names = [r["name"] for r in result["per_class"]]
-        parts.append(_img(plots.confusion(matrix, names), "image/png", "confusion matrix"))
-    parts.append("<p>Per-class IoU and accuracy, lowest first:</p>" + _table(["class", "IoU", "ACC"], rows))
-    return "".join(parts)
+        confusion = _figure(plots.confusion(matrix, names), "image/png", "confusion matrix")
+    return {
+        "summary": [f"{result[k]:.2f}" for k in ("mIoU", "fwIoU", "mACC", "pACC")]
+        + [result["images"].get("scored", 0)],
+        "iou": _figure(plots.iou_bars(result["per_class"]), "image/png", "per-class IoU"),
+        "confusion": confusion,
+        "rows": rows,
+    }
 
 
 def build_report(
@@ -223,74 +201,38 @@ def build_report(
     class_examples = [summary.class_examples[c] for c in sorted(summary.class_examples)]
     maps = _label_maps(labels, [*least_confident, *class_examples], storage_options)
     names = summary.class_names
-    parts = [
-        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>SAN labels: {html.escape(labels)}</title>',
-        f"<style>{STYLE}</style></head><body>",
-        f'<div class="banner">{banner}</div>' if banner else "",
-        f"<h1>SAN labels in {html.escape(labels)}</h1>",
-        _run_section(summary),
-        "<h2>Classes</h2>",
-    ]
+    classes: dict[str, Any] = {"rows": []}
     if summary.class_pixels:
-        parts.append(
-            _img(plots.class_distribution(summary.class_pixels, summary.class_images, names), "image/png", "classes")
-        )
-        rows = [[names[c], summary.class_images[c], summary.class_pixels[c]] for c in sorted(
+        figure = plots.class_distribution(summary.class_pixels, summary.class_images, names)
+        classes["figure"] = _figure(figure, "image/png", "classes")
+        classes["rows"] = [[names[c], summary.class_images[c], summary.class_pixels[c]] for c in sorted(
             summary.class_pixels, key=lambda c: -summary.class_pixels[c])]  # fmt: skip
-        parts.append(_table(["class", "images", "pixels"], rows))
-    else:
-        parts.append("<p>No labeled pixels.</p>")
-    parts.append("<h2>Confidence</h2>")
+    confidence = None
     if summary.mean_margins:
-        parts.append(
-            "<p>Per labeled row: the mean score of the winning class, the mean top-two margin (relative "
-            "to the top score) and the share of uncertain pixels (margin under 10%); per segment, its "
-            "mean margin. Review the least confident first.</p>"
+        histograms = plots.histograms(
+            {
+                "mean score": np.histogram(np.concatenate(summary.mean_scores), bins=CONFIDENCE_BINS),
+                "mean margin": summary.mean_margins.counts_and_edges(),
+                "uncertain share": summary.uncertain_fractions.counts_and_edges(),
+                "segment margin": summary.segment_margins.counts_and_edges(),
+            }
         )
-        parts.append(
-            _img(
-                plots.histograms(
-                    {
-                        "mean score": np.histogram(np.concatenate(summary.mean_scores), bins=CONFIDENCE_BINS),
-                        "mean margin": summary.mean_margins.counts_and_edges(),
-                        "uncertain share": summary.uncertain_fractions.counts_and_edges(),
-                        "segment margin": summary.segment_margins.counts_and_edges(),
-                    }
-                ),
-                "image/png",
-                "confidence histograms",
-            )
-        )
-    else:
-        parts.append("<p>These labels carry no confidence (an output of an earlier release).</p>")
-    parts.append(f"<h2>The {len(least_confident)} least confident</h2>")
-    parts.append(
-        _gallery(
-            [
-                (
-                    e,
-                    f"uncertain {e.detail['row'].get('uncertain_fraction') or 0:.0%}, margin "
-                    f"{e.detail['row'].get('mean_margin') or 0:.2f}: {', '.join(e.detail['row']['classes'])}",
-                )
-                for e in least_confident
-            ],
-            maps,
-            taxonomy,
-            banner,
-            storage_options,
-        )  # fmt: skip
+        confidence = _figure(histograms, "image/png", "confidence histograms")
+    least_captions = [
+        (e, f"uncertain {e.detail['row'].get('uncertain_fraction') or 0:.0%}, margin "
+            f"{e.detail['row'].get('mean_margin') or 0:.2f}: {', '.join(e.detail['row']['classes'])}")
+        for e in least_confident
+    ]  # fmt: skip
+    example_captions = [(e, f"{names[e.detail['class_id']]}: {int(e.key):,} pixels") for e in class_examples]
+    return _TEMPLATES.get_template("report.html.j2").render(
+        labels=labels,
+        style=STYLE,
+        banner=banner,
+        run=_run_section(summary),
+        classes=classes,
+        confidence=confidence,
+        least_confident_count=len(least_confident),
+        least_confident=_gallery(least_captions, maps, taxonomy, banner, storage_options),
+        class_examples=_gallery(example_captions, maps, taxonomy, banner, storage_options),
+        evaluation=_evaluation_section(evaluation, storage_options) if evaluation else None,
     )
-    parts.append("<h2>An example of each class</h2>")
-    parts.append(
-        _gallery(
-            [(e, f"{names[e.detail['class_id']]}: {int(e.key):,} pixels") for e in class_examples],
-            maps,
-            taxonomy,
-            banner,
-            storage_options,
-        )  # fmt: skip
-    )
-    if evaluation:
-        parts.append(_evaluation_section(evaluation, storage_options))
-    parts.append("</body></html>")
-    return "".join(parts)

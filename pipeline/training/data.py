@@ -22,9 +22,10 @@ import fsspec
 import numpy as np
 from PIL import Image
 
-from ..images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, decode_rgb, load_images, short_side_size
 from ..inputs import InputError, explain_read_error, read_manifest_rows
-from ..label_maps import LABEL_MAP_EXTENSIONS, decode_label_map
+from ..masks.label_maps import LABEL_MAP_EXTENSIONS, decode_label_map
+from ..media.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, decode_rgb, load_images, short_side_size
+from ..retries import read_bytes
 from ..storage import with_protocol
 
 IGNORE = 65535
@@ -253,8 +254,7 @@ class SampleOrder:
 
 
 def _read(uri: str, storage_options: Mapping[str, Any] | None) -> bytes:
-    with fsspec.open(uri, "rb", **(storage_options or {})) as f:
-        data = f.read()
+    data = read_bytes(uri, storage_options)  # an outage in passing costs a retry, not a sample
     if not data:
         raise ValueError("file is empty (0 bytes)")
     return data

@@ -28,12 +28,13 @@ import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pycocotools import mask as coco_mask
 
 from schemas.taxonomy import Taxonomy
 
 from ..inputs import InputError
-from ..label_maps import encode_label_png
+from ..masks.brush import brush_mask
+from ..masks.coco_rle import coco_mask_of
+from ..masks.label_maps import encode_label_png
 from ..storage import with_protocol
 
 
@@ -72,21 +73,6 @@ def paint(regions: Iterable[Region], height: int, width: int) -> np.ndarray:
     return label_map
 
 
-def coco_mask_of(segmentation: Any, height: int, width: int) -> np.ndarray:
-    """A COCO segmentation (polygons, RLE or compressed RLE) as a bool mask."""
-    if isinstance(segmentation, list):  # polygons
-        rles = coco_mask.frPyObjects([p for p in segmentation if len(p) >= 6], height, width)
-        rle = coco_mask.merge(rles) if rles else None
-    elif isinstance(segmentation.get("counts"), list):  # uncompressed RLE
-        rle = coco_mask.frPyObjects(segmentation, height, width)
-    else:
-        counts = segmentation["counts"]
-        rle = {"size": segmentation["size"], "counts": counts.encode() if isinstance(counts, str) else counts}
-    if rle is None:
-        return np.zeros((height, width), dtype=bool)
-    return coco_mask.decode(rle).astype(bool)
-
-
 def coco_images(document: Mapping[str, Any], base: str, categories: CategoryMap) -> Iterable[tuple[str, np.ndarray]]:
     """(image URI, label map) per image of a COCO document, images without annotations included
     (an image a person left empty is all unlabeled)."""
@@ -103,36 +89,6 @@ def coco_images(document: Mapping[str, Any], base: str, categories: CategoryMap)
         by_image.setdefault(image["id"], []).append(Region(class_id, mask))
     for image_id, image in images.items():
         yield _resolve(image["file_name"], root), paint(by_image.get(image_id, []), image["height"], image["width"])
-
-
-def brush_mask(rle: list[int], height: int, width: int) -> np.ndarray:
-    """Label Studio's brush RLE (see `pipeline.exports.label_studio`) as a bool mask (its alpha)."""
-    bits = np.unpackbits(np.asarray(rle, dtype=np.uint8))
-    position = 0
-
-    def read(count: int) -> int:
-        nonlocal position
-        value = 0
-        for bit in bits[position : position + count]:
-            value = (value << 1) | int(bit)
-        position += count
-        return value
-
-    total = read(32)
-    word = read(5) + 1
-    fields = [read(4) + 1 for _ in range(4)]
-    out = np.zeros(total, dtype=np.uint8)
-    i = 0
-    while i < total:
-        repeat = read(1)
-        end = i + 1 + read(fields[read(2)])
-        if repeat:
-            out[i:end] = read(word)
-        else:
-            for k in range(i, end):
-                out[k] = read(word)
-        i = end
-    return out.reshape(height, width, 4)[:, :, 3] > 0
 
 
 def label_studio_images(

@@ -32,7 +32,7 @@ from schemas.jobs import FinetuneConfig
 from schemas.taxonomy import Taxonomy
 
 from ..inputs import check_output_writable
-from ..logs import ray_train_log_level
+from ..ray_session import ray_train_log_level
 from ..storage import pyarrow_filesystem
 from ..vocabulary import DEFAULT_CACHE_DIR, load_or_build_vocabulary
 from ..weights import WeightsSpec, resolve_weights

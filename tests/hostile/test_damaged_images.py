@@ -14,8 +14,8 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from pipeline.image_integrity import CorruptImageError, check_jpeg, check_png
-from pipeline.images import decode_for_model, decode_memory_mib, decode_rgb, load_images
+from pipeline.media.images import decode_for_model, decode_memory_mib, decode_rgb, load_images
+from pipeline.media.integrity import CorruptImageError, check_jpeg, check_png
 
 PHOTOS = {name: getattr(skimage.data, name)() for name in ("astronaut", "coffee", "chelsea", "camera")}
 

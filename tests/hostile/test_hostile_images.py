@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.images import DECODER_FORMATS, decode_rgb, describe_error, load_images
+from pipeline.media.images import DECODER_FORMATS, decode_rgb, describe_error, load_images
 
 POSTSCRIPT = b"""%!PS-Adobe-3.0 EPSF-3.0
 %%BoundingBox: 0 0 64 64
@@ -60,7 +60,7 @@ def test_a_postscript_file_named_jpg_becomes_an_error_row(tmp_path):
 MEASURE = """
 import sys
 from pathlib import Path
-from pipeline.images import decode_for_model, decode_rgb
+from pipeline.media.images import decode_for_model, decode_rgb
 
 def high_water_mib():  # VmHWM is this process's own peak (ru_maxrss would carry the parent's over exec)
     status = Path("/proc/self/status").read_text().splitlines()
@@ -97,7 +97,7 @@ def test_a_huge_jpeg_is_decoded_at_reduced_scale_in_little_memory(tmp_path):
 def test_reduced_scale_decoding_matches_a_full_decode_and_resize(tmp_path):
     import skimage.data
 
-    from pipeline.images import decode_for_model, resize_short_side
+    from pipeline.media.images import decode_for_model, resize_short_side
 
     photo = np.array(Image.fromarray(skimage.data.astronaut()).resize((2400, 1800), Image.BICUBIC))
     exif = Image.Exif()

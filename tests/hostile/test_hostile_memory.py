@@ -21,7 +21,7 @@ import skimage.data
 from PIL import Image, ImageDraw
 from processes import kill_run, pids_with_env
 
-from pipeline.label_maps import decode_label_map
+from pipeline.masks.label_maps import decode_label_map
 
 REPO = Path(__file__).resolve().parents[2]
 # What one worker process may reach with the tiny test model (README, "Memory"): Python, PyTorch

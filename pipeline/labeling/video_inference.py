@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-from ..labeling.inference import LabeledImage, assemble_label_map
+from .inference import LabeledImage, assemble_label_map
 
 
 def label_clip(

@@ -24,11 +24,10 @@ import pyarrow.parquet as pq
 from schemas.output import PROVENANCE_KEY, RUN_ID_KEY, Provenance
 
 from ..inputs import InputError
-from ..results import source_uris
+from .layout import INDEX_DIR, source_uris
 
 log = logging.getLogger(__name__)
 
-INDEX_DIR = "_row_index"
 INDEX_SUFFIX = ".arrow"
 # JSON {"provenances": [...], "files": [{"name", "run_id", "provenance" (a number in that list), "stamp"}]}
 _FILES_KEY = b"san_labeler.row_index.files"
@@ -141,7 +140,8 @@ class IndexBuilder:
                     batches.append(reader.get_batch(i))
                     rows += batches[-1].num_rows
                     if rows >= INDEX_BATCH_ROWS or i == reader.num_record_batches - 1:
-                        writer.write_table(pa.Table.from_batches(batches).replace_schema_metadata(schema.metadata))
+                        merged = pa.Table.from_batches(batches).combine_chunks()  # one record batch, not one per file
+                        writer.write_table(merged.replace_schema_metadata(schema.metadata))
                         batches, rows = [], 0
 
 

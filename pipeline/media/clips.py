@@ -15,8 +15,8 @@ from typing import Any, TypeVar
 import fsspec
 import numpy as np
 
-from ..images import resize_short_side
-from .decode import Clip, VideoError, VideoReader, clips
+from .images import resize_short_side
+from .video import Clip, VideoError, VideoReader, clips
 
 T = TypeVar("T")
 

@@ -23,8 +23,8 @@ from PIL import (  # the decoders of DECODER_FORMATS, registered with Pillow by 
 
 from schemas.jobs import MAX_IMAGE_MIB, MAX_PIXELS
 
-from .image_integrity import CorruptImageError, check_jpeg, check_jpeg_fill, check_png
-from .retries import classify, read_bytes
+from ..retries import classify, read_bytes
+from .integrity import CorruptImageError, check_jpeg, check_jpeg_fill, check_png
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 # The only decoders a file reaches, whatever its name says. Pillow knows many more, some of which

@@ -16,28 +16,24 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
-import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import fsspec
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
-import torch
 
-from schemas.output import LabelRow, Provenance, frame_uri, label_row_schema
+from schemas.output import LabelRow, frame_uri, label_row_schema
 
-from ..images import describe_error
-from ..labeling.encode import provenance_fields, row_fields
-from ..labeling.progress import LabelingMetrics, peak_rss_mib
-from ..results import video_result_file_name
-from ..retries import PERMANENT, classify, is_transient
-from .clips import ModelClip, prefetched, read_clips
-from .decode import VideoError
-from .inference import label_clip
+from ..media.clips import ModelClip, prefetched, read_clips
+from ..media.images import describe_error
+from ..media.video import VideoError
+from ..retries import PERMANENT, classify, with_retries
+from ..store import LabelStore
+from .actors import ActorSpec
+from .encode import provenance_fields, row_fields
+from .progress import LabelingMetrics, peak_rss_mib
+from .video_inference import label_clip
 
 log = logging.getLogger(__name__)
 
@@ -148,21 +144,16 @@ def video_rows(
             )
         )
 
-    clips, first = None, None
-    for attempt in range(1, sampling.io_attempts + 1):
-        try:
-            clips = open_clips()
-            first = next(clips, None)
-            break
-        except Exception as e:
-            if attempt < sampling.io_attempts and is_transient(e):
-                delay = min(8.0, 0.5 * 2 ** (attempt - 1))
-                log.info("opening %s failed (%s); try %d in %.1fs", video_uri, describe_error(e), attempt + 1, delay)
-                time.sleep(delay)
-                continue
-            kind = PERMANENT if isinstance(e, VideoError) else classify(e)
-            yield [_video_error_row(video_uri, f"cannot read video: {describe_error(e)}", kind)]
-            return
+    def open_first() -> tuple[Iterator[ModelClip], ModelClip | None]:
+        clips = open_clips()
+        return clips, next(clips, None)
+
+    try:
+        clips, first = with_retries(open_first, f"opening {video_uri}", sampling.io_attempts)
+    except Exception as e:
+        kind = PERMANENT if isinstance(e, VideoError) else classify(e)
+        yield [_video_error_row(video_uri, f"cannot read video: {describe_error(e)}", kind)]
+        return
     if first is None or clips is None:
         yield [_video_error_row(video_uri, "cannot read video: it holds no frames", PERMANENT)]
         return
@@ -196,41 +187,20 @@ class SanVideoLabeler:
     into its own result file, and returns one summary row per video."""
 
     def __init__(
-        self,
-        weights_ref: list,
-        vocabulary_ref: list,
-        class_names: dict[int, str],
-        provenance: Provenance,
-        run_id: str,
-        use_gpu: bool,
-        torch_threads: int,
-        output: str,
-        storage_options: dict[str, Any],
-        sampling: VideoSampling,
-        progress: Any = None,
-        precision: str = "fp32",
-        uncertainty_map: bool = False,
+        self, spec: ActorSpec, class_names: dict[int, str], run_id: str, store: LabelStore, sampling: VideoSampling
     ) -> None:
-        import ray
-
-        torch.set_num_threads(max(1, torch_threads))
-        self.device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
-        self.model = ray.get(weights_ref[0]).build(self.device)
-        self.vocabulary = ray.get(vocabulary_ref[0])
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # read-only shared memory; never written
-            self.embeddings = torch.from_numpy(self.vocabulary.embeddings).to(self.device)
-        self.class_ids = torch.from_numpy(self.vocabulary.class_ids.astype(np.int64)).to(self.device)
+        loaded = spec.load()
+        self.device, self.model, self.vocabulary = loaded.device, loaded.model, loaded.vocabulary
+        self.embeddings, self.class_ids = loaded.embeddings, loaded.class_ids
         self.class_names = class_names
-        self.precision = precision
-        self.uncertainty_map = uncertainty_map
+        self.precision = spec.precision
+        self.uncertainty_map = spec.uncertainty_map
         self.sampling = sampling
-        self.storage_options = storage_options
-        self.fs, self.root = fsspec.core.url_to_fs(output, **storage_options)
-        self.progress = progress
-        self.metrics = LabelingMetrics(provenance.model_id)
-        self.schema = label_row_schema(provenance, run_id)
-        self.shared = provenance_fields(provenance)
+        self.store = store
+        self.progress = spec.progress
+        self.metrics = LabelingMetrics(spec.provenance.model_id)
+        self.schema = label_row_schema(spec.provenance, run_id)
+        self.shared = provenance_fields(spec.provenance)
 
     def _label(self, clip: ModelClip) -> list[Any]:
         return label_clip(
@@ -248,11 +218,10 @@ class SanVideoLabeler:
     def label_video(self, video_uri: str) -> dict[str, Any]:
         """Label one video into a new result file; returns what it wrote."""
         started = time.perf_counter()
-        path = f"{self.root.rstrip('/')}/{video_result_file_name(uuid.uuid4().hex)}"
         rows_written = 0
         failures: list[tuple[str, str | None]] = []
-        with self.fs.open(path, "wb") as f, pq.ParquetWriter(f, self.schema) as writer:
-            for rows in video_rows(video_uri, self.sampling, self._label, self.storage_options):
+        with self.store.video_writer(self.schema) as (path, writer):
+            for rows in video_rows(video_uri, self.sampling, self._label, self.store.storage_options):
                 complete = [LabelRow(**row, video_uri=video_uri, **self.shared).model_dump() for row in rows]
                 failures += [(r["error"], r["error_kind"]) for r in complete if r["error"] is not None]
                 rows_written += len(complete)

@@ -1,8 +1,10 @@
-"""Logging, set up once per process: the driver when a job starts, and every Ray worker of the job
-through Ray's `worker_process_setup_hook`. The project's loggers (`jobs`, `pipeline`,
-`san_core`, `schemas`) print at the chosen level: INFO and below to stdout, warnings and errors
-to stderr with their level in front. Everything else (Ray, Ray Data, urllib3, ...) prints only
-warnings, and Ray's progress bars appear only on a terminal, so a log file gets no escape codes.
+"""The Ray session a job runs in (`ray_for_job`: the Ray this process runs, else the cluster it
+joins or starts; `init_ray`), and logging, set up once per process: the driver when a job starts,
+and every Ray worker of the job through Ray's `worker_process_setup_hook`. The project's loggers
+(`jobs`, `pipeline`, `san_core`, `schemas`) print at the chosen level: INFO and below to stdout,
+warnings and errors to stderr with their level in front. Everything else (Ray, Ray Data,
+urllib3, ...) prints only warnings, and Ray's progress bars appear only on a terminal, so a log
+file gets no escape codes.
 """
 
 from __future__ import annotations

@@ -27,9 +27,9 @@ import pyarrow.parquet as pq
 
 from schemas.output import RUN_ID_KEY, Provenance
 
-from ..results import is_own_result, result_file_name, result_file_stamps, source_uris
 from ..storage import read_parquet
-from .planning import AntiJoin
+from .join import AntiJoin
+from .layout import is_own_result, result_file_name, result_file_stamps, source_uris
 from .row_index import IndexBuilder, ResultFile, index_path, list_indexes, read_keys_parallel
 
 log = logging.getLogger(__name__)
