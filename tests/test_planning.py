@@ -23,14 +23,16 @@ from pipeline.store.scan import scan_output
 from schemas.output import label_row_schema
 
 
-def test_the_join_decides_past_its_memory_limit():
-    """More URIs than DuckDB may hold in memory (600,000 of 60-odd bytes and as many row keys in
-    48 MB, which one pass over them all runs out of): in passes over shares of the URIs, spilling
-    to the scratch folder, it decides the same."""
+def test_the_join_decides_past_its_memory_limit(caplog):
+    """More URIs than DuckDB may hold in memory (600,000 of 60-odd bytes and 400,000 row keys in
+    32 MB, which one pass over them all runs out of): in passes over shares of the URIs, as many
+    as it takes, spilling to the scratch folder, it decides the same."""
+    caplog.set_level("INFO", logger="pipeline.store.join")
     n = 600_000
     uris = pa.array([f"s3://bucket/images/{i:08d}/{'x' * 40}.jpg" for i in range(n)])
     with tempfile.TemporaryDirectory() as scratch:
-        join = AntiJoin(scratch, memory_limit="48MB", rows_per_pass=400_000)  # 3 passes
+        # planned as one pass, which runs out of memory: it starts again in 2, 4, then 8 passes
+        join = AntiJoin(scratch, memory_limit="32MB", rows_per_pass=10_000_000)
         for start in range(0, n, 100_000):
             join.add_inputs(uris.slice(start, 100_000))
         labeled = uris.filter(pa.array(np.arange(n) % 3 != 0))
@@ -46,6 +48,7 @@ def test_the_join_decides_past_its_memory_limit():
         )
         decision = join.decide(np.arange(50), "none", sort_by_uri=False)
         join.close()
+    assert "planning in 1 passes ran out of its 32MB" in caplog.text  # the case this test is for
     assert decision.inputs == n
     assert decision.todo.to_pylist() == uris.to_pylist()[::3]
     assert not decision.superseded and not decision.retried

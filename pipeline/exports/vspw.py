@@ -26,7 +26,7 @@ from PIL import Image
 from schemas.taxonomy import Taxonomy
 
 from ..masks.label_maps import decode_label_map, encode_label_png
-from ..media.video import SampledFrame, VideoReader
+from ..media.video import frames_at
 from ..store import LabelStore
 from .names import frame_name, video_names
 
@@ -97,19 +97,16 @@ def _write_video(
     fs.makedirs(f"{folder}/origin", exist_ok=True)
     fs.makedirs(f"{folder}/mask", exist_ok=True)
     written = 0
-    with fsspec.open(video_uri, "rb", **storage_options) as source, VideoReader(source, video_uri) as reader:
-        for item in reader.frames(only=label_maps):
-            if not isinstance(item, SampledFrame):
-                continue
-            label_map = decode_label_map(label_maps[item.index])
-            if label_map.shape != item.rgb.shape[:2]:
-                raise ValueError(
-                    f"{video_uri} frame {item.index}: a label map of {label_map.shape} for a frame of "
-                    f"{item.rgb.shape[:2]}: was the video replaced after it was labeled?"
-                )
-            jpeg = io.BytesIO()
-            Image.fromarray(item.rgb).save(jpeg, format="JPEG", quality=jpeg_quality)
-            fs.pipe(f"{folder}/origin/{frame_name(item.index)}.jpg", jpeg.getvalue())
-            fs.pipe(f"{folder}/mask/{frame_name(item.index)}.png", mask_png(label_map, palette))
-            written += 1
+    for item in frames_at(video_uri, label_maps, storage_options):
+        label_map = decode_label_map(label_maps[item.index])
+        if label_map.shape != item.rgb.shape[:2]:
+            raise ValueError(
+                f"{video_uri} frame {item.index}: a label map of {label_map.shape} for a frame of "
+                f"{item.rgb.shape[:2]}: was the video replaced after it was labeled?"
+            )
+        jpeg = io.BytesIO()
+        Image.fromarray(item.rgb).save(jpeg, format="JPEG", quality=jpeg_quality)
+        fs.pipe(f"{folder}/origin/{frame_name(item.index)}.jpg", jpeg.getvalue())
+        fs.pipe(f"{folder}/mask/{frame_name(item.index)}.png", mask_png(label_map, palette))
+        written += 1
     return written

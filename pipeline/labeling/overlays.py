@@ -8,14 +8,13 @@ import io
 from collections.abc import Mapping
 from typing import Any
 
-import fsspec
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from schemas.taxonomy import Taxonomy
 
 from ..masks.label_maps import decode_label_map
-from ..media.video import SampledFrame, VideoReader
+from ..media.video import frames_at
 
 BANNER_HEIGHT = 22
 
@@ -82,18 +81,15 @@ def render_video_preview(
     """Animated WebP bytes of the first `max_frames` frames with a label map (frame index -> PNG),
     decoded again, shown at `fps` (the sampling rate; 5 frames a second where it is unknown)."""
     overlays: list[Image.Image] = []
-    with fsspec.open(video_uri, "rb", **(storage_options or {})) as source, VideoReader(source, video_uri) as reader:
-        for item in reader.frames(only=label_maps):
-            if not isinstance(item, SampledFrame) or item.index not in label_maps:
-                continue
-            rgb, label_map = item.rgb, decode_label_map(label_maps[item.index])
-            if rgb.shape[1] > PREVIEW_WIDTH:  # the label map is at the frame's own size: shrink both alike
-                size = (PREVIEW_WIDTH, max(1, round(rgb.shape[0] * PREVIEW_WIDTH / rgb.shape[1])))
-                rgb = np.asarray(Image.fromarray(rgb).resize(size, Image.BILINEAR))
-                label_map = np.asarray(Image.fromarray(label_map).resize(size, Image.NEAREST))
-            overlays.append(overlay_image(rgb, label_map, taxonomy, banner=banner))
-            if len(overlays) == max_frames:
-                break
+    for item in frames_at(video_uri, label_maps, storage_options):
+        rgb, label_map = item.rgb, decode_label_map(label_maps[item.index])
+        if rgb.shape[1] > PREVIEW_WIDTH:  # the label map is at the frame's own size: shrink both alike
+            size = (PREVIEW_WIDTH, max(1, round(rgb.shape[0] * PREVIEW_WIDTH / rgb.shape[1])))
+            rgb = np.asarray(Image.fromarray(rgb).resize(size, Image.BILINEAR))
+            label_map = np.asarray(Image.fromarray(label_map).resize(size, Image.NEAREST))
+        overlays.append(overlay_image(rgb, label_map, taxonomy, banner=banner))
+        if len(overlays) == max_frames:
+            break
     if not overlays:
         raise ValueError(f"{video_uri}: none of its labeled frames could be decoded again")
     width, height = max(o.width for o in overlays), max(o.height for o in overlays)

@@ -10,10 +10,11 @@ container's display matrix says (phones record portrait video as rotated landsca
 from __future__ import annotations
 
 import math
-from collections.abc import Container, Iterator
+from collections.abc import Container, Iterator, Mapping
 from dataclasses import dataclass
-from typing import IO, Literal
+from typing import IO, Any, Literal
 
+import fsspec
 import numpy as np
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mov", ".mkv", ".avi")
@@ -148,6 +149,18 @@ class VideoReader:
                 "its container declares (a cut-off or damaged file)",
                 "cut",
             )
+
+
+def frames_at(
+    uri: str, indices: Container[int], storage_options: Mapping[str, Any] | None = None
+) -> Iterator[SampledFrame]:
+    """The frames of these indices of the video at `uri` (any fsspec URI), decoded again, upright,
+    in order; damaged ones are left out. The one way a labeled frame is read back (exports, the
+    report, previews)."""
+    with fsspec.open(uri, "rb", **(storage_options or {})) as source, VideoReader(source, uri) as reader:
+        for item in reader.frames(only=indices):
+            if isinstance(item, SampledFrame):
+                yield item
 
 
 def _seconds(value: float | None) -> str:

@@ -22,7 +22,7 @@ from schemas.taxonomy import Taxonomy
 from ..labeling.overlays import overlay_image
 from ..masks.label_maps import decode_label_map
 from ..media.images import decode_rgb
-from ..media.video import SampledFrame, VideoReader
+from ..media.video import frames_at
 from ..store import LabelStore
 from . import plots
 from .collect import CONFIDENCE_BINS, Example, OutputSummary, summarize
@@ -74,11 +74,8 @@ def _pixels(example: Example, storage_options: Mapping[str, Any] | None) -> np.n
         with fsspec.open(example.image_uri, "rb", **(storage_options or {})) as f:
             return decode_rgb(f.read())
     index = int(example.image_uri.rsplit("#frame=", 1)[1])
-    with fsspec.open(example.video_uri, "rb", **(storage_options or {})) as source:
-        with VideoReader(source, example.video_uri) as reader:
-            for item in reader.frames(only={index}):
-                if isinstance(item, SampledFrame):
-                    return item.rgb
+    for item in frames_at(example.video_uri, {index}, storage_options):
+        return item.rgb
     raise ValueError(f"{example.image_uri}: the frame could not be decoded again")
 
 

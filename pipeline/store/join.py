@@ -10,11 +10,13 @@ one batch at a time and the answer.
 DuckDB's grouping of strings still needs memory that grows with the rows grouped at once (600k
 URIs and as many row keys do not fit 48 MB on 2 threads, DuckDB 2.0), so the decision runs in
 passes of at most about `ROWS_PER_PASS` rows, each over the share of the sources a hash of the
-URI picks: at any number of inputs, each pass fits the same memory.
+URI picks: at any number of inputs, each pass fits the same memory. Should a pass still run out
+(more threads, longer URIs), the decision starts again in twice as many.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 
@@ -26,10 +28,14 @@ import pyarrow.compute as pc
 from ..retries import TRANSIENT
 from .row_index import KEY_SCHEMA
 
+log = logging.getLogger(__name__)
+
 # DuckDB's own memory; past it, joins and aggregates spill to the scratch folder. The driver's
 # imports and the model it loads to check the weights take about 1 GB beside it.
 MEMORY_LIMIT = "128MB"
 ROWS_PER_PASS = 7_000_000  # inputs and row keys grouped at once (10M of each: 3 passes, well within 128 MB)
+MAX_PASSES = 64  # beyond, the out-of-memory error is raised: smaller shares would not help
+THREADS = 4  # DuckDB's threads at most: each needs memory of its own within MEMORY_LIMIT
 APPEND_ROWS = 1 << 16  # rows handed to DuckDB at once (callers often hand over a file's few hundred)
 INPUT_SCHEMA = pa.schema([("source_uri", pa.string()), ("position", pa.int64())])
 _RETRY_WHEN = {  # the error rows `--retry-errors` tries again, as SQL over the latest rows
@@ -82,9 +88,11 @@ class AntiJoin:
 
     def __init__(self, scratch: str, memory_limit: str = MEMORY_LIMIT, rows_per_pass: int = ROWS_PER_PASS) -> None:
         self.rows_per_pass = rows_per_pass
+        self.memory_limit = memory_limit
         self.db = duckdb.connect()  # in memory: no write-ahead log; beyond the limit, blocks go to `spill`
         self.db.execute(f"SET memory_limit = '{memory_limit}'")
         self.db.execute(f"SET temp_directory = '{os.path.join(scratch, 'spill')}'")
+        self.db.execute(f"SET threads = {min(THREADS, os.cpu_count() or 1)}")
         self.db.execute("SET preserve_insertion_order = false")  # the answers are ordered explicitly
         self.db.execute("CREATE TABLE inputs (source_uri VARCHAR, position BIGINT)")
         self.db.execute(
@@ -113,14 +121,19 @@ class AntiJoin:
         self._rows.flush()
         files = pa.array(np.arange(len(file_rank), dtype=np.int32))
         self.db.register("ranks", pa.table({"file": files, "rank": file_rank.astype(np.int64)}))
-        run = self.db.execute
-        run("CREATE TABLE todo (source_uri VARCHAR, position BIGINT)")
-        run("CREATE TABLE superseded (file INTEGER, source_uri VARCHAR)")
-        run("CREATE TABLE retried (file INTEGER, source_uri VARCHAR)")
         grouped = self._count("row_keys") + self._count("inputs")
         passes = max(1, -(-grouped // self.rows_per_pass))
-        shares = [f"hash(source_uri) % {passes} = {p}" for p in range(passes)] if passes > 1 else ["true"]
-        inputs = sum(self._decide_pass(share, _RETRY_WHEN[retry_errors]) for share in shares)
+        while True:
+            try:
+                inputs = self._decide_in(passes, _RETRY_WHEN[retry_errors])
+                break
+            except duckdb.OutOfMemoryException:
+                # more threads than this machine's 2 (each works in memory of its own), or URIs
+                # longer than ours: smaller shares until a pass fits
+                if passes >= MAX_PASSES:
+                    raise
+                log.info(f"planning in {passes} passes ran out of its {self.memory_limit}: trying {passes * 2}")
+                passes *= 2
         order = "source_uri" if sort_by_uri else "position"
         todo = self.db.sql(f"SELECT source_uri FROM todo ORDER BY {order}").to_arrow_table()
         superseded = self.db.sql("SELECT * FROM superseded").to_arrow_table()
@@ -135,19 +148,29 @@ class AntiJoin:
     def _count(self, table: str) -> int:
         return self.db.sql(f"SELECT count(*) FROM {table}").fetchall()[0][0]
 
+    def _decide_in(self, passes: int, again: str) -> int:
+        """Decide in `passes` passes over hash shares of the URIs (results in the tables `todo`,
+        `superseded` and `retried`); returns the number of distinct inputs."""
+        run = self.db.execute
+        run("CREATE OR REPLACE TABLE todo (source_uri VARCHAR, position BIGINT)")
+        run("CREATE OR REPLACE TABLE superseded (file INTEGER, source_uri VARCHAR)")
+        run("CREATE OR REPLACE TABLE retried (file INTEGER, source_uri VARCHAR)")
+        shares = [f"hash(source_uri) % {passes} = {p}" for p in range(passes)] if passes > 1 else ["true"]
+        return sum(self._decide_pass(share, again) for share in shares)
+
     def _decide_pass(self, share: str, again: str) -> int:
         """Decide for the sources in `share` (a condition on the URI): append to `todo`,
         `superseded` and `retried`; returns the number of distinct inputs in the share."""
         run = self.db.execute
         # One grouping of inputs and row keys together: per source, its first place in the input
-        # (null: not an input), its latest file (by rank; null: no rows), the earliest rank (lower
+        # (null: not an input), its latest file (its rank; null: no rows), the earliest rank (lower
         # than the latest: rows in several files, the earlier ones superseded), and whether any of
         # its rows asks to be tried again.
         run(
             "CREATE OR REPLACE TABLE sources AS SELECT source_uri, min(position) AS position, max(rank) AS top, "
-            "min(rank) AS bottom, arg_max(file, rank) AS top_file, bool_or(again) AS again FROM ("
-            "SELECT source_uri, position, NULL::BIGINT AS rank, NULL::INTEGER AS file, false AS again "
-            f"FROM inputs WHERE {share} UNION ALL SELECT source_uri, NULL, rank, file, {again} "
+            "min(rank) AS bottom, bool_or(again) AS again FROM ("
+            "SELECT source_uri, position, NULL::BIGINT AS rank, false AS again "
+            f"FROM inputs WHERE {share} UNION ALL SELECT source_uri, NULL, rank, {again} "
             f"FROM row_keys JOIN ranks USING (file) WHERE {share}) GROUP BY source_uri"
         )
         # Sources in several files (rare: a retry, a run killed while it tidied up): only the rows
@@ -171,8 +194,10 @@ class AntiJoin:
         run("INSERT INTO superseded SELECT DISTINCT file, source_uri FROM contested WHERE rank < top")
         # the sources whose error rows this run replaces, by the file holding their latest rows
         run(
-            "INSERT INTO retried SELECT top_file, source_uri FROM sources "
-            f"WHERE position IS NOT NULL AND again AND {again_latest}"
+            "INSERT INTO retried SELECT DISTINCT k.file, k.source_uri FROM row_keys k JOIN ranks r USING (file) "
+            "JOIN (SELECT source_uri, top FROM sources "
+            f"WHERE position IS NOT NULL AND again AND {again_latest}) s "
+            "ON s.source_uri = k.source_uri AND s.top = r.rank"
         )
         return self.db.sql("SELECT count(position) FROM sources").fetchall()[0][0]
 
