@@ -8,7 +8,7 @@ tried again; then the inputs that are left). DuckDB works in its own memory, bou
 one batch at a time and the answer.
 
 DuckDB's grouping of strings still needs memory that grows with the rows grouped at once (600k
-URIs and as many row keys do not fit 48 MB on 2 threads, DuckDB 2.0), so the decision runs in
+URIs and 400k row keys do not fit 32 MB in one pass on 2 threads, DuckDB 2.0), so the decision runs in
 passes of at most about `ROWS_PER_PASS` rows, each over the share of the sources a hash of the
 URI picks: at any number of inputs, each pass fits the same memory. Should a pass still run out
 (more threads, longer URIs), the decision starts again in twice as many.
