@@ -4,6 +4,7 @@ size, and `load_images`, the Ray Data stage that reads, decodes and resizes a ba
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -55,7 +56,10 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data), formats=DECODER_FORMATS)
     except Image.DecompressionBombError as e:  # Pillow's own guard fires at open for the largest
-        raise ValueError(f"image is over the pixel limit ({e})") from None
+        # Pillow's message quotes its own limit (twice ours); say ours, and the size declared
+        declared = re.search(r"\((\d+) pixels\)", str(e))
+        size = f" ({int(declared.group(1)):,} pixels declared)" if declared else ""
+        raise ValueError(f"image is over the {max_pixels:,}-pixel limit{size}") from None
     if image.width * image.height > max_pixels:
         image.close()
         raise ValueError(f"image is {image.width}x{image.height}, over the {max_pixels:,}-pixel limit")

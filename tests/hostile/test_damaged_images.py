@@ -179,12 +179,17 @@ def test_the_memory_budget_counts_a_jpeg_at_its_reduced_decoding_scale():
         decode_rgb(data, max_image_mib=8)
 
 
-def test_a_pixel_limit_above_pillows_own_is_honoured():
+def test_a_pixel_limit_above_pillows_own_is_honoured(monkeypatch):
     """Aerial users raise --max-pixels past Pillow's built-in refusal (about 179 Mpx)."""
     from image_fixtures import png_header_only
 
     header_only = png_header_only(20_000, 10_000)  # 200 Mpx declared, no data
     with pytest.raises(ValueError, match="pixel limit"):
         decode_rgb(header_only)
+    # as in a fresh process (the limit is raised for good by the first larger --max-pixels)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100_000_000)
+    with pytest.raises(ValueError) as refused:  # past Pillow's own guard (200 Mpx): our limit is named
+        decode_rgb(png_header_only(30_000, 10_000), max_pixels=100_000_000)
+    assert str(refused.value) == "image is over the 100,000,000-pixel limit (300,000,000 pixels declared)"
     with pytest.raises(CorruptImageError, match="PNG image data ends early"):  # past both limits
         decode_rgb(header_only, max_pixels=300_000_000)
