@@ -62,8 +62,8 @@ class Decision:
 class _Appender:
     """Rows queued for one DuckDB table, handed over APPEND_ROWS at a time."""
 
-    def __init__(self, db: duckdb.DuckDBPyConnection, table: str, schema: pa.Schema) -> None:
-        self.db, self.table, self.schema = db, table, schema
+    def __init__(self, db: duckdb.DuckDBPyConnection, table: str) -> None:
+        self.db, self.table = db, table
         self._pending: list[pa.Table] = []
         self._rows = 0
 
@@ -98,8 +98,8 @@ class AntiJoin:
         self.db.execute(
             "CREATE TABLE row_keys (file INTEGER, source_uri VARCHAR, is_error BOOLEAN, error_kind VARCHAR)"
         )
-        self._inputs = _Appender(self.db, "inputs", INPUT_SCHEMA)
-        self._rows = _Appender(self.db, "row_keys", KEY_SCHEMA)
+        self._inputs = _Appender(self.db, "inputs")
+        self._rows = _Appender(self.db, "row_keys")
         self._positions = 0  # inputs seen so far: the next one's place in input order
 
     def add_inputs(self, uris: pa.Array) -> None:

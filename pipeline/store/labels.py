@@ -186,10 +186,12 @@ class LabelStore:
             del new_files[path]
         with tempfile.TemporaryDirectory(prefix="san-index-") as scratch:
             new_rows = index_new_files(self.fs, self.root, new_files, plan.run_id, scratch, plan.retried)
+        files = sorted([*plan.files_before, *new_files])
         if new_rows.replaced:  # superseded: gone before the run counts as done
             drop_superseded(self.fs, new_rows.replaced, plan.run_id)
             log.info(f"{sum(len(u) for u in new_rows.replaced.values())} earlier rows replaced by this run's")
-        return Committed(new_rows.labeled, new_rows.failed, self.files())
+            files = self.files()  # rewritten files have new names: list again
+        return Committed(new_rows.labeled, new_rows.failed, files)
 
     def clear_previews(self) -> None:
         if self.fs.exists(f"{self.root}/{PREVIEW_DIR}"):
