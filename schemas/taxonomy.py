@@ -49,6 +49,7 @@ MAX_PROMPTS_PER_CLASS = 64
 MAX_TEMPLATES = 256
 MAX_TEXT_CHARS = 1_000  # a class name, prompt or template
 MAX_NESTING = 8  # top level > classes > a class > its prompts is 4
+MAX_KEYS_PER_MAPPING = 64  # a taxonomy's mappings have 6 known keys at most: more is not a typo
 MAX_ERRORS_SHOWN = 20
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present: the same, ~20x faster
 _HEX_COLOUR = re.compile(r"^#(?:[0-9a-fA-F]{3}|[0-9a-fA-F]{6})$")
@@ -218,13 +219,24 @@ def _duplicate_keys(node: yaml.Node | None, path: tuple[Any, ...] = ()) -> list[
 def _check_structure(text: str, source: str) -> None:
     """One pass over the YAML events, before anything is built: no anchors or aliases (an alias
     bomb expands a few lines into billions of nodes), bounded nesting, at most MAX_CLASSES
-    entries in a top-level list."""
+    entries in a top-level list, at most MAX_KEYS_PER_MAPPING keys in a mapping (a million
+    unknown keys would otherwise be composed, validated and reported one by one)."""
     depth = entries = 0
+    open_mappings: list[list[int]] = []  # per open collection: [is a mapping, nodes in it so far]
     for event in yaml.parse(text, Loader=_LOADER):
         line = event.start_mark.line + 1
         if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
             raise TaxonomyError(f"{source} (line {line}): YAML anchors and aliases (&name, *name) are not allowed")
+        if isinstance(event, yaml.NodeEvent) and open_mappings:
+            parent = open_mappings[-1]
+            parent[1] += 1
+            if parent[0] and parent[1] > 2 * MAX_KEYS_PER_MAPPING:  # a key and a value per entry
+                raise TaxonomyError(
+                    f"{source} (line {line}): a mapping with more than {MAX_KEYS_PER_MAPPING} keys "
+                    "(a taxonomy's have 6 at most)"
+                )
         if isinstance(event, yaml.CollectionStartEvent):
+            open_mappings.append([isinstance(event, yaml.MappingStartEvent), 0])
             depth += 1
             entries += depth == 3  # a class: a mapping in the top-level `classes` list
             if entries > MAX_CLASSES:
@@ -232,6 +244,7 @@ def _check_structure(text: str, source: str) -> None:
             if depth > MAX_NESTING:
                 raise TaxonomyError(f"{source} (line {line}): nested deeper than {MAX_NESTING} levels")
         elif isinstance(event, yaml.CollectionEndEvent):
+            open_mappings.pop()
             depth -= 1
         elif isinstance(event, yaml.ScalarEvent) and len(event.value) > MAX_TEXT_CHARS * 4:
             raise TaxonomyError(f"{source} (line {line}): a value of {len(event.value):,} characters")
@@ -269,8 +282,11 @@ def parse_taxonomy(text: str, source: str) -> Taxonomy:
     try:
         return Taxonomy.model_validate(data)
     except ValidationError as e:
+        errors = e.errors()
         lines = []
-        for error in e.errors():
+        # only the shown problems get a line number: each is a walk down the YAML tree, and
+        # doing it for every one of 50,000 unknown keys was quadratic (minutes)
+        for error in errors[:MAX_ERRORS_SHOWN]:
             loc = tuple(error["loc"])
             message = error["msg"].removeprefix("Value error, ")
             if not loc:  # cross-field checks name their class in the message
@@ -281,7 +297,9 @@ def parse_taxonomy(text: str, source: str) -> Taxonomy:
                 message = f"unknown key {loc[-1]!r} (typo?)"
             line = _line_of(root, loc)
             lines.append(f"{source}: {_field_path(loc)}" + (f" (line {line})" if line else "") + f": {message}")
-        raise TaxonomyError(_limited(lines)) from None
+        if len(errors) > MAX_ERRORS_SHOWN:
+            lines.append(f"... and {len(errors) - MAX_ERRORS_SHOWN:,} more problems")
+        raise TaxonomyError("\n".join(lines)) from None
 
 
 def load_taxonomy(source: str, storage_options: Mapping[str, Any] | None = None) -> Taxonomy:

@@ -105,3 +105,46 @@ def test_binary_junk_and_long_values(tmp_path):
     long_name.write_text("name: t\nclasses:\n  - {id: 1, name: " + "x" * 100_000 + "}\n")
     rc, err, _ = _check(long_name)
     assert rc == 2 and "a value of 100,000 characters" in err
+
+
+def _unknown_keys(count: int) -> str:
+    """`count` classes, each with a key the schema does not know: within every size limit."""
+    return "name: typos\nclasses:\n" + "".join(f"  - {{id: {i}, name: c{i}, colr: x}}\n" for i in range(1, count + 1))
+
+
+def _refusal_seconds(text: str) -> float:
+    started = time.perf_counter()
+    with pytest.raises(TaxonomyError, match="unknown key 'colr'"):
+        from schemas.taxonomy import parse_taxonomy
+
+        parse_taxonomy(text, "typos.yaml")
+    return time.perf_counter() - started
+
+
+def test_unknown_keys_are_checked_in_linear_time(tmp_path):
+    # each problem's line number was a walk through the YAML tree, once per problem: 25,000
+    # unknown keys took 49 s, 50,000 took 141 s. Only the shown problems are located now.
+    small, large = _unknown_keys(12_500), _unknown_keys(50_000)
+    small_s = min(_refusal_seconds(small) for _ in range(2))
+    large_s = min(_refusal_seconds(large) for _ in range(2))
+    assert large_s < 8 * small_s  # 4x the keys: linear is ~4x, quadratic ~16x
+    assert large_s < 10.0  # about 2 s on the 2-core machine
+
+    path = tmp_path / "typos.yaml"
+    path.write_text(large)
+    rc, err, _ = _check(path)
+    lines = err.strip().splitlines()
+    assert rc == 2 and len(lines) == MAX_ERRORS_SHOWN + 1
+    assert lines[0] == "%s: classes[0].colr (line 3): unknown key 'colr' (typo?)" % path
+    assert lines[-1] == "... and 49,980 more problems"
+
+
+def test_a_mapping_with_a_million_keys_is_refused_at_once(tmp_path):
+    # 12 MB, under the size limit: a million unknown top-level keys took 2 GB and minutes
+    path = tmp_path / "keys.yaml"
+    path.write_text("name: t\nclasses: [{id: 1, name: cat}]\n" + "".join(f"k{i}: 1\n" for i in range(1_000_000)))
+    assert path.stat().st_size < MAX_TAXONOMY_BYTES
+    started = time.monotonic()
+    with pytest.raises(TaxonomyError, match=r"keys.yaml \(line 65\): a mapping with more than 64 keys"):
+        load_taxonomy(str(path))
+    assert time.monotonic() - started < 5.0  # milliseconds when idle
