@@ -10,7 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from schemas.taxonomy import MAX_CLASSES, MAX_ERRORS_SHOWN, MAX_TAXONOMY_BYTES, TaxonomyError, load_taxonomy
+from schemas.taxonomy import (
+    MAX_CLASSES,
+    MAX_ERRORS_SHOWN,
+    MAX_TAXONOMY_BYTES,
+    TaxonomyError,
+    load_taxonomy,
+    parse_taxonomy,
+)
 
 SAN = Path(sys.executable).parent / "san"
 
@@ -115,8 +122,6 @@ def _unknown_keys(count: int) -> str:
 def _refusal_seconds(text: str) -> float:
     started = time.perf_counter()
     with pytest.raises(TaxonomyError, match="unknown key 'colr'"):
-        from schemas.taxonomy import parse_taxonomy
-
         parse_taxonomy(text, "typos.yaml")
     return time.perf_counter() - started
 
@@ -135,7 +140,7 @@ def test_unknown_keys_are_checked_in_linear_time(tmp_path):
     rc, err, _ = _check(path)
     lines = err.strip().splitlines()
     assert rc == 2 and len(lines) == MAX_ERRORS_SHOWN + 1
-    assert lines[0] == "%s: classes[0].colr (line 3): unknown key 'colr' (typo?)" % path
+    assert lines[0] == f"{path}: classes[0].colr (line 3): unknown key 'colr' (typo?)"
     assert lines[-1] == "... and 49,980 more problems"
 
 
