@@ -7,7 +7,8 @@
         --output reports/run1
 
 Writes metrics.json (every number), metrics.md (per-class IoU, sorted) and iou.png (bar chart).
-Exit codes: 0 scored; 1 the data or weights cannot be used; 2 invalid flags or taxonomy.
+Exit codes: 0 scored; 1 the data or weights cannot be used; 2 invalid flags or taxonomy; 75 another
+run is labeling into the labels folder.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from schemas.cli import (  # noqa: E402
     explain,
     log_level,
 )
-from schemas.jobs import EvaluateRunConfig, EvaluateScoreConfig  # noqa: E402
+from schemas.jobs import DEFAULT_LEASE_SECONDS, OUTPUT_BUSY_EXIT, EvaluateRunConfig, EvaluateScoreConfig  # noqa: E402
 from schemas.taxonomy import load_taxonomy  # noqa: E402
 
 log = logging.getLogger("jobs.evaluate")
@@ -89,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     from pipeline.evaluation.benchmarks import benchmark_paths, labels_location, plan_benchmark_labels
-    from pipeline.labeling.job import run_label_job
+    from pipeline.labeling.job import new_run_id, run_label_job
+    from pipeline.store import LabelStore, LeaseLost, OutputBusy
 
     try:
         config = build_config(args, EvaluateRunConfig)
@@ -97,18 +99,23 @@ def run(args: argparse.Namespace) -> int:
         print(f"invalid arguments:\n{explain(e, EvaluateRunConfig)}", file=sys.stderr)
         return 2
     taxonomy = load_taxonomy(config.dataset)
-    try:
-        plan = plan_benchmark_labels(config, taxonomy)
+    _, gt_dir, ignore = benchmark_paths(config)
+    run_id = new_run_id()
+    try:  # the labels folder is held as `san label` holds its output: one run at a time
+        with LabelStore(labels_location(config), config.storage_options).lease(run_id, DEFAULT_LEASE_SECONDS) as lease:
+            plan = plan_benchmark_labels(config, taxonomy, run_id)
+            with ray_for_job(log_level(args), args.ray_dashboard):
+                run_label_job(plan, lease)
+                result = evaluate_output(labels_location(config), gt_dir, taxonomy, ignore, config.storage_options)
+    except OutputBusy as e:
+        log.error("%s: exit %d", e, OUTPUT_BUSY_EXIT)
+        return OUTPUT_BUSY_EXIT
     except ProvenanceError as e:  # labels already there, made with other weights: never score those
         log.error("%s", e)
         return 2
-    except (InputError, WeightsError) as e:
+    except (InputError, WeightsError, LeaseLost) as e:
         log.error("%s", e)
         return 1
-    _, gt_dir, ignore = benchmark_paths(config)
-    with ray_for_job(log_level(args), args.ray_dashboard):
-        run_label_job(plan)
-        result = evaluate_output(labels_location(config), gt_dir, taxonomy, ignore, config.storage_options)
     _summary(result, write_reports(result, config.output, config.storage_options))
     return 0
 

@@ -5,7 +5,7 @@
 (also `python jobs/label.py ...`, as `ray job submit` runs it). Runs on a local Ray started
 in-process, or on a cluster when started by `ray job submit` (or with RAY_ADDRESS set).
 Exit codes: 0 done; 1 the job could not run or too many inputs failed; 2 invalid flags or
-taxonomy (checked before Ray starts).
+taxonomy (checked before Ray starts); 75 another run holds --output (try again later).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from schemas.cli import (  # noqa: E402
     config_and_taxonomy,
     log_level,
 )
-from schemas.jobs import LabelJobConfig  # noqa: E402
+from schemas.jobs import OUTPUT_BUSY_EXIT, LabelJobConfig  # noqa: E402
 
 log = logging.getLogger("jobs.label")
 DESCRIPTION = "Label images with SAN, streamed through Ray Data into Parquet."
@@ -51,15 +51,18 @@ def run(args: argparse.Namespace) -> int:
 
     from pipeline.inputs import InputError
     from pipeline.labeling.job import label
-    from pipeline.store import ProvenanceError
+    from pipeline.store import LeaseLost, OutputBusy, ProvenanceError
     from pipeline.weights import WeightsError
 
     try:  # input, output, weights and earlier results are checked before Ray starts
         summary = label(config, taxonomy, args.smoke_if_no_weights, log_level(args), args.ray_dashboard)
+    except OutputBusy as e:  # not a failure: a scheduler retries later (sysexits' EX_TEMPFAIL)
+        log.error("%s: exit %d", e, OUTPUT_BUSY_EXIT)
+        return OUTPUT_BUSY_EXIT
     except ProvenanceError as e:
         log.error("%s", e)
         return 2
-    except (InputError, WeightsError) as e:
+    except (InputError, WeightsError, LeaseLost) as e:
         log.error("%s", e)
         return 1
     if not summary.manifest["labels_meaningful"]:

@@ -17,6 +17,8 @@ DEFAULT_MODEL = "san-vit-b16"
 MAX_PIXELS = 100_000_000  # Pillow's own bomb guard (~179 Mpx) would fire only at open
 # Enough for a 100-megapixel RGB image (Pillow holds 4 bytes per RGB pixel) and its conversions.
 MAX_IMAGE_MIB = 1024
+DEFAULT_LEASE_SECONDS = 120.0  # how long a crashed run on another host keeps an output from the next
+OUTPUT_BUSY_EXIT = 75  # sysexits' EX_TEMPFAIL: another run holds the output; a scheduler tries later
 
 
 def _cli(**options: Any) -> dict[str, Any]:
@@ -174,6 +176,14 @@ class LabelJobConfig(_JobConfig):
     )
     storage_options: dict[str, Any] = STORAGE_OPTIONS
     overwrite: bool = Field(default=False, description="discard earlier results in --output")
+    lease_seconds: float = Field(
+        default=DEFAULT_LEASE_SECONDS,
+        ge=2.0,
+        le=86_400.0,
+        description="a run holds --output with a lease it renews every quarter of this; another run "
+        f"finding it held exits {OUTPUT_BUSY_EXIT}. A crashed run's lease lapses this long after its last "
+        "renewal (at once on its own host)",
+    )
     io_attempts: int = Field(
         default=4,
         ge=1,

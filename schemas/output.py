@@ -10,6 +10,7 @@ A video gets one row per sampled frame, in the same schema: `image_uri` names th
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, ClassVar, Literal
 
 import pyarrow as pa
@@ -173,3 +174,20 @@ def label_row_schema(provenance: Provenance | None = None, run_id: str | None = 
     if run_id is not None:
         metadata[RUN_ID_KEY] = run_id
     return arrow_schema(LabelRow, metadata=metadata)
+
+
+class LeaseRecord(BaseModel):
+    """`_lease/<generation>.json` in a labels folder: the run that holds the folder, so that two
+    runs never label into it at once. The holder renews `expires_at` while it runs; a run that
+    finds a live lease held by another run exits 75 (see `pipeline.store.lease`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    generation: int = Field(ge=1, description="one more than the lease it followed; a higher one wins")
+    run_id: str
+    host: str
+    pid: int
+    process_started: float = Field(description="the holder's process start time (seconds since the epoch)")
+    acquired_at: datetime
+    expires_at: datetime = Field(description="UTC; past it, another run may take the folder over")
+    released: bool = Field(default=False, description="the holder finished (or failed) and let go")

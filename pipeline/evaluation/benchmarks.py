@@ -39,7 +39,7 @@ def labels_location(config: EvaluateRunConfig) -> str:
     return config.labels or f"{config.output.rstrip('/')}/labels"
 
 
-def plan_benchmark_labels(config: EvaluateRunConfig, taxonomy: Taxonomy) -> JobPlan:
+def plan_benchmark_labels(config: EvaluateRunConfig, taxonomy: Taxonomy, run_id: str | None = None) -> JobPlan:
     """The labeling plan for the benchmark's images that have ground truth (raises InputError /
     WeightsError before any work). The image list is written beside the labels as `_inputs.txt`."""
     images_dir, gt_dir, _ = benchmark_paths(config)
@@ -59,4 +59,4 @@ def plan_benchmark_labels(config: EvaluateRunConfig, taxonomy: Taxonomy) -> JobP
         gpus_per_actor=config.gpus_per_actor,
         storage_options=config.storage_options,
     )
-    return plan_label_job(label_config, taxonomy)
+    return plan_label_job(label_config, taxonomy, run_id=run_id)

@@ -26,7 +26,7 @@ from schemas.taxonomy import Taxonomy
 from ..inputs import check_output_writable, check_paths_for_cluster, stream_inputs
 from ..media.images import load_images
 from ..media.video import VIDEO_EXTENSIONS
-from ..store import LabelStore, StorePlan
+from ..store import LabelStore, Lease, StorePlan
 from ..vocabulary import DEFAULT_CACHE_DIR, VocabularyTable, load_or_build_vocabulary
 from ..weights import SMOKE_BANNER, SharedWeights, WeightsSpec, resolve_weights
 from .actors import ActorLayout, ActorSpec, actor_layout, cluster_gpu_types, torch_threads_per_actor
@@ -106,11 +106,19 @@ def video_sampling(config: LabelJobConfig) -> VideoSampling:
     )
 
 
-def plan_label_job(config: LabelJobConfig, taxonomy: Taxonomy, smoke_if_no_weights: bool = False) -> JobPlan:
+def new_run_id() -> str:
+    """Runs are named by their start time, so that they sort."""
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
+
+
+def plan_label_job(
+    config: LabelJobConfig, taxonomy: Taxonomy, smoke_if_no_weights: bool = False, run_id: str | None = None
+) -> JobPlan:
     """Check input, output and weights (raising InputError / WeightsError / ProvenanceError) and
-    find the images that still need labels. Nothing is labeled here."""
+    find the images that still need labels. Nothing is labeled here. A run that writes holds the
+    output's lease around this and `run_label_job` (see `label`)."""
     started = time.time()
-    run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
+    run_id = run_id or new_run_id()
     store = LabelStore(config.output, config.storage_options)
     with store.planner() as planner:
         input_batches, in_input_order = stream_inputs(config.input, config.storage_options)
@@ -222,9 +230,10 @@ def label_video_stream(todo: pa.StringArray, spec: ActorSpec, layout: ActorLayou
     return finished
 
 
-def run_label_job(plan: JobPlan) -> RunSummary:
+def run_label_job(plan: JobPlan, lease: Lease | None = None) -> RunSummary:
     """Label the plan's images on the connected Ray cluster (none is used when there are none);
-    returns what this run did."""
+    returns what this run did. With the output's `lease`, commits only while it still holds it
+    (LeaseLost otherwise)."""
     import ray
 
     config, weights, todo = plan.config, plan.weights, plan.todo
@@ -266,6 +275,8 @@ def run_label_job(plan: JobPlan) -> RunSummary:
         timing = ray.get(progress.timing.remote(stream_start))
 
     # Account, index, preview, and mark the run finished.
+    if lease is not None:
+        lease.check()
     committed = plan.store.commit(plan.found, video_files)
     banner = SMOKE_BANNER if weights.random else None
     previews = write_previews(plan.store, config, plan.taxonomy, committed.files, banner) if config.preview else []
@@ -340,15 +351,19 @@ def label(
 
     from ..ray_session import ray_for_job
 
-    plan = plan_label_job(config, taxonomy, smoke_if_no_weights)
-    if not len(plan.todo):  # everything is labeled already (a nightly run without new input): no Ray
-        return run_label_job(plan)
-    with ray_for_job(log_level, ray_dashboard):
-        paths = {
-            "--input": config.input,
-            "an image of --input": plan.todo[0].as_py() if len(plan.todo) else None,
-            "--output": config.output,
-        }  # the weights need not be shared: only the driver reads them
-        nodes = len([node for node in ray.nodes() if node.get("Alive")])
-        check_paths_for_cluster(paths, nodes, config.shared_local_paths)
-        return run_label_job(plan)
+    run_id = new_run_id()
+    # one run at a time per output (OutputBusy before anything is read): two runs planning one
+    # folder would each label the same images and count the other's rows as their own
+    with LabelStore(config.output, config.storage_options).lease(run_id, config.lease_seconds) as lease:
+        plan = plan_label_job(config, taxonomy, smoke_if_no_weights, run_id)
+        if not len(plan.todo):  # everything is labeled already (a nightly run without new input): no Ray
+            return run_label_job(plan, lease)
+        with ray_for_job(log_level, ray_dashboard):
+            paths = {
+                "--input": config.input,
+                "an image of --input": plan.todo[0].as_py() if len(plan.todo) else None,
+                "--output": config.output,
+            }  # the weights need not be shared: only the driver reads them
+            nodes = len([node for node in ray.nodes() if node.get("Alive")])
+            check_paths_for_cluster(paths, nodes, config.shared_local_paths)
+            return run_label_job(plan, lease)

@@ -1,13 +1,15 @@
 """`LabelStore`: a labels folder, through the one API that lists, reads and writes it.
 
 store = LabelStore("s3://bucket/labels", storage_options)
-with store.planner() as planner:          # plan: what is left to label
-    for batch in input_batches:
-        planner.add_inputs(batch)
-    plan = planner.plan(provenance, run_id, retry_errors, sort_by_uri=True)
-store.write_dataset(dataset, schema, rows_per_file)   # commit: the stream's rows,
-committed = store.commit(plan, finished_videos)       # then index, supersede
-store.write_manifest(manifest)                        # last: the run is finished
+with store.lease(run_id, seconds=120) as lease:          # one run at a time
+    with store.planner() as planner:                     # plan: what is left to label
+        for batch in input_batches:
+            planner.add_inputs(batch)
+        plan = planner.plan(provenance, run_id, retry_errors, sort_by_uri=True)
+    store.write_dataset(dataset, schema, rows_per_file)  # commit: the stream's rows,
+    lease.check()                                        # (still ours?)
+    committed = store.commit(plan, finished_videos)      # then index, supersede
+    store.write_manifest(manifest)                       # last: the run is finished
 for row in store.rows(["image_uri", "segments"]):     # read, for every reader
     ...
 """
@@ -25,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import fsspec
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from schemas.output import Provenance
@@ -41,8 +44,10 @@ from .layout import (
     result_file_stamps,
     video_result_file_name,
 )
+from .lease import Lease
 from .plan import Planner, ProvenanceError, StorePlan
 from .scan import drop_superseded, index_new_files
+from .staging import StagedWrites, staged_file
 
 if TYPE_CHECKING:
     import ray.data
@@ -147,6 +152,11 @@ class LabelStore:
 
     # -- plan
 
+    def lease(self, run_id: str, seconds: float) -> Lease:
+        """One run at a time: `with store.lease(run_id, seconds):` around planning and committing
+        (OutputBusy when another run holds the folder; see `lease`)."""
+        return Lease(self.fs, self.root, self.url, run_id, seconds)
+
     def planner(self) -> Planner:
         return Planner(self.fs, self.root, self.url)
 
@@ -156,7 +166,8 @@ class LabelStore:
         """Write a Ray dataset's rows as new result files of at least `rows_per_file` rows."""
         dataset.write_parquet(
             self.root,
-            filesystem=pyarrow_filesystem(self.fs),
+            # each file reaches its name only when written whole (`staging`)
+            filesystem=pafs.PyFileSystem(StagedWrites(pyarrow_filesystem(self.fs))),
             schema=schema,
             filename_provider=ResultFileNames(),
             min_rows_per_file=rows_per_file,
@@ -168,7 +179,7 @@ class LabelStore:
         """A new result file for one video's rows: (its path, a Parquet writer). The commit keeps
         it only if the call that wrote it finished (see `commit`)."""
         path = f"{self.root}/{video_result_file_name(uuid.uuid4().hex)}"
-        with self.fs.open(path, "wb") as f, pq.ParquetWriter(f, schema) as writer:
+        with staged_file(self.fs, path) as f, pq.ParquetWriter(f, schema) as writer:
             yield path, writer
 
     def commit(self, plan: StorePlan, finished_videos: set[str]) -> Committed:

@@ -19,6 +19,7 @@ from ray.data.datasource import FilenameProvider
 MANIFEST_NAME = "_manifest.json"
 PREVIEW_DIR = "_previews"
 INDEX_DIR = "_row_index"
+LEASE_DIR = "_lease"  # the run that holds the folder (`lease`)
 # The labeling job's own result files are known by name: it writes `labels-<write id>_<task>.parquet`
 # (the previous release let Ray Data name them `<dataset id>_<write id>_<task>-<n>.parquet`). The
 # job never deletes or rewrites any other file under its output.

@@ -18,6 +18,7 @@ from .join import AntiJoin, Decision
 from .layout import INDEX_DIR, MANIFEST_NAME, PREVIEW_DIR, own_result_files
 from .row_index import index_path
 from .scan import OutputState, drop_superseded, scan_output
+from .staging import STAGING_DIR
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ def clear_output(fs: fsspec.AbstractFileSystem, root: str) -> None:
     """Remove every result file of the job's own (nobody else's), the indexes, previews and manifest."""
     for path in own_result_files(fs, root):
         fs.rm(path)
-    for name in (MANIFEST_NAME, PREVIEW_DIR, INDEX_DIR):
+    for name in (MANIFEST_NAME, PREVIEW_DIR, INDEX_DIR, STAGING_DIR):
         if fs.exists(f"{root}/{name}"):
             fs.rm(f"{root}/{name}", recursive=True)
 
@@ -116,6 +117,8 @@ def _tidy(fs: fsspec.AbstractFileSystem, root: str, state: OutputState, run_id: 
     for path in state.incomplete:
         log.warning("removing %s, left incomplete by an interrupted run", path)
         fs.rm(path)
+    if fs.exists(f"{root}/{STAGING_DIR}"):  # files a run did not finish writing (the lease says it is over)
+        fs.rm(f"{root}/{STAGING_DIR}", recursive=True)
     for path in state.damaged_indexes + state.stale_indexes:
         fs.rm(path)  # a row index cut short, or one whose files are all gone: it covers nothing
     if fs.exists(f"{root}/{MANIFEST_NAME}"):

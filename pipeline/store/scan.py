@@ -31,6 +31,7 @@ from ..storage import read_parquet
 from .join import AntiJoin
 from .layout import is_own_result, result_file_name, result_file_stamps, source_uris
 from .row_index import IndexBuilder, ResultFile, index_path, list_indexes, read_keys_parallel
+from .staging import staged_file
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +141,7 @@ def drop_superseded(
             metadata = dict(table.schema.metadata or {})
             metadata[RUN_ID_KEY.encode()] = run_id.encode()
             copy = f"{path.rsplit('/', 1)[0]}/{result_file_name(uuid.uuid4().hex, 0)}"
-            with fs.open(copy, "wb") as f:
+            with staged_file(fs, copy) as f:
                 pq.write_table(kept.replace_schema_metadata(metadata), f)
             copies[path] = copy
         fs.rm(path)
