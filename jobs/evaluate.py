@@ -90,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     from pipeline.evaluation.benchmarks import benchmark_paths, labels_location, plan_benchmark_labels
+    from pipeline.inputs import check_output_writable
     from pipeline.labeling.job import new_run_id, run_label_job
     from pipeline.store import LabelStore, LeaseLost, OutputBusy
 
@@ -102,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
     _, gt_dir, ignore = benchmark_paths(config)
     run_id = new_run_id()
     try:  # the labels folder is held as `san label` holds its output: one run at a time
+        check_output_writable(labels_location(config), config.storage_options)
         with LabelStore(labels_location(config), config.storage_options).lease(run_id, DEFAULT_LEASE_SECONDS) as lease:
             plan = plan_benchmark_labels(config, taxonomy, run_id)
             with ray_for_job(log_level(args), args.ray_dashboard):

@@ -352,6 +352,7 @@ def label(
     from ..ray_session import ray_for_job
 
     run_id = new_run_id()
+    check_output_writable(config.output, config.storage_options)  # an unwritable output: InputError, first
     # one run at a time per output (OutputBusy before anything is read): two runs planning one
     # folder would each label the same images and count the other's rows as their own
     with LabelStore(config.output, config.storage_options).lease(run_id, config.lease_seconds) as lease:

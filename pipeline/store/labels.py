@@ -47,7 +47,7 @@ from .layout import (
 from .lease import Lease
 from .plan import Planner, ProvenanceError, StorePlan
 from .scan import drop_superseded, index_new_files
-from .staging import StagedWrites, staged_file
+from .staging import STAGING_DIR, StagedWrites, staged_file
 
 if TYPE_CHECKING:
     import ray.data
@@ -195,6 +195,11 @@ class LabelStore:
             log.warning("removing %s, left by a labeling actor that did not finish its video", path)
             self.fs.rm(path)
             del new_files[path]
+        staging = f"{self.root}/{STAGING_DIR}"
+        if self.fs.exists(staging):  # every writer of the run is done: what is left there was cut short
+            for path in self.fs.find(staging):
+                log.warning("removing %s, left unfinished by a writer that failed or was killed", path)
+            self.fs.rm(staging, recursive=True)
         with tempfile.TemporaryDirectory(prefix="san-index-") as scratch:
             new_rows = index_new_files(self.fs, self.root, new_files, plan.run_id, scratch, plan.retried)
         files = sorted([*plan.files_before, *new_files])

@@ -9,10 +9,11 @@ The lease is the newest of the folder's `_lease/<generation>.json` files (`Lease
 takes the folder by creating the next generation's file *exclusively*, so that of two runs racing
 for one generation exactly one succeeds: on local disk a complete temporary file is hard-linked
 to the name (link fails if the name exists), on S3 the PUT carries `If-None-Match: *`. It may try
-only when the newest lease is released, past its expiry, or held by a process of this host that
-no longer exists (a SIGKILLed run on the same machine frees the folder at once). While it runs,
-a thread renews the expiry every quarter of the lease and watches for a newer generation, which
-would mean the run stalled past its expiry and was taken over.
+only when there is no lease, or the newest is past its expiry or held by a process of this host
+that no longer exists (a SIGKILLed run on the same machine frees the folder at once). While it
+runs, a thread renews the expiry every quarter of the lease and checks the lease is still its
+own: a newer generation, or its own file gone, means the run stalled past its expiry and was
+taken over. A run that finishes (or fails) removes its lease file.
 
 Expiry times are UTC from the holder's clock: hosts whose clocks disagree by more than a small
 fraction of the lease should not share an output. On other storage than local disk and S3,
@@ -21,6 +22,7 @@ fsspec's `mode="create"` is used, which some backends only approximate (a check,
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -186,12 +188,10 @@ class Lease:
     def _renew_until_stopped(self) -> None:
         while not self._stop.wait(self.seconds / 4):
             try:
-                newer = self._newer()
-                if newer is not None:
-                    self.lost = (
-                        f"run {self.run_id}'s lease on {self.url} lapsed unrenewed and run {newer.run_id} "
-                        f"(host {newer.host}, pid {newer.pid}) took the folder over at {newer.acquired_at:%H:%M:%S} UTC"
-                    )
+                if not self._still_ours():
+                    newer = self._newer()
+                    by = f"run {newer.run_id} (host {newer.host}, pid {newer.pid})" if newer else "another run"
+                    self.lost = f"run {self.run_id}'s lease on {self.url} lapsed unrenewed and {by} took it over"
                     log.error("%s", self.lost)
                     return
                 assert self.record is not None
@@ -200,22 +200,34 @@ class Lease:
             except Exception as e:  # an outage: the next tries (3 more within the lease) may get through
                 log.warning("could not renew the lease on %s: %s", self.url, e)
 
+    def _still_ours(self) -> bool:
+        """Our generation is still there, ours, and no newer one: a run that took over and has
+        since let go leaves no newer file, but it removed ours."""
+        assert self.record is not None
+        if self._newer() is not None:
+            return False
+        held = self._read(self.record.generation)
+        return held is not None and held.run_id == self.run_id
+
     def check(self) -> None:
         """Raise LeaseLost if another run has taken the folder over (call before committing)."""
-        if self.lost is None and self._newer() is not None:
-            self.lost = f"run {self.run_id}'s lease on {self.url} was taken over by another run"
+        if self.lost is None and not self._still_ours():
+            self.lost = f"run {self.run_id}'s lease on {self.url} lapsed unrenewed and another run took the folder over"
         if self.lost is not None:
             raise LeaseLost(self.lost)
 
     def release(self) -> None:
-        """Let go: the next run may take the folder at once."""
+        """Let go: the lease file goes, so that a run that fails before it writes anything leaves
+        the folder as it found it, and the next run may take it at once."""
         self._stop.set()
         if self._renewer is not None:
             self._renewer.join()
-        if self.record is None or self.lost is not None or self._newer() is not None:
+        if self.record is None or self.lost is not None or not self._still_ours():
             return
-        self.record = self.record.model_copy(update={"released": True, "expires_at": _now()})
-        self._rewrite(self.record)
+        self.fs.rm_file(self._path(self.record.generation))
+        if self.local:
+            with contextlib.suppress(OSError):  # only if empty: a run taking it now may have written
+                os.rmdir(self.folder)
 
     def __enter__(self) -> Lease:
         self.acquire()
