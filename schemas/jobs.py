@@ -249,6 +249,15 @@ class FinetuneConfig(_JobConfig):
     val: Uri | None = Field(
         default=None, description="validation pairs, same forms as --train", json_schema_extra=_cli(metavar="URI")
     )
+    image_root: Uri | None = Field(
+        default=None,
+        description="where the images an annotation export names must be (default: the export's own "
+        "info.image_root, else its folder); an image outside it stops the import",
+        json_schema_extra=_cli(metavar="URI"),
+    )
+    max_pixels: int = Field(
+        default=MAX_PIXELS, ge=1, description="an annotation export declaring a larger image stops the import"
+    )
     init: ModelChoice = Field(default_factory=ModelChoice, description="weights to start from")
     output: Uri = Field(
         description="run folder (local or s3://): Ray Train checkpoints and the exported model",

@@ -35,8 +35,16 @@ def brush_rle(mask: np.ndarray) -> list[int]:
 
 
 def brush_mask(rle: list[int], height: int, width: int) -> np.ndarray:
-    """Label Studio's brush RLE (see `pipeline.exports.label_studio`) as a bool mask (its alpha)."""
-    bits = np.unpackbits(np.asarray(rle, dtype=np.uint8))
+    """Label Studio's brush RLE (see `pipeline.exports.label_studio`) as a bool mask (its alpha).
+    ValueError unless it is one of exactly `height` x `width` pixels: its header is checked before
+    anything of its size is made, and a stream that ends early or runs on is refused."""
+    if not isinstance(rle, list) or len(rle) > 2 * height * width + 16:  # the encoder's worst case: 14 bits a pixel
+        found = f"{len(rle):,} values" if isinstance(rle, list) else type(rle).__name__
+        raise ValueError(f"a brush RLE of {found} for {width}x{height} pixels")
+    values = np.asarray(rle)
+    if values.size < 7 or values.dtype.kind not in "iu" or values.min() < 0 or values.max() > 255:
+        raise ValueError("a brush RLE is a list of byte values (0-255) with a 7-byte header")
+    bits = np.unpackbits(values.astype(np.uint8))
     position = 0
 
     def read(count: int) -> int:
@@ -50,11 +58,18 @@ def brush_mask(rle: list[int], height: int, width: int) -> np.ndarray:
     total = read(32)
     word = read(5) + 1
     fields = [read(4) + 1 for _ in range(4)]
+    if total != height * width * 4 or word > 8:
+        raise ValueError(f"a brush RLE of {total:,} {word}-bit values, not the {height * width * 4:,} bytes of "
+                         f"{width}x{height} RGBA")  # fmt: skip
     out = np.zeros(total, dtype=np.uint8)
     i = 0
     while i < total:
+        if position >= bits.size:
+            raise ValueError(f"a brush RLE that ends after {i:,} of its {total:,} values")
         repeat = read(1)
         end = i + 1 + read(fields[read(2)])
+        if end > total:
+            raise ValueError(f"a brush RLE whose runs go past its {total:,} values")
         if repeat:
             out[i:end] = read(word)
         else:

@@ -107,7 +107,12 @@ def _pairs(source: str, split: str, config: FinetuneConfig, taxonomy: Taxonomy) 
     into label maps and a manifest under OUTPUT/_imported/<split>/."""
     if source.lower().rsplit("?", 1)[0].endswith(".json"):
         source = import_annotations(
-            source, taxonomy, _join(config.output, f"_imported/{split}"), config.storage_options
+            source,
+            taxonomy,
+            _join(config.output, f"_imported/{split}"),
+            config.storage_options,
+            image_root=config.image_root,
+            max_pixels=config.max_pixels,
         )
     return list_training_pairs(source, config.storage_options)
 
