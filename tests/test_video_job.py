@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+from fractions import Fraction
 from pathlib import Path
 
 import duckdb
@@ -21,10 +22,11 @@ from video_fixtures import audio_only, camera_frames, encode
 from jobs.export import main as export_main
 from jobs.label import main as label_main
 from pipeline.labeling.inference import label_images
+from pipeline.labeling.video import clip_rows
 from pipeline.labeling.video_inference import label_clip
 from pipeline.masks.label_maps import decode_label_map
-from pipeline.media.clips import read_clips
-from pipeline.media.video import VideoReader
+from pipeline.media.clips import ModelClip, read_clips
+from pipeline.media.video import Clip, Damage, VideoReader
 from pipeline.store import LabelStore
 from pipeline.vocabulary import load_or_build_vocabulary
 from san_core.build import load_model
@@ -254,3 +256,62 @@ def test_coco_export_carries_video_and_frame_fields(video_run, tmp_path):
             assert np.array_equal(coco.annToMask(annotation).astype(bool), label_map == annotation["category_id"])
     stills = [i for i in coco.dataset["images"] if "video_id" not in i]
     assert [i["file_name"] for i in stills] == ["still.jpg"]
+
+
+def _growing_video(first: int, then: int, count: int) -> bytes:
+    """An MJPEG .mov whose header (and first frame) says `first`x`first` and whose next `count`
+    frames are `then`x`then`: each packet is a JPEG of its own size, as a crafted file can be."""
+    import av
+
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="mov") as container:
+        stream = container.add_stream("mjpeg", rate=4)
+        stream.width = stream.height = first
+        stream.pix_fmt = "yuvj420p"
+        for index, side in enumerate([first] + [then] * count):
+            jpeg = io.BytesIO()
+            Image.fromarray(camera_frames(skimage.data.coffee(), 1, (side, side))[0]).save(jpeg, "JPEG")
+            packet = av.Packet(jpeg.getvalue())
+            packet.stream, packet.pts, packet.dts, packet.time_base = stream, index, index, Fraction(1, 4)
+            container.mux(packet)
+    return buffer.getvalue()
+
+
+def test_every_decoded_frame_is_held_to_the_pixel_budget(ray_session, tmp_path, tiny_weights):
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    # the reported file: 64x64 declared and first, then 8 frames of 144 Mpx (here 200x200 against a
+    # budget of 10,000 pixels, the same shape at a test's size)
+    (inputs / "grows.mov").write_bytes(_growing_video(64, 200, 8))
+    (inputs / "empty.mp4").write_bytes(b"")
+    output = tmp_path / "out"
+    args = ["--vocab", "voc20", "--input", str(inputs), "--output", str(output), "--fps", "4", "--clip-length", "4"]
+    args += ["--max-pixels", "10000", "--max-error-ratio", "1", *tiny_weights]
+    assert label_main(args) == 0
+    rows = _by_source(output)
+    grows = sorted(rows[str(inputs / "grows.mov")], key=lambda r: r["frame_index"])
+    assert [r["frame_index"] for r in grows] == list(range(9))
+    assert grows[0]["error"] is None and grows[0]["label_map_png"] is not None  # the frame within budget
+    for row in grows[1:]:
+        assert row["image_uri"] == frame_uri(str(inputs / "grows.mov"), row["frame_index"])
+        assert row["error"] == (
+            f"FrameTooLarge: frame {row['frame_index']} is 200x200 = 40,000 pixels, over the limit of 10,000 "
+            "(--max-pixels)"
+        )
+    (empty,) = rows[str(inputs / "empty.mp4")]
+    assert (
+        empty["error"] == f"cannot read video: VideoError: {inputs / 'empty.mp4'}: an empty file (0 bytes), not a video"
+    )
+    assert len({r["image_uri"] for rs in rows.values() for r in rs}) == sum(len(rs) for rs in rows.values())
+
+
+def test_error_rows_of_one_clip_have_their_own_uris():
+    damage = [
+        Damage(1.0, "v.mp4: a packet at 1.000 s could not be decoded (x)", "packet"),
+        Damage(2.0, "v.mp4: a packet at 2.000 s could not be decoded (y)", "packet"),
+        Damage(2.5, "v.mp4: the stream ends at 2.500 s of the 9.000 s its container declares", "cut"),
+    ]
+    clip = ModelClip(3, Clip([], damage), [], (0, 0), 90)
+    rows = clip_rows(clip, "v.mp4", lambda clip: [])
+    assert [r["image_uri"] for r in rows] == ["v.mp4#clip=3", "v.mp4#clip=3&error=1", "v.mp4#clip=3&error=2"]
+    assert [r["error"].split(":")[0] for r in rows] == ["VideoDamage", "VideoDamage", "VideoCutOff"]

@@ -52,7 +52,7 @@ class VideoSampling:
 
 
 # How an error row names each kind of damage (the progress line and metrics count by this name).
-DAMAGE_ERRORS = {"packet": "VideoDamage", "cut": "VideoCutOff", "empty": "VideoEmpty"}
+DAMAGE_ERRORS = {"packet": "VideoDamage", "cut": "VideoCutOff", "empty": "VideoEmpty", "oversize": "FrameTooLarge"}
 
 
 def _without_name(message: str, video_uri: str) -> str:
@@ -101,13 +101,20 @@ def clip_rows(
             log.exception("labeling clip %d of %s failed", clip.index, video_uri)
             error = f"labeling failed: {describe_error(e)}"
             rows += [frame_row(i, error=error, error_kind=PERMANENT) for i in range(len(frames))]
+    clip_errors = 0
     for damage in clip.clip.damage:
         if damage.kind != "packet" or not frames:
+            if damage.frame_index is not None:  # a frame's own row
+                uri = frame_uri(video_uri, damage.frame_index)
+            else:  # of the clip: the first `#clip=N`, any other `#clip=N&error=K`, one row per URI
+                uri = f"{video_uri}#clip={clip.index}" + (f"&error={clip_errors}" if clip_errors else "")
+                clip_errors += 1
             rows.append(
                 {
-                    "image_uri": f"{video_uri}#clip={clip.index}",
+                    "image_uri": uri,
                     "width": width if frames else None,
                     "height": height if frames else None,
+                    "frame_index": damage.frame_index,
                     "timestamp_s": damage.timestamp_s,
                     "clip_index": clip.index,
                     "frame_count": clip.frame_count,

@@ -43,9 +43,9 @@ def read_clips(
     max_pixels: int | None = None,
 ) -> Iterator[ModelClip]:
     """The video's sampled frames in clips of `clip_length`, each frame resized for the model.
-    Raises VideoError if the file cannot be read as a video at all, or if its frames have more
-    than `max_pixels` pixels; damage met later rides on the clip it falls in (a clip of no frames
-    for damage after the last one)."""
+    Raises VideoError if the file cannot be read as a video at all, or if its header declares
+    frames of more than `max_pixels` pixels; damage met later (a frame over `max_pixels` among
+    them) rides on the clip it falls in (a clip of no frames for damage after the last one)."""
     with fsspec.open(uri, "rb", **(storage_options or {})) as source, VideoReader(source, uri) as reader:
         info = reader.info()
         if max_pixels is not None and info.width * info.height > max_pixels:
@@ -53,7 +53,8 @@ def read_clips(
                 f"{uri}: frames of {info.width}x{info.height} = {info.width * info.height:,} pixels, over the "
                 f"limit of {max_pixels:,} (--max-pixels)"
             )
-        for index, clip in enumerate(clips(reader.frames(fps=fps, stride=stride), clip_length)):
+        sampled = reader.frames(fps=fps, stride=stride, max_pixels=max_pixels)  # every frame held to the budget
+        for index, clip in enumerate(clips(sampled, clip_length)):
             size = clip.frames[0].rgb.shape[:2] if clip.frames else (0, 0)
             frames = [resize_short_side(f.rgb, short_side, max_long_side) for f in clip.frames]
             yield ModelClip(index, clip, frames, (int(size[0]), int(size[1])), info.frames)

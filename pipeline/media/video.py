@@ -45,11 +45,14 @@ class SampledFrame:
 class Damage:
     """A place where the stream could not be decoded. `packet`: data in the middle could not be
     decoded, so the frames around it are not to be trusted; `cut`: the stream ends before its
-    declared end (the frames before are whole); `empty`: no frame could be decoded at all."""
+    declared end (the frames before are whole); `empty`: no frame could be decoded at all;
+    `oversize`: a frame larger than the pixel budget, left unconverted (a stream may change its
+    frame size after its first frame, which is all a container's header declares)."""
 
     timestamp_s: float | None
     message: str
-    kind: Literal["packet", "cut", "empty"] = "packet"
+    kind: Literal["packet", "cut", "empty", "oversize"] = "packet"
+    frame_index: int | None = None  # the frame it stands for, where it is one (`oversize`)
 
 
 @dataclass
@@ -76,10 +79,14 @@ class VideoReader:
         import av
 
         self.name = name
+        if source.seek(0, 2) == 0:  # FFmpeg's own word for it is "Invalid argument"
+            raise VideoError(f"{name}: an empty file (0 bytes), not a video")
+        source.seek(0)
         try:
             self._container = av.open(source, mode="r", metadata_errors="ignore")
         except av.error.FFmpegError as e:
-            raise VideoError(f"{name}: not a video FFmpeg can read ({e})") from e
+            reason = getattr(e, "strerror", None) or str(e)
+            raise VideoError(f"{name}: not a video FFmpeg can read ({reason})") from e
         if not self._container.streams.video:
             kinds = sorted({s.type for s in self._container.streams}) or ["none"]
             self._container.close()
@@ -106,14 +113,19 @@ class VideoReader:
         return VideoInfo(width, height, float(rate) if rate else None, duration, stream.codec_context.name, frames)
 
     def frames(
-        self, fps: float | None = None, stride: int | None = None, only: Container[int] | None = None
+        self,
+        fps: float | None = None,
+        stride: int | None = None,
+        only: Container[int] | None = None,
+        max_pixels: int | None = None,
     ) -> Iterator[SampledFrame | Damage]:
         """The sampled frames in presentation order: the first frame at or after each 1/fps tick
         (by the frames' own timestamps, so variable frame rates sample evenly in time), or every
         `stride`-th frame, or all; `only` keeps the frames of these indices alone (and converts
         no other frame to RGB). A packet that fails to decode, or a stream that ends well before
         the duration its container declares (a cut-off file, or damage the demuxer cannot read
-        past), comes out as a Damage in its place; decoding goes on with the next packet. A frame
+        past), comes out as a Damage in its place; decoding goes on with the next packet. So does
+        a sampled frame of more than `max_pixels` pixels, before it is converted to RGB. A frame
         that a demuxer drops without an error is not seen."""
         import av
 
@@ -139,6 +151,15 @@ class VideoReader:
                     if time + 1e-9 < next_time:
                         continue
                     next_time = (math.floor(time * fps + 1e-9) + 1) / fps
+                if max_pixels is not None and frame.width * frame.height > max_pixels:
+                    yield Damage(
+                        time,
+                        f"{self.name}: frame {index} is {frame.width}x{frame.height} = "
+                        f"{frame.width * frame.height:,} pixels, over the limit of {max_pixels:,} (--max-pixels)",
+                        "oversize",
+                        index,
+                    )
+                    continue
                 yield SampledFrame(index, time, _upright(frame.to_ndarray(format="rgb24"), frame.rotation))
         if index < 0:
             yield Damage(None, f"{self.name}: no frame could be decoded", "empty")
