@@ -25,21 +25,46 @@ def _cli(**options: Any) -> dict[str, Any]:
     return {"cli": options}
 
 
-_SECRET_KEY = re.compile(r"key|secret|token|pass|session|credential|auth", re.IGNORECASE)
+_SECRET_KEY = re.compile(r"key|secret|token|pass|session|credential|auth|sig|connection", re.IGNORECASE)
 _USERINFO = re.compile(r"^([a-z][a-z0-9+.-]*://)[^/@]+@", re.IGNORECASE)
+_QUERY = re.compile(r"^([a-z][a-z0-9+.-]*://[^?#]*)\?[^#]*", re.IGNORECASE)
 REDACTED = "<redacted>"
+# What a record may show of --storage-options: these keys' values, and no other's (an allow-list:
+# every backend names its secrets differently, connection_string, sas_token, credentials, ...).
+# Nested options (client_kwargs, config_kwargs) are held to the same list.
+RECORDED_STORAGE_OPTIONS = frozenset({
+    "anon", "requester_pays", "endpoint_url", "region_name", "use_ssl", "verify", "version_aware",
+    "default_block_size", "default_cache_type", "default_fill_cache", "cache_regions", "use_listings_cache",
+    "listings_expiry_time", "max_concurrency", "skip_instance_cache", "client_kwargs", "config_kwargs",
+    "s3", "addressing_style", "signature_version", "connect_timeout", "read_timeout", "retries",
+    "max_attempts", "mode", "max_pool_connections", "project", "account_name", "auto_mkdir",
+})  # fmt: skip
+
+
+def _redact_uri(value: str) -> str:
+    """A URI without user info or query (presigned URLs and SAS tokens carry signatures there)."""
+    return _QUERY.sub(rf"\1?{REDACTED}", _USERINFO.sub(rf"\1{REDACTED}@", value))
+
+
+def _storage_record(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _storage_record(v) if k in RECORDED_STORAGE_OPTIONS else REDACTED for k, v in value.items()}
+    if isinstance(value, list):
+        return [_storage_record(v) for v in value]
+    return _redact_uri(value) if isinstance(value, str) else value
 
 
 def redact(value: Any, key: str = "") -> Any:
-    """`value` with every secret-looking entry (by key name) and URI user info replaced."""
+    """`value` as a record may show it: --storage-options by allow-list, every other
+    secret-looking entry (by key name) replaced, URIs without user info or query."""
     if isinstance(value, dict):
-        return {k: redact(v, str(k)) for k, v in value.items()}
+        return {k: _storage_record(v) if k == "storage_options" else redact(v, str(k)) for k, v in value.items()}
     if isinstance(value, list):
         return [redact(v, key) for v in value]
     if _SECRET_KEY.search(key) and value not in (None, True, False):
         return REDACTED
     if isinstance(value, str):
-        return _USERINFO.sub(rf"\1{REDACTED}@", value)
+        return _redact_uri(value)
     return value
 
 

@@ -137,3 +137,27 @@ def test_credentials_never_reach_a_record():
         assert secret not in record
     assert '"region_name": "eu-west-1"' in record and '"anon": false' in record
     assert config.storage_options["secret"] == "s3cr3t-value"  # the job itself still has them
+
+
+def test_a_record_shows_storage_options_by_allow_list_and_uris_without_signatures():
+    options = {
+        "connection_string": "DefaultEndpointsProtocol=https;AccountKey=azure-marker",
+        "sas_token": "sv=2024&sig=sas-marker",
+        "token": "gcs-marker",
+        "credentials": {"client_email": "x", "private_key": "pem-marker"},
+        "anon": False,
+        "client_kwargs": {"endpoint_url": "https://minio:9000", "api_secret": "nested-marker"},
+        "account_name": "photos",
+    }
+    presigned = "https://bucket.s3.amazonaws.com/in/list.txt?X-Amz-Signature=presigned-marker&X-Amz-Credential=a"
+    config = LabelJobConfig(vocab="ade150", input=presigned, output="s3://b/out/", storage_options=options)
+    record = json.dumps(config.for_record())
+    assert "marker" not in record
+    shown = config.for_record()
+    assert shown["input"] == "https://bucket.s3.amazonaws.com/in/list.txt?<redacted>"
+    assert shown["storage_options"] == {
+        "connection_string": "<redacted>", "sas_token": "<redacted>", "token": "<redacted>",
+        "credentials": "<redacted>", "anon": False,
+        "client_kwargs": {"endpoint_url": "https://minio:9000", "api_secret": "<redacted>"},
+        "account_name": "photos",
+    }  # fmt: skip
