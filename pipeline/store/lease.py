@@ -117,15 +117,20 @@ class Lease:
             return True
         return record.host == socket.gethostname() and _process_gone(record.pid, record.process_started)
 
+    def _written_aside(self, data: bytes) -> str:
+        """A local file of `data` in the lease folder, under a name no reader takes for a lease."""
+        temporary = f"{self.folder}/.{uuid.uuid4().hex}.tmp"
+        with open(temporary, "wb") as f:
+            f.write(data)
+        return temporary
+
     def _create(self, record: LeaseRecord) -> None:
         """Write the record under its generation's name only if no file has that name (else
         FileExistsError)."""
         path, data = self._path(record.generation), record.model_dump_json(indent=2).encode()
         if self.local:
             os.makedirs(self.folder, exist_ok=True)
-            temporary = f"{self.folder}/.{uuid.uuid4().hex}.tmp"  # not a generation name: never read
-            with open(temporary, "wb") as f:
-                f.write(data)
+            temporary = self._written_aside(data)
             try:
                 os.link(temporary, path)  # atomic, and fails if the name exists
             finally:
@@ -136,10 +141,7 @@ class Lease:
     def _rewrite(self, record: LeaseRecord) -> None:
         path, data = self._path(record.generation), record.model_dump_json(indent=2).encode()
         if self.local:
-            temporary = f"{self.folder}/.{uuid.uuid4().hex}.tmp"
-            with open(temporary, "wb") as f:
-                f.write(data)
-            os.replace(temporary, path)  # a reader sees the old lease or the new, whole
+            os.replace(self._written_aside(data), path)  # a reader sees the old lease or the new, whole
         else:
             self.fs.pipe_file(path, data)
 

@@ -94,12 +94,10 @@ class _StagedOutput:
         if self.closed:
             return
         self.closed = True
+        whole = False
         try:
             self.stream.close()
             whole = self.size >= 8 and self.head == PARQUET_MAGIC and self.tail == PARQUET_MAGIC
-        except Exception:
-            whole = False
-            raise
         finally:
             if whole:
                 self.inner.move(self.staging, self.path)
