@@ -3,6 +3,7 @@ resume after SIGKILL."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -143,12 +144,23 @@ def wait_for_job_agent(address: str, timeout_s: float = 180) -> None:
 class HeadNode:
     address: str  # the dashboard's, for `ray job submit`
     metrics_url: str  # Prometheus metrics of the node's agent
+    ray_tmpdir: Path  # the node's sessions: its logs and its records
 
 
 @pytest.fixture()
-def head_node(sandbox):
-    """A real single-node Ray cluster started with `ray start --head`; killed afterwards, by its
-    own RAY_TMPDIR (`ray stop` would stop every Ray on the machine, this process's own included)."""
+def cluster_secret(s3_server, monkeypatch) -> str:
+    """A marker S3 secret key in this process's environment, where `ray start` finds it (moto
+    checks no signature): the README's recipe gives the nodes their credentials, never the job."""
+    marker = f"marker-secret-{os.getpid()}-{time.monotonic_ns()}"
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", marker)
+    return marker
+
+
+@pytest.fixture()
+def head_node(sandbox, cluster_secret):
+    """A real single-node Ray cluster started with `ray start --head` in an environment that holds
+    the S3 credentials; killed afterwards, by its own RAY_TMPDIR (`ray stop` would stop every Ray
+    on the machine, this process's own included)."""
     ray_tmpdir = tempfile.mkdtemp(prefix="head-", dir=sandbox.root)
     ports: dict[str, int] = {}
 
@@ -173,12 +185,46 @@ def head_node(sandbox):
     address = f"http://127.0.0.1:{dashboard_port}"
     try:
         wait_for_job_agent(address)
-        yield HeadNode(address, f"http://127.0.0.1:{metrics_port}/metrics")
+        yield HeadNode(address, f"http://127.0.0.1:{metrics_port}/metrics", Path(ray_tmpdir))
     finally:
         kill_run("RAY_TMPDIR", ray_tmpdir)
 
 
-def test_ray_job_submit_label_and_finetune_s3_to_s3(head_node, s3_bucket, s3_server, parity_dir, tmp_path):
+def _where_it_shows(marker: str, head_node: HeadNode, submission_ids: list[str], fs, prefixes: list[str]) -> list[str]:
+    """Every place among Ray's records of the jobs (list, status, logs), the node's session files
+    and the jobs' outputs (Parquet read back as values) that holds `marker`."""
+    import pyarrow.parquet as pq
+
+    ray_job = [str(BIN / "ray"), "job"]
+    records = {"ray job list": [*ray_job, "list", "--address", head_node.address]}
+    for submission in submission_ids:
+        for verb in ("status", "logs"):
+            records[f"ray job {verb} {submission}"] = [*ray_job, verb, "--address", head_node.address, submission]
+    found = []
+    for name, command in records.items():
+        result = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=120, check=True)
+        if name == "ray job list":  # the records are those of these jobs
+            assert all(submission in result.stdout for submission in submission_ids), result.stdout[-2000:]
+        if marker in result.stdout + result.stderr:
+            found.append(name)
+    files = [path for path in head_node.ray_tmpdir.rglob("*") if path.is_file() and not path.is_symlink()]
+    assert any(path.name.startswith("job-driver-") for path in files)  # the drivers' logs are among them
+    found += [str(path) for path in files if marker.encode() in path.read_bytes()]
+    for prefix in prefixes:
+        for key in fs.find(prefix):
+            data = fs.cat(key)
+            if key.endswith(".parquet"):
+                data = str(pq.read_table(io.BytesIO(data)).to_pylist()).encode()
+            if marker.encode() in data:
+                found.append(key)
+    return found
+
+
+def test_ray_job_submit_label_and_finetune_s3_to_s3(
+    head_node, cluster_secret, s3_bucket, s3_server, parity_dir, tmp_path
+):
+    """Labeling and fine-tuning through `ray job submit`, S3 to S3, with the credentials given to
+    the node as the README says: the secret shows in no Ray record, log or output."""
     import s3fs
 
     fs = s3fs.S3FileSystem(skip_instance_cache=True)
@@ -187,17 +233,20 @@ def test_ray_job_submit_label_and_finetune_s3_to_s3(head_node, s3_bucket, s3_ser
         fs.put(str(tmp_path / "images" / name), f"{s3_bucket}/in/{name}")
     fs.pipe(f"{s3_bucket}/weights/checkpoint.pth", (parity_dir / "tiny_a" / "checkpoint.pth").read_bytes())
     fs.pipe(f"{s3_bucket}/weights/config.json", (parity_dir / "tiny_a" / "config.json").read_bytes())
-    env_vars = {k: os.environ[k] for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    submission_ids = [f"label-{os.getpid()}-{time.monotonic_ns()}", f"finetune-{os.getpid()}-{time.monotonic_ns()}"]
     command = [
         str(BIN / "ray"),
         "job",
         "submit",
         "--address",
         head_node.address,
+        "--submission-id",
+        submission_ids[0],
         "--working-dir",
         str(REPO),
+        # only what is not secret, as the README's recipe has it
         "--runtime-env-json",
-        json.dumps({"env_vars": env_vars}),
+        json.dumps({"env_vars": {"AWS_DEFAULT_REGION": "us-east-1"}}),
         "--",
         "python",
         "jobs/label.py",
@@ -217,6 +266,7 @@ def test_ray_job_submit_label_and_finetune_s3_to_s3(head_node, s3_bucket, s3_ser
     result = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=900, check=False)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "succeeded" in result.stdout
+    printed = [result.stdout + result.stderr]
     manifest = json.loads(fs.cat(f"{s3_bucket}/out/_manifest.json"))
     assert manifest["counts"] == {"inputs": 11, "labeled": 7, "failed": 4, "skipped": 0}
     assert manifest["digests"]["checkpoint"] is not None
@@ -235,7 +285,8 @@ def test_ray_job_submit_label_and_finetune_s3_to_s3(head_node, s3_bucket, s3_ser
     fs.pipe(f"{s3_bucket}/pairs/train.csv", ("image_uri,label_uri\n" + rows).encode())
     fs.pipe(f"{s3_bucket}/taxonomy.yaml", TAXONOMY_YAML.encode())
     finetune = [
-        *command[: command.index("--") + 1],
+        *command[: command.index(submission_ids[0])], submission_ids[1],
+        *command[command.index(submission_ids[0]) + 1 : command.index("--") + 1],
         "python", "jobs/finetune.py",
         "--vocab", f"{s3_bucket}/taxonomy.yaml",
         "--train", f"{s3_bucket}/pairs/train.csv",
@@ -249,6 +300,18 @@ def test_ray_job_submit_label_and_finetune_s3_to_s3(head_node, s3_bucket, s3_ser
     summary = json.loads(fs.cat(f"{s3_bucket}/ft/model/training_summary.json"))
     assert summary["step"] == 4 and [r["step"] for r in summary["losses"]] == [1, 2, 3, 4]
     assert fs.exists(f"{s3_bucket}/ft/model/model.safetensors")
+
+    # the jobs read S3 with the node's secret, and nothing of theirs or Ray's shows it
+    printed.append(result.stdout + result.stderr)
+    assert not any(cluster_secret in text for text in printed)
+    prefixes = [f"{s3_bucket}/out", f"{s3_bucket}/ft"]
+    assert _where_it_shows(cluster_secret, head_node, submission_ids, fs, prefixes) == []
+    # the check sees a secret where one is: the same records of a job that carries it
+    leaky = [*command[: command.index(submission_ids[0])], "leaky-" + submission_ids[0],
+             "--runtime-env-json", json.dumps({"env_vars": {"AWS_SECRET_ACCESS_KEY": cluster_secret}}),
+             "--no-wait", "--", "true"]  # fmt: skip
+    subprocess.run(leaky, env=_env(), capture_output=True, text=True, timeout=300, check=True)
+    assert "ray job list" in _where_it_shows(cluster_secret, head_node, ["leaky-" + submission_ids[0]], fs, [])
 
 
 def test_resume_after_sigkill_labels_every_image_exactly_once(tmp_path, tiny_weights, sandbox):

@@ -250,6 +250,11 @@ def test_a_plain_folder_of_label_pngs_and_a_class_table(labeled, tmp_path):
                                                           (9, "coffee cup")]  # fmt: skip
 
 
+# Chromium's own connections would be refused on a closed network: its background fetches are off.
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
+                  "--disable-background-networking", "--disable-component-update"]  # fmt: skip
+
+
 def _chromium_page(html: Path, screenshot: Path):
     """Render a file in Debian's headless Chromium through Playwright; the console's errors, the
     page's errors and its images that did not load."""
@@ -259,11 +264,7 @@ def _chromium_page(html: Path, screenshot: Path):
     assert chromium, "a Chromium is needed: apt-get install chromium (.ci/run does), or set CHROMIUM=/path/to/it"
     errors: list[str] = []
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=chromium,
-            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
-                  "--disable-background-networking", "--disable-component-update"],
-        )  # fmt: skip
+        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
         page = browser.new_page(viewport={"width": 1200, "height": 900})
         page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
         page.on("pageerror", lambda error: errors.append(str(error)))
@@ -374,20 +375,63 @@ def test_the_report_reads_the_label_maps_of_the_rows_it_shows_alone(labeled, tmp
     assert thumbnail_alts.findall(page) and thumbnail_alts.findall(page) == thumbnail_alts.findall(expected)
 
 
+# Each fires a dialog when it lands in a page as markup (the last two need the pointer over them):
+# text, an element's attribute and a quoted attribute. None holds a "/", which would cut a file name.
+HOSTILE_NAMES = (
+    "<svg onload=alert(1)>",
+    "<img src=x onerror=alert(2)>",
+    "<details open ontoggle=alert(3)>",
+    "<b onmouseover=alert(4)>b",
+    '" onmouseover="alert(5)" x="',
+    "' onmouseover='alert(6)' x='",
+)
+
+
+def _chromium_dialogs(html: Path) -> list[str]:
+    """The messages of every dialog a page opens in Debian's headless Chromium: loaded, given a
+    moment for handlers, and with the pointer passed over every element."""
+    from playwright.sync_api import sync_playwright
+
+    chromium = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "a Chromium is needed: apt-get install chromium (.ci/run does), or set CHROMIUM=/path/to/it"
+    dialogs: list[str] = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
+        page = browser.new_page()
+        page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+        page.goto(html.as_uri())
+        page.wait_for_load_state("load")
+        page.evaluate(
+            "document.querySelectorAll('*').forEach(e => e.dispatchEvent(new MouseEvent('mouseover', {bubbles: true})))"
+        )
+        page.wait_for_timeout(500)
+        browser.close()
+    return dialogs
+
+
 def test_every_string_the_report_shows_is_escaped(labeled, tmp_path):
-    """A shown image that moved since labeling is named in the page with the error: a hostile
-    file name (and any class name or error text) arrives escaped, never as markup."""
-    hostile = "<img src=x onerror=alert(1)>.jpg"
+    """A shown image that moved since labeling is named in the page with the error: hostile file
+    names arrive escaped, never as markup, and open no dialog in Chromium. The same names pasted
+    unescaped into a page do open dialogs there, so the browser check would see them."""
     moved = tmp_path / "moved"
     moved.mkdir()
     for path in sorted(Path(labeled["output"]).glob("labels-*.parquet")):
         table = pq.read_table(path)
-        uris = [str(tmp_path / "gone" / f"{i}{hostile}") for i in range(table.num_rows)]
+        uris = [str(tmp_path / "gone" / f"{i}{''.join(HOSTILE_NAMES)}.jpg") for i in range(table.num_rows)]
         table = table.set_column(table.schema.get_field_index("image_uri"), "image_uri", pa.array(uris))
         pq.write_table(table, moved / path.name)
-    page = build_report(str(moved), load_taxonomy(str(labeled["vocab"])), least=4)
-    assert "not shown (" in page
-    assert "<img src=x" not in page and "&lt;img src=x onerror=alert(1)&gt;.jpg" in page
+    page = build_report(str(moved), load_taxonomy(str(labeled["vocab"])), least=len(PHOTOS))
+    assert page.count("not shown (") >= len(PHOTOS)  # the least confident, and examples of classes
+    assert "<img src=x" not in page and "&lt;img src=x onerror=alert(2)&gt;" in page
+    report = tmp_path / "report.html"
+    report.write_text(page)
+    assert _chromium_dialogs(report) == []
+
+    # in text, in a double- and in a single-quoted attribute, unescaped: every name fires
+    control = tmp_path / "control.html"
+    pasted = "".join(f"""<p>{n}</p><img alt="{n}" src="data:,"><img alt='{n}' src="data:,">""" for n in HOSTILE_NAMES)
+    control.write_text(f"<!doctype html><html><body>{pasted}</body></html>")
+    assert set(_chromium_dialogs(control)) == {str(i) for i in range(1, len(HOSTILE_NAMES) + 1)}
 
 
 def test_the_report_is_one_page_that_renders_in_chromium(labeled, tmp_path):
