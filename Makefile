@@ -1,35 +1,55 @@
-# Each target creates .venv and installs the project (with its test extra) when missing.
+# Each target creates .venv and installs what it needs when missing, from the lock: requirements/
+# holds every package at the version uv.lock pins (exported by `make lock`), so pip installs them
+# as listed and never searches (--no-deps); `pip check` then proves the set complete.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
-# Ray pinned to the floor pyproject.toml declares, so that the floor is what the tests run on.
-FLOOR := .ci/ray-floor.txt
+RUNTIME := $(VENV)/.runtime-installed
+TESTING := $(VENV)/.test-installed
+# uv's export, without hashes: pip may take a release from a local wheel folder (find-links)
+EXPORT := export --frozen --no-hashes --no-emit-project --format requirements-txt
 
-.PHONY: demo test lint bench install
+.PHONY: demo test lint lock lock-check bench install
 
-$(STAMP): pyproject.toml $(FLOOR)
+$(RUNTIME): pyproject.toml requirements/runtime.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	@echo "installing san-labeler and its dependencies into $(VENV) (PyTorch included: several GB, a few minutes the first time)"
-	# one pip command for everything: moto[server] installed alone pulls a botocore s3fs rejects
-	$(PY) -m pip install --progress-bar on -e '.[test]' -c $(FLOOR)
+	@echo "installing san-labeler's locked dependencies into $(VENV) (PyTorch included: several GB, a few minutes the first time)"
+	$(PY) -m pip install --progress-bar on --no-deps -r requirements/runtime.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	$(PY) -m pip check
 	touch $@
 
-install: $(STAMP)
+$(TESTING): $(RUNTIME) requirements/test.txt
+	$(PY) -m pip install --progress-bar on --no-deps -r requirements/test.txt
+	$(PY) -m pip check
+	touch $@
 
-demo: $(STAMP)
+install: $(RUNTIME)
+
+demo: $(RUNTIME)
 	$(VENV)/bin/san demo
 
-lint: $(STAMP)
+# The lock and its exports agree with pyproject.toml (uv reads no network for this).
+lock-check: $(TESTING)
+	$(VENV)/bin/uv lock --check --offline
+	$(VENV)/bin/uv $(EXPORT) | diff -I '^#' - requirements/runtime.txt
+	$(VENV)/bin/uv $(EXPORT) --extra test | diff -I '^#' - requirements/test.txt
+
+# After changing pyproject.toml's dependencies: resolve again and export.
+lock:
+	uv lock
+	uv $(EXPORT) -o requirements/runtime.txt
+	uv $(EXPORT) --extra test -o requirements/test.txt
+
+lint: $(TESTING)
 	$(VENV)/bin/ruff check --no-cache .
 	$(VENV)/bin/ruff format --no-cache --check .
 
 # pytest exits 5 when it collects nothing: that is a broken suite, never a pass.
-test: lint
+test: lint lock-check
 	$(PY) -m pytest -q; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
 
 # One table: the job path against the release before the speed work, measured in the same run.
-bench: $(STAMP)
+bench: $(TESTING)
 	$(PY) benchmarks/job_path.py

@@ -1,36 +1,103 @@
-"""Honest dependencies: the Ray floor is the Ray the tests run on, no deprecated calls from our code."""
+"""Honest dependencies: declared exactly as imported, every version from the lock (whose Ray is
+the declared floor), no deprecated calls from our code."""
 
 from __future__ import annotations
 
+import ast
 import re
+import sys
 import warnings
+from importlib.metadata import PackageNotFoundError, packages_distributions, version
 from pathlib import Path
 
 import pytest
 import ray
 import tomllib
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 REPO = Path(__file__).resolve().parents[1]
+PROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+LOCAL_MODULES = {"san_core", "pipeline", "jobs", "schemas", "benchmarks", "tests"}
+# declared, not imported by name: fsspec loads s3fs for s3:// URIs
+LOADED_BY_OTHERS = {"s3fs"}
+# the test extra's tools, run rather than imported: the README's pandas block, the linter, the locker
+TEST_TOOLS = {"pandas", "ruff", "uv"}
 
 
 def _declared_floor(package: str) -> Version:
-    dependencies = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
-    for requirement in dependencies:
+    for requirement in PROJECT["dependencies"]:
         match = re.match(rf"{package}(\[[^\]]*\])?>=([\w.]+)", requirement)
         if match:
             return Version(match.group(2))
     raise AssertionError(f"pyproject.toml declares no floor for {package}")
 
 
-def test_ray_floor_is_the_version_installed_for_the_tests():
-    pinned = re.search(r"^ray==([\w.]+)$", (REPO / ".ci" / "ray-floor.txt").read_text(), re.MULTILINE)
-    assert pinned, ".ci/ray-floor.txt pins no Ray"
-    assert Version(pinned.group(1)) == _declared_floor("ray"), "pyproject's floor and the pinned test Ray differ"
+def _names(requirements: list[str]) -> set[str]:
+    return {canonicalize_name(Requirement(r).name) for r in requirements}
+
+
+def _imported_distributions(*folders: str) -> set[str]:
+    """The distributions whose modules the code in these folders imports (absolute imports)."""
+    owners = packages_distributions()
+    found = set()
+    for folder in folders:
+        for path in (REPO / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Import):
+                    modules = [alias.name for alias in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    modules = [node.module]
+                else:
+                    continue
+                for module in modules:
+                    top = module.split(".")[0]
+                    if top in sys.stdlib_module_names or top in LOCAL_MODULES or top not in owners:
+                        continue  # the standard library, ours, or a test helper module
+                    found.add(canonicalize_name(owners[top][0]))
+    return found
+
+
+def test_the_lock_holds_the_declared_ray_floor_and_the_tests_run_on_it():
+    lock = tomllib.loads((REPO / "uv.lock").read_text())
+    locked = {p["name"]: Version(p["version"]) for p in lock["package"] if p["name"] == "ray"}
+    assert locked == {"ray": _declared_floor("ray")}, "uv.lock's Ray is not pyproject's floor: see [tool.uv]"
     assert Version(ray.__version__) == _declared_floor("ray"), (
-        f"Ray {ray.__version__} is installed, but the floor CI must test is {_declared_floor('ray')}: "
-        "install with `make install` (pip -c .ci/ray-floor.txt)"
+        f"Ray {ray.__version__} is installed, but the floor CI must test is {_declared_floor('ray')}: `make install`"
     )
+
+
+def test_declared_dependencies_are_exactly_those_imported():
+    runtime = _names(PROJECT["dependencies"])
+    test = _names(PROJECT["optional-dependencies"]["test"])
+    imported = _imported_distributions("san_core", "pipeline", "jobs", "schemas")
+    assert imported == runtime - LOADED_BY_OTHERS, (
+        f"imported, not declared: {sorted(imported - runtime)}; declared, not imported: {sorted(runtime - imported)}"
+    )
+    by_tests = _imported_distributions("tests") - runtime
+    unused = sorted(test - TEST_TOOLS - by_tests)
+    assert by_tests == test - TEST_TOOLS, (
+        f"tests import, not in the test extra: {sorted(by_tests - test)}; unused: {unused}"
+    )
+
+
+def test_every_installed_dependency_is_at_the_version_the_lock_pins():
+    """`make` installs requirements/test.txt, exported from uv.lock: this environment is the lock's."""
+    wrong = []
+    for line in (REPO / "requirements" / "test.txt").read_text().splitlines():
+        if not line or line.startswith(("#", " ")):
+            continue
+        requirement = Requirement(line)
+        if requirement.marker is not None and not requirement.marker.evaluate():
+            continue
+        try:
+            installed = version(requirement.name)
+        except PackageNotFoundError:
+            installed = "missing"
+        if installed not in requirement.specifier:
+            wrong.append(f"{requirement.name} {installed}, locked {requirement.specifier}")
+    assert not wrong, f"not the locked versions (run `make install` again): {wrong}"
 
 
 def test_deprecation_warnings_from_our_modules_fail_the_suite():
