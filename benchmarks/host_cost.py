@@ -157,7 +157,9 @@ def stage_times(npz: Path, repeats: int, batch: int) -> dict[str, Any]:
         from pipeline.labeling.encode import device_table, encode_rows
         from pipeline.labeling.inference import LabelMapArrays
 
-        arrays = LabelMapArrays(label_map, sums, margins, 0, None)
+        # the posterior's sums since schema 5 (the margins stand in: same shape, same cost)
+        posterior = {"confidence_sums": margins} if "confidence_sums" in LabelMapArrays.__dataclass_fields__ else {}
+        arrays = LabelMapArrays(label_map, sums, margins, 0, None, **posterior)
         loaded = {"image_uri": [uri] * batch, "height": [height] * batch, "width": [width] * batch}
 
         def rows() -> pa.Table:

@@ -80,6 +80,8 @@ def _export(config: ExportConfig, taxonomy: Taxonomy) -> int:
             f.write(labeling_config(taxonomy, config.polygons))
         log.info("%d tasks, %d results -> %s; the project's labeling config: %s", counts["tasks"], counts["results"],
                  config.output, label_config)  # fmt: skip
+        if config.polygons:
+            log.info("%d segments kept as brush masks: a polygon cannot hold their holes", counts["brush_fallbacks"])
         if counts["video_frames_skipped"]:
             log.warning("%d video frames left out: export videos with --format vspw", counts["video_frames_skipped"])
     else:  # coco, or cvat: COCO 1.0 with polygons, file names under the images' folder

@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as a plain script
 
-from pipeline.ray_session import configure_logging  # noqa: E402
+from pipeline.ray_session import configure_logging, log_summary  # noqa: E402
 from schemas.cli import (  # noqa: E402
     add_config_flags,
     add_local_ray_flags,
@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
             100 * config.max_error_ratio,
         )
         return 1
-    log.info("%s", line)
+    log_summary(log, line)
     return 0
 
 

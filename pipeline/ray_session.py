@@ -58,6 +58,12 @@ class _Below(logging.Filter):
         return record.levelno < self.level
 
 
+def log_summary(logger: logging.Logger, message: str) -> None:
+    """A job's one-line summary, printed at every level (`-q` keeps it: a scheduler's log shows it
+    last): an INFO record handed to the handlers whatever the logger's level."""
+    logger.handle(logger.makeRecord(logger.name, logging.INFO, "(summary)", 0, message, None, None))
+
+
 def configure_logging(level: str | int = "INFO") -> None:
     """Idempotent: a second call only changes the level."""
     numeric = logging.getLevelName(level) if isinstance(level, str) else level

@@ -109,6 +109,7 @@ class LabelTile:
     labels: torch.Tensor  # [rows, cols] int64 class indices
     scores: torch.Tensor  # [rows, cols] the winning class's score
     runner_up: torch.Tensor | None = None  # [rows, cols] the second-best class's score (0 with one class)
+    totals: torch.Tensor | None = None  # [rows, cols] every class's score summed: scores / totals is a posterior
 
 
 @torch.no_grad()  # also while a caller iterates, outside the model's own no_grad
@@ -132,7 +133,10 @@ def semantic_label_tiles(
     runs along contiguous memory.
 
     Each tile also carries the runner-up's score, so the top-two margin (how sure a pixel is)
-    costs one more comparison per pixel, not another pass.
+    costs one more comparison per pixel, not another pass, and every class's score summed (the
+    normaliser of the winner's posterior): the sum over classes of probability times mask is the
+    sum over queries of mask times the query's class mass (1 - its no-object probability), one
+    more product with a [Q] vector, whatever the vocabulary.
 
     A tile's row resize multiplies only the band of grid rows its pixels interpolate from (a
     bilinear resize has a few nonzero weights per row), not the whole grid.
@@ -153,6 +157,7 @@ def semantic_label_tiles(
     band_first, band_end = composite_resize_bands(grid_h, padded_size[0], input_size[0], out_h)
     a_x = resize_matrix_on(grid_w, padded_size[1], input_size[1], out_w, device, dtype)
     probs = class_probabilities(class_logits, background).to(dtype).contiguous()  # [Q, C]
+    mass = probs.sum(dim=1)  # [Q] each query's probability over the vocabulary
     num_classes = probs.shape[1]
     anchors = query_anchors(probs)
     widest = pruned_tile_columns(queries, num_classes, anchors)
@@ -177,7 +182,8 @@ def semantic_label_tiles(
             blocks = partial(tile_blocks, half, band_first, band_end, top, bottom, width, queries)
             best, index, runner_up = top_two_pruned(masks, probs, ceiling, anchors, max_chunk_elements, blocks)
             shape = (bottom - top, width)
-            yield LabelTile(top, left, index.view(shape), best.view(shape), runner_up.view(shape))
+            totals = torch.mv(masks, mass).view(shape)
+            yield LabelTile(top, left, index.view(shape), best.view(shape), runner_up.view(shape), totals)
 
 
 @dataclass
@@ -308,6 +314,7 @@ class LabelBatch:
     labels: torch.Tensor  # [B, H, W] int64 class indices
     scores: torch.Tensor  # [B, H, W] the winning class's score
     runner_up: torch.Tensor  # [B, H, W] the second-best class's score (0 with one class)
+    totals: torch.Tensor  # [B, H, W] every class's score summed (see LabelTile)
 
 
 @torch.no_grad()
@@ -341,6 +348,7 @@ def batched_label_maps(
     band_first, band_end = composite_resize_bands(grid_h, padded_size[0], input_size[0], out_h)
     a_x = resize_matrix_on(grid_w, padded_size[1], input_size[1], out_w, device, dtype)
     probs = class_probabilities(class_logits, background).to(dtype).contiguous()  # [B, Q, C]
+    mass = probs.sum(dim=2, keepdim=True)  # [B, Q, 1] each query's probability over the vocabulary
     num_classes = probs.shape[2]
     anchors_per_image = min(num_classes, BATCH_ANCHORS)
     # the masks resized along the columns: [B, h, W * Q], each grid row's W pixels, Q values each
@@ -348,6 +356,7 @@ def batched_label_maps(
     labels = torch.empty((batch, out_h, out_w), dtype=torch.int64, device=device)
     scores = torch.empty((batch, out_h, out_w), dtype=dtype, device=device)
     runner_up = torch.empty_like(scores)
+    totals = torch.empty_like(scores)
     rows = max(1, max_chunk_elements // max(1, batch * out_w * queries))
     for top in range(0, out_h, rows):
         bottom = min(out_h, top + rows)
@@ -376,7 +385,8 @@ def batched_label_maps(
         labels[:, top:bottom] = index.view(shape)
         scores[:, top:bottom] = best.view(shape)
         runner_up[:, top:bottom] = second.view(shape)
-    return LabelBatch(labels, scores, runner_up)
+        totals[:, top:bottom] = torch.bmm(masks, mass).view(shape)
+    return LabelBatch(labels, scores, runner_up, totals)
 
 
 def merge_top_two(

@@ -114,6 +114,7 @@ def frame_label_tiles(
     x0, x1, wx0, wx1 = (t.to(device) for t in resize_taps(in_w, out_w))
     wy0, wy1, wx0, wx1 = (w.to(dtype) for w in (wy0, wy1, wx0, wx1))
     probs = class_probs.to(device, dtype).contiguous()  # [K, C]
+    mass = probs.sum(dim=1)  # [K] each cluster's probability over the vocabulary
     anchors = query_anchors(probs)
     per_row = pruned_tile_columns(clusters, probs.shape[1], anchors) * max(out_w, in_w)
     rows = max(1, max_chunk_elements // max(1, per_row))
@@ -130,7 +131,8 @@ def frame_label_tiles(
         ceiling = half[grid_first:grid_end].view(-1, clusters).amax(dim=0).sigmoid()  # [K]
         best, index, runner_up = top_two_pruned(tile.view(-1, clusters), probs, ceiling, anchors, max_chunk_elements)
         shape = (ys.stop - ys.start, out_w)
-        yield LabelTile(top, 0, index.view(shape), best.view(shape), runner_up.view(shape))
+        totals = torch.mv(tile.view(-1, clusters), mass).view(shape)
+        yield LabelTile(top, 0, index.view(shape), best.view(shape), runner_up.view(shape), totals)
 
 
 @dataclass

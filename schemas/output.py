@@ -21,7 +21,9 @@ from .arrow import ArrowType, arrow_schema
 # 2: error_kind; each file's metadata names the run that wrote it (RUN_ID_KEY)
 # 3: video frames (video_uri, frame_index, timestamp_s, clip_index, frame_count)
 # 4: confidence (mean_score, mean_margin, uncertain_fraction, uncertainty_png, segments' margin)
-SCHEMA_VERSION = "4"
+# 5: confidence in [0, 1] (mean_confidence, segments' confidence: the class posterior); SAN's own
+#    score, a sum over proposals, renamed raw_score / mean_raw_score
+SCHEMA_VERSION = "5"
 
 # A pixel whose top-two margin ((s1 - s2) / s1) is under this is uncertain: the two likeliest
 # classes are within 10% of each other.
@@ -38,8 +40,14 @@ class Segment(BaseModel):
 
     class_id: Int32 = Field(description="the taxonomy id, the value of these pixels in the label map")
     class_name: str
-    score: Float32 = Field(
-        description="mean over its pixels of the SAN class score (sum over queries of class x mask probability)"
+    confidence: Float32 | None = Field(
+        default=None,
+        description="mean over its pixels of the class's posterior, 0 to 1: its score divided by the sum of "
+        "every class's score at the pixel (the scores of all classes at a pixel sum to 1)",
+    )
+    raw_score: Float32 = Field(
+        description="mean over its pixels of SAN's own class score, a sum over the mask proposals of class x "
+        "mask probability: not bounded by 1; for comparisons with the published code"
     )
     area: int = Field(description="pixel count")
     bbox: list[Int32] = Field(description="[x, y, width, height] in pixels, COCO convention")
@@ -71,7 +79,12 @@ class LabelRow(BaseModel):
         description="null, or whether the error may pass if tried again (I/O: timeouts, throttling, 5xx, "
         "connections) or not (a bad image, a missing file): `--retry-errors` re-attempts by kind",
     )
-    mean_score: Float32 | None = Field(default=None, description="the winning class's mean score over the pixels")
+    mean_confidence: Float32 | None = Field(
+        default=None, description="the pixels' mean posterior of their winning class, 0 to 1 (see Segment.confidence)"
+    )
+    mean_raw_score: Float32 | None = Field(
+        default=None, description="the pixels' mean SAN score of their winning class (see Segment.raw_score)"
+    )
     mean_margin: Float32 | None = Field(
         default=None, description="the pixels' mean top-two margin, (s1 - s2) / s1; low = unsure"
     )

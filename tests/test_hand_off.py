@@ -129,9 +129,11 @@ def test_the_hand_off_makes_the_rows_of_the_whole_job_path(tiny, tiny_inputs, pr
         for stored, segment in zip(row["segments"], expected.segments, strict=True):
             exact = ("class_id", "class_name", "area", "bbox", "rle_counts", "rle_size")
             assert {k: stored[k] for k in exact} == segment.model_dump(include=set(exact))
-            assert stored["score"] == pytest.approx(segment.score, rel=1e-6)  # stored as float32
+            assert stored["raw_score"] == pytest.approx(segment.raw_score, rel=1e-6)  # stored as float32
+            assert stored["confidence"] == pytest.approx(segment.confidence, rel=1e-6)
             assert stored["margin"] == pytest.approx(segment.margin, rel=1e-6)
-        assert row["mean_score"] == pytest.approx(expected.mean_score, rel=1e-6)
+        assert row["mean_confidence"] == pytest.approx(expected.mean_confidence, rel=1e-6)
+        assert row["mean_raw_score"] == pytest.approx(expected.mean_raw_score, rel=1e-6)
         assert row["mean_margin"] == pytest.approx(expected.mean_margin, rel=1e-6)
         assert row["uncertain_fraction"] == pytest.approx(expected.uncertain_fraction, rel=1e-6)
         assert row["model_id"] == "tiny" and row["taxonomy_digest"] == "ef" * 32 and row["error"] is None
@@ -178,5 +180,6 @@ def test_label_maps_made_a_batch_at_a_time_are_those_made_image_by_image(tiny, t
         assert one.score_sums.shape == other.score_sums.shape
         assert np.allclose(one.score_sums, other.score_sums, rtol=1e-6)
         assert np.allclose(one.margin_sums, other.margin_sums, rtol=1e-6)
+        assert np.allclose(one.confidence_sums, other.confidence_sums, rtol=1e-6)
         assert abs(one.uncertain_pixels - other.uncertain_pixels) <= 2  # margins at the threshold, float rounding
         assert np.abs(one.margin_map.astype(int) - other.margin_map).max() <= 1

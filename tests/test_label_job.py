@@ -116,7 +116,8 @@ def test_rle_of_every_segment_decodes_to_exactly_its_label_map_pixels(local_run)
             assert segment["area"] == int(mask.sum())
             ys, xs = np.nonzero(mask)
             assert segment["bbox"] == [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]
-            assert segment["score"] > 0.0  # a sum over queries of class x mask probability
+            assert segment["raw_score"] > 0.0  # a sum over queries of class x mask probability
+            assert 0.0 < segment["confidence"] <= 1.0  # a posterior over the vocabulary
 
 
 def test_labels_equal_calling_san_core_directly(local_run, parity_dir):

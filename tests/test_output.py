@@ -1,5 +1,5 @@
 """What a job prints in a log file: the plan, progress of long steps, a summary; no escape codes,
-no line twice, none of Ray's start-up chatter; -q keeps only warnings and errors."""
+no line twice, none of Ray's start-up chatter; -q keeps warnings, errors and the summary."""
 
 from __future__ import annotations
 
@@ -48,8 +48,10 @@ def test_a_labeling_run_says_what_matters_and_nothing_twice(tmp_path, tiny_weigh
     for noise in ("Traceback", "Token authentication is enabled", "Progress bars disabled", "Running Dataset"):
         assert noise not in out + err, noise
 
-    quiet = _label([*args, "-q"])  # nothing new to label; the summary is INFO, so -q prints nothing
-    assert quiet.returncode == 0 and quiet.stdout == "", quiet.stdout
+    quiet = _label([*args, "-q"])  # nothing new to label: -q prints the summary line alone
+    assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
+    (summary,) = quiet.stdout.splitlines()
+    assert re.fullmatch(rf"run \S+: 0 labeled, 0 failed, 3 skipped in [\d.]+s; results in {tmp_path / 'out'}", summary)
 
 
 def test_logging_is_configured_once_per_process(capsys):

@@ -59,7 +59,7 @@ def test_runs_of_all_classes_in_one_pass_equal_pycocotools_per_class(height, wid
         assert rle["counts"] == expected["counts"] and list(rle["size"]) == list(expected["size"])
 
 
-def test_segments_carry_area_bbox_and_mean_score():
+def test_segments_carry_area_bbox_and_mean_raw_score():
     label_map = _blobs(40, 60, classes=4, seed=1)
     scores = np.random.default_rng(2).random((40, 60)).astype(np.float32)
     names = {i: f"class {i}" for i in range(4)}
@@ -70,7 +70,7 @@ def test_segments_carry_area_bbox_and_mean_score():
         assert segment.area == mask.sum() and segment.class_name == f"class {segment.class_id}"
         ys, xs = np.nonzero(mask)
         assert segment.bbox == [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]
-        assert segment.score == pytest.approx(float(scores[mask].mean()), rel=1e-6)
+        assert segment.raw_score == pytest.approx(float(scores[mask].mean()), rel=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -103,6 +103,8 @@ def test_label_tiles_are_the_argmax_of_the_full_score_maps(classes, padded, vali
         window = scores[:, tile.top : tile.top + rows, tile.left : tile.left + cols]
         second = window.topk(2, dim=0).values[1] if classes > 1 else torch.zeros_like(tile.scores)
         assert torch.allclose(tile.runner_up, second, atol=1e-6)  # the margin's rival, exact
+        # every class's score summed (the posterior's normaliser), from the queries alone
+        assert torch.allclose(tile.totals, window.sum(dim=0), rtol=1e-5, atol=1e-6)
     assert (labels >= 0).all()  # every pixel covered
     if chunk < 1 << 25 and classes > 1:
         assert len(tiles) > 1
@@ -178,7 +180,9 @@ def test_the_job_path_equals_the_argmax_of_the_models_score_maps(tiny, tiny_inpu
         for segment in result.segments:
             mask = expected == segment.class_id
             assert segment.area == mask.sum()
-            assert segment.score == pytest.approx(float(best.numpy()[mask].mean()), rel=1e-5)
+            assert segment.raw_score == pytest.approx(float(best.numpy()[mask].mean()), rel=1e-5)
+            posterior = (best / scores.sum(dim=0)).numpy()
+            assert segment.confidence == pytest.approx(float(posterior[mask].mean()), abs=1e-5)
 
 
 def test_top_two_matches_topk_and_breaks_ties_as_argmax():
@@ -219,6 +223,8 @@ def test_batched_label_maps_are_the_argmax_of_each_images_score_maps(classes, pe
         assert torch.allclose(labels.scores[image], ranked.values[0], atol=1e-6)
         second = ranked.values[1] if classes > 1 else torch.zeros(output)
         assert torch.allclose(labels.runner_up[image], second, atol=1e-6)
+        # every class's score summed, without scoring every class: the posterior's normaliser
+        assert torch.allclose(labels.totals[image], scores.sum(dim=0), rtol=1e-5, atol=1e-6)
         # the argmax, up to float ties between classes (flat probabilities make a few)
         disagree = labels.labels[image] != scores.argmax(dim=0)
         assert disagree.float().mean() < 1e-3

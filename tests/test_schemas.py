@@ -27,7 +27,8 @@ def _row(**overrides) -> LabelRow:
             Segment(
                 class_id=2,
                 class_name="person",
-                score=0.75,
+                confidence=0.75,
+                raw_score=1.25,  # SAN scores may pass 1; exact in float32
                 area=1200,
                 bbox=[10, 20, 30, 40],
                 rle_counts="abc",
@@ -51,7 +52,7 @@ def test_output_schema_is_derived_from_the_row_model():
     assert not schema.field("image_uri").nullable
     segment = schema.field("segments").type.value_type
     assert [f.name for f in segment] == list(Segment.model_fields)
-    assert segment.field("score").type == pa.float32()
+    assert segment.field("raw_score").type == pa.float32() and segment.field("confidence").type == pa.float32()
     assert segment.field("bbox").type == pa.list_(pa.field("item", pa.int32(), nullable=False))
 
 

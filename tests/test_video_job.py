@@ -148,7 +148,9 @@ def test_frames_are_labeled_as_san_core_labels_their_clips(video_run, parity_dir
             # confidence from the clip's own score maps, as for an image
             top2 = scores.topk(2, dim=0).values
             margin = ((top2[0] - top2[1]) / top2[0]).clamp(0, 1)
-            assert rows[frame.index]["mean_score"] == pytest.approx(float(top2[0].mean()), rel=1e-4)
+            confidence = top2[0] / scores.sum(dim=0)  # the winner's posterior over the vocabulary
+            assert rows[frame.index]["mean_confidence"] == pytest.approx(float(confidence.mean()), abs=1e-4)
+            assert rows[frame.index]["mean_raw_score"] == pytest.approx(float(top2[0].mean()), rel=1e-4)
             assert rows[frame.index]["mean_margin"] == pytest.approx(float(margin.mean()), abs=1e-4)
         singles = label_images(model, clip.frames, [clip.output_size] * len(clip.frames), embeddings, class_ids, names)
         as_images += sum(

@@ -67,7 +67,8 @@ def to_coco(
                     "area": segment["area"],
                     "bbox": segment["bbox"],
                     "iscrowd": crowd,
-                    "score": segment["score"],
+                    # COCO's `score`, as detectors write it: a probability, the segment's mean posterior
+                    "score": segment.get("confidence"),
                     **({"margin": segment["margin"]} if segment.get("margin") is not None else {}),
                 }
             )

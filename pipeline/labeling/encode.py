@@ -36,6 +36,7 @@ DEVICE_SCHEMA = pa.schema(
         pa.field("label_map", pa.large_binary()),  # [height, width] uint16 taxonomy ids
         pa.field("score_sums", pa.large_binary()),  # [ids] float64
         pa.field("margin_sums", pa.large_binary()),  # [ids] float64
+        pa.field("confidence_sums", pa.large_binary()),  # [ids] float64
         pa.field("uncertain_pixels", pa.int64()),
         pa.field("margin_map", pa.large_binary()),  # [height, width] uint8, with --uncertainty-map
     ]
@@ -77,6 +78,7 @@ def device_table(
             "label_map": binary_column([None if a is None else a.label_map for a in found]),
             "score_sums": binary_column([None if a is None else a.score_sums for a in found]),
             "margin_sums": binary_column([None if a is None else a.margin_sums for a in found]),
+            "confidence_sums": binary_column([None if a is None else a.confidence_sums for a in found]),
             "uncertain_pixels": pa.array([0 if a is None else a.uncertain_pixels for a in found], pa.int64()),
             "margin_map": binary_column([None if a is None else a.margin_map for a in found]),
         },
@@ -101,6 +103,7 @@ def _row_readers(table: pa.Table) -> list[Callable[[], LabelMapArrays] | None]:
     for an error row; a damaged row raises when read, not before."""
     label_maps, score_sums = _buffers(table["label_map"]), _buffers(table["score_sums"])
     margin_sums, margin_maps = _buffers(table["margin_sums"]), _buffers(table["margin_map"])
+    confidence_sums = _buffers(table["confidence_sums"])
     heights, widths = table["height"].to_numpy(), table["width"].to_numpy()
     uncertain = table["uncertain_pixels"].to_numpy()
 
@@ -113,6 +116,7 @@ def _row_readers(table: pa.Table) -> list[Callable[[], LabelMapArrays] | None]:
             margin_sums=np.frombuffer(margin_sums[i], dtype="<f8"),
             uncertain_pixels=int(uncertain[i]),
             margin_map=None if margin_map is None else np.frombuffer(margin_map, dtype=np.uint8).reshape(shape),
+            confidence_sums=np.frombuffer(confidence_sums[i], dtype="<f8"),
         )
 
     return [None if label_maps[i] is None else partial(read, i) for i in range(table.num_rows)]
@@ -128,7 +132,8 @@ def row_fields(labeled: LabeledImage) -> dict[str, Any]:
     return {
         "label_map_png": labeled.label_map_png,
         "segments": labeled.segments,
-        "mean_score": labeled.mean_score,
+        "mean_confidence": labeled.mean_confidence,
+        "mean_raw_score": labeled.mean_raw_score,
         "mean_margin": labeled.mean_margin,
         "uncertain_fraction": labeled.uncertain_fraction,
         "uncertainty_png": labeled.uncertainty_png,

@@ -12,10 +12,13 @@ tile: nothing of the output's size is held but the map itself (2 bytes per pixel
 an uncertainty map) beside the tiles' fixed working set. On a GPU the finished maps come back to
 the host in one batch of asynchronous copies, with no wait between images.
 
-Confidence, from the same tiles: a pixel's margin is its top-two score difference relative to
-its top score ((s1 - s2) / s1: 0 is a tie, 1 no rival). A segment's `margin` is its pixels' mean;
-a row's `mean_score` and `mean_margin` are its pixels' means, and `uncertain_fraction` the share
-of its pixels whose margin is under `UNCERTAIN_MARGIN`. The review order, least confident first,
+Confidence, from the same tiles: a pixel's confidence is its winning class's posterior, the
+class's score normalised over the vocabulary (s1 / the sum of every class's score: the scores of
+all classes at a pixel sum to 1), and its margin the top-two score difference relative to its top
+score ((s1 - s2) / s1: 0 is a tie, 1 no rival). A segment's `confidence` and `margin` are its
+pixels' means; a row's `mean_confidence` and `mean_margin` likewise over the image, and
+`uncertain_fraction` the share of its pixels whose margin is under `UNCERTAIN_MARGIN`. SAN's own
+score (a sum over the mask proposals, not bounded by 1) is kept as `raw_score`. The review order, least confident first,
 is `uncertain_fraction` descending, then `mean_margin` ascending.
 """
 
@@ -38,8 +41,9 @@ from .segments import segments_from_label_map
 class LabeledImage:
     label_map_png: bytes  # 16-bit PNG of taxonomy ids at the requested output size
     segments: list[Segment]
-    mean_score: float  # the winning class's mean score over the pixels
+    mean_confidence: float  # the winning class's mean posterior over the pixels (0 to 1)
     mean_margin: float  # the mean relative top-two margin
+    mean_raw_score: float  # the winning class's mean SAN score over the pixels
     uncertain_fraction: float  # the share of pixels whose margin is under UNCERTAIN_MARGIN
     uncertainty_png: bytes | None = None  # 8-bit PNG of the margin (255 = no rival), if asked for
 
@@ -50,19 +54,23 @@ class LabelMapArrays:
     as host arrays, nothing encoded yet."""
 
     label_map: np.ndarray  # [H, W] uint16 taxonomy ids
-    score_sums: np.ndarray  # [max id + 1] float64: each id's pixels' summed score
+    score_sums: np.ndarray  # [max id + 1] float64: each id's pixels' summed SAN score
     margin_sums: np.ndarray  # [max id + 1] float64: each id's pixels' summed margin
     uncertain_pixels: int
     margin_map: np.ndarray | None  # [H, W] uint8, round(255 * margin), if asked for
+    confidence_sums: np.ndarray  # [max id + 1] float64: each id's pixels' summed posterior
 
     def labeled_image(self, class_names: Mapping[int, str]) -> LabeledImage:
         """What an output row stores: the PNG, the segments and the confidence (host work)."""
         pixels = max(1, self.label_map.size)
         return LabeledImage(
             label_map_png=encode_label_png(self.label_map),
-            segments=segments_from_label_map(self.label_map, self.score_sums, class_names, self.margin_sums),
-            mean_score=float(self.score_sums.sum()) / pixels,
+            segments=segments_from_label_map(
+                self.label_map, self.score_sums, class_names, self.margin_sums, self.confidence_sums
+            ),
+            mean_confidence=float(self.confidence_sums.sum()) / pixels,
             mean_margin=float(self.margin_sums.sum()) / pixels,
+            mean_raw_score=float(self.score_sums.sum()) / pixels,
             uncertain_fraction=self.uncertain_pixels / pixels,
             uncertainty_png=encode_png(self.margin_map) if self.margin_map is not None else None,
         )
@@ -77,6 +85,15 @@ class _DeviceMap:
     margin_sums: torch.Tensor  # [bins] float64
     uncertain: torch.Tensor  # [] int64
     margin_map: torch.Tensor | None  # [H, W] uint8
+    confidence_sums: torch.Tensor  # [bins] float64
+
+
+def posterior(scores: torch.Tensor, totals: torch.Tensor | None) -> torch.Tensor:
+    """The winning class's score normalised over the vocabulary, in [0, 1] (1 where a tile
+    carries no totals: a vocabulary of one class)."""
+    if totals is None:
+        return torch.ones_like(scores)
+    return (scores / totals.clamp_min(1e-12)).clamp_(0, 1)
 
 
 def label_maps(
@@ -147,6 +164,7 @@ def collect_on_device(
     margin_map = torch.empty(size, dtype=torch.uint8, device=device) if uncertainty_map else None
     sums = torch.zeros(bins, dtype=torch.float64, device=device)
     margins = torch.zeros(bins, dtype=torch.float64, device=device)
+    confidences = torch.zeros(bins, dtype=torch.float64, device=device)
     uncertain = torch.zeros((), dtype=torch.int64, device=device)
     for tile in tiles:
         ids = class_ids[tile.labels].flatten()
@@ -155,13 +173,14 @@ def collect_on_device(
         # index_add_ rather than bincount, whose CUDA kernel reads the largest id back to the host
         sums.index_add_(0, ids, tile.scores.flatten().double())
         margins.index_add_(0, ids, margin.double())
+        confidences.index_add_(0, ids, posterior(tile.scores, tile.totals).flatten().double())
         uncertain += (margin < UNCERTAIN_MARGIN).sum()
         rows, cols = tile.labels.shape
         where = (slice(tile.top, tile.top + rows), slice(tile.left, tile.left + cols))
         label_map[where] = ids.view(rows, cols)
         if margin_map is not None:
             margin_map[where] = (margin * 255).round_().view(rows, cols)
-    return _DeviceMap(label_map, sums, margins, uncertain, margin_map)
+    return _DeviceMap(label_map, sums, margins, uncertain, margin_map, confidences)
 
 
 def collect_batch_on_device(
@@ -179,6 +198,7 @@ def collect_batch_on_device(
     sums = torch.zeros(images * bins, dtype=torch.float64, device=ids.device)
     sums.index_add_(0, where, batch.scores.flatten().double())
     margins = torch.zeros_like(sums).index_add_(0, where, margin.flatten().double())
+    confidences = torch.zeros_like(sums).index_add_(0, where, posterior(batch.scores, batch.totals).flatten().double())
     uncertain = (margin < UNCERTAIN_MARGIN).flatten(1).sum(dim=1)
     label_maps = ids.to(torch.int16)  # the uint16 ids' bits, as collect_on_device keeps them
     margin_maps = (margin * 255).round_().to(torch.uint8) if uncertainty_map else None
@@ -189,6 +209,7 @@ def collect_batch_on_device(
             margins[i * bins : (i + 1) * bins],
             uncertain[i],
             None if margin_maps is None else margin_maps[i],
+            confidences[i * bins : (i + 1) * bins],
         )
         for i in range(images)
     ]
@@ -212,6 +233,7 @@ def to_host(maps: Sequence[_DeviceMap]) -> list[LabelMapArrays]:
             host(m.margin_sums),
             host(m.uncertain),
             None if m.margin_map is None else host(m.margin_map),
+            host(m.confidence_sums),
         )
         for m in maps
     ]
@@ -224,8 +246,9 @@ def to_host(maps: Sequence[_DeviceMap]) -> list[LabelMapArrays]:
             margins.numpy(),
             int(uncertain),
             None if margin_map is None else margin_map.numpy(),
+            confidences.numpy(),
         )
-        for label_map, sums, margins, uncertain, margin_map in copied
+        for label_map, sums, margins, uncertain, margin_map, confidences in copied
     ]
 
 

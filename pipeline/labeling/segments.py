@@ -74,11 +74,12 @@ def segments_from_label_map(
     score_sums: Mapping[int, float] | np.ndarray,
     class_names: Mapping[int, str],
     margin_sums: Mapping[int, float] | np.ndarray | None = None,
+    confidence_sums: Mapping[int, float] | np.ndarray | None = None,
 ) -> list[Segment]:
     """One Segment per class id present (0 = unlabeled is skipped), in id order. `score_sums`
-    holds each class's summed winning score over its pixels, `margin_sums` its summed top-two
-    margin (by id: a mapping, or an array indexed by id): a segment's score and margin are their
-    means."""
+    holds each class's summed SAN score over its pixels, `margin_sums` its summed top-two margin
+    and `confidence_sums` its summed posterior (by id: a mapping, or an array indexed by id): a
+    segment's raw score, margin and confidence are their means."""
     segments = []
     for class_id, rle in sorted(class_rles(label_map).items()):
         if class_id == 0:
@@ -89,8 +90,9 @@ def segments_from_label_map(
             Segment(
                 class_id=class_id,
                 class_name=class_names[class_id],
-                score=float(score_sums[class_id] / area),
+                raw_score=float(score_sums[class_id] / area),
                 margin=float(margin_sums[class_id] / area) if margin_sums is not None else None,
+                confidence=float(confidence_sums[class_id] / area) if confidence_sums is not None else None,
                 area=area,
                 bbox=[x, y, w, h],
                 rle_counts=rle["counts"].decode("ascii"),

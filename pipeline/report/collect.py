@@ -27,7 +27,7 @@ COLUMNS = [
     "error",
     "error_kind",
     "segments",
-    "mean_score",
+    "mean_confidence",
     "mean_margin",
     "uncertain_fraction",
 ]
@@ -80,7 +80,7 @@ class OutputSummary:
     class_pixels: Counter[int] = field(default_factory=Counter)
     class_images: Counter[int] = field(default_factory=Counter)
     class_names: dict[int, str] = field(default_factory=dict)
-    mean_scores: list[np.ndarray] = field(default_factory=list)  # float32, a chunk per file
+    mean_confidences: UnitHistogram = field(default_factory=UnitHistogram)
     mean_margins: UnitHistogram = field(default_factory=UnitHistogram)
     uncertain_fractions: UnitHistogram = field(default_factory=UnitHistogram)
     segment_margins: UnitHistogram = field(default_factory=UnitHistogram)
@@ -135,7 +135,8 @@ def _add_confidence(summary: OutputSummary, table: pa.Table) -> None:
     if "mean_margin" not in table.column_names:
         return
     rated = table.filter(pc.is_valid(table["mean_margin"]))
-    summary.mean_scores.append(rated["mean_score"].to_numpy().astype(np.float32))
+    if "mean_confidence" in table.column_names:  # schema 5 on
+        summary.mean_confidences.add(pc.drop_null(rated["mean_confidence"]).to_numpy())
     summary.mean_margins.add(rated["mean_margin"].to_numpy())
     summary.uncertain_fractions.add(rated["uncertain_fraction"].to_numpy())
     segments = pc.list_flatten(rated["segments"])
@@ -167,5 +168,5 @@ def _add_row(summary: OutputSummary, row: dict[str, Any], source: tuple[str, int
 
 def _light(row: dict[str, Any]) -> dict[str, Any]:
     """What a shown example needs later (its label map is read again then, not kept now)."""
-    keep = ("image_uri", "video_uri", "mean_score", "mean_margin", "uncertain_fraction")
+    keep = ("image_uri", "video_uri", "mean_confidence", "mean_margin", "uncertain_fraction")
     return {k: row.get(k) for k in keep} | {"classes": [s["class_name"] for s in row["segments"]]}

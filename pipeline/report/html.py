@@ -25,7 +25,7 @@ from ..media.images import decode_rgb
 from ..media.video import frames_at
 from ..store import LabelStore
 from . import plots
-from .collect import CONFIDENCE_BINS, Example, OutputSummary, summarize
+from .collect import Example, OutputSummary, summarize
 
 THUMB_WIDTH = 360
 STYLE = """
@@ -66,6 +66,14 @@ def _label_maps(labels: str, shown: list[Example], storage_options: Mapping[str,
         table = store.take(path, sorted(indices), ["image_uri", "label_map_png"])
         found.update(zip(table["image_uri"].to_pylist(), table["label_map_png"].to_pylist(), strict=True))
     return found
+
+
+def _review_caption(row: dict[str, Any]) -> str:
+    """What a least confident image's caption says of it."""
+    return (
+        f"confidence {row.get('mean_confidence') or 0:.2f}, uncertain {row.get('uncertain_fraction') or 0:.0%}, "
+        f"margin {row.get('mean_margin') or 0:.2f}: {', '.join(row['classes'])}"
+    )
 
 
 def _pixels(example: Example, storage_options: Mapping[str, Any] | None) -> np.ndarray:
@@ -208,18 +216,14 @@ def build_report(
     if summary.mean_margins:
         histograms = plots.histograms(
             {
-                "mean score": np.histogram(np.concatenate(summary.mean_scores), bins=CONFIDENCE_BINS),
+                "mean confidence": summary.mean_confidences.counts_and_edges(),
                 "mean margin": summary.mean_margins.counts_and_edges(),
                 "uncertain share": summary.uncertain_fractions.counts_and_edges(),
                 "segment margin": summary.segment_margins.counts_and_edges(),
             }
         )
         confidence = _figure(histograms, "image/png", "confidence histograms")
-    least_captions = [
-        (e, f"uncertain {e.detail['row'].get('uncertain_fraction') or 0:.0%}, margin "
-            f"{e.detail['row'].get('mean_margin') or 0:.2f}: {', '.join(e.detail['row']['classes'])}")
-        for e in least_confident
-    ]  # fmt: skip
+    least_captions = [(e, _review_caption(e.detail["row"])) for e in least_confident]
     example_captions = [(e, f"{names[e.detail['class_id']]}: {int(e.key):,} pixels") for e in class_examples]
     return _TEMPLATES.get_template("report.html.j2").render(
         labels=labels,
