@@ -9,6 +9,10 @@ TESTING := $(VENV)/.test-installed
 # uv's export, without hashes: pip may take a release from a local wheel folder (find-links)
 EXPORT := export --frozen --no-hashes --no-emit-project --format requirements-txt
 
+# Label Studio for the tests that push to a real server: its own environment, its pins are its own.
+LABEL_STUDIO := .venv-label-studio/bin/label-studio
+LABEL_STUDIO_RELEASE := label-studio==1.23.2
+
 .PHONY: demo test lint lock lock-check bench install
 
 $(RUNTIME): pyproject.toml requirements/runtime.txt
@@ -25,6 +29,10 @@ $(TESTING): $(RUNTIME) requirements/test.txt
 	touch $@
 
 install: $(RUNTIME)
+
+$(LABEL_STUDIO):
+	test -x .venv-label-studio/bin/python || $(PYTHON) -m venv .venv-label-studio
+	.venv-label-studio/bin/python -m pip install --quiet '$(LABEL_STUDIO_RELEASE)'
 
 demo: $(RUNTIME)
 	$(VENV)/bin/san demo
@@ -46,7 +54,7 @@ lint: $(TESTING)
 	$(VENV)/bin/ruff format --no-cache --check .
 
 # pytest exits 5 when it collects nothing: that is a broken suite, never a pass.
-test: lint lock-check
+test: lint lock-check $(LABEL_STUDIO)
 	$(PY) -m pytest -q; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
 

@@ -1,6 +1,6 @@
 """`san`: one command for every job.
 
-    san label | finetune | evaluate | export | report | demo | verify | taxonomy check  [flags]
+    san label | finetune | evaluate | export | push | report | demo | verify | taxonomy check  [flags]
 
 Each subcommand is also a plain script (`python jobs/label.py ...`), which is what
 `ray job submit --working-dir .` runs on a cluster. Flags mean the same in every job: `--input`
@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as a plain script
 
-from jobs import demo, evaluate, export, finetune, label, report, verify  # noqa: E402
+from jobs import demo, evaluate, export, finetune, label, push, report, verify  # noqa: E402
 from schemas import taxonomy  # noqa: E402
 
 
@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
         "finetune": finetune,
         "evaluate": evaluate,
         "export": export,
+        "push": push,
         "report": report,
         "demo": demo,
         "verify": verify,

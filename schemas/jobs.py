@@ -408,6 +408,50 @@ class ExportConfig(_JobConfig):
     storage_options: dict[str, Any] = STORAGE_OPTIONS
 
 
+class PushLabelStudioConfig(_JobConfig):
+    """`san push label-studio`: a labeling output's predictions into a Label Studio server."""
+
+    input: Uri = Field(description="the labeling output", json_schema_extra=_cli(metavar="URI"))
+    vocab: VocabRef = VOCAB
+    project: str = Field(
+        min_length=3,
+        max_length=50,
+        description="the project's title (made with the labeling config of the taxonomy when missing); further "
+        "projects, when one is full, are NAME-002, NAME-003, ...",
+        json_schema_extra=_cli(metavar="NAME"),
+    )
+    url: str | None = Field(
+        default=None,
+        description="the Label Studio server (default: $LABEL_STUDIO_URL); the token is read from "
+        "$LABEL_STUDIO_API_KEY, never from the command line",
+        json_schema_extra=_cli(metavar="URL"),
+    )
+    max_tasks_per_project: int = Field(
+        default=100_000, ge=1, description="tasks per project (Label Studio's guidance: about 100,000)"
+    )
+    batch_size: int = Field(default=250, ge=1, le=5000, description="tasks per import request")
+    least_confident: int | None = Field(
+        default=None, ge=1, description="push only the N least confident images (the review queue)"
+    )
+    where: str | None = Field(
+        default=None,
+        description="push only the rows this SQL condition over the row columns holds for (DuckDB), e.g. "
+        '"uncertain_fraction > 0.2"',
+        json_schema_extra=_cli(metavar="SQL"),
+    )
+    image_root: Uri | None = Field(
+        default=None,
+        description="local images become /data/local-files/?d= URLs relative to this folder (Label Studio's "
+        "LOCAL_FILES_DOCUMENT_ROOT); object-store URIs are pushed as they are",
+        json_schema_extra=_cli(metavar="URI"),
+    )
+    polygons: bool = Field(default=False, description="segments as polygons (a segment with a hole stays a mask)")
+    polygon_tolerance: float = Field(
+        default=1.0, ge=0.0, description="how far (pixels) a simplified polygon may stray from the mask's outline"
+    )
+    storage_options: dict[str, Any] = STORAGE_OPTIONS
+
+
 class ReportConfig(_JobConfig):
     """`san report`: a labeling output as one self-contained HTML page."""
 

@@ -140,6 +140,9 @@ def test_shell_commands_use_flags_their_help_lists(command):
         tokens[0] = "san"
     if "--" in tokens and "jobs/" in command:  # ray job submit ... -- python jobs/NAME.py ...
         tokens = tokens[tokens.index("--") + 1 :]
+    if tokens[0] == "export":  # environment for the commands after it
+        assert all(re.fullmatch(r"[A-Z_]+=\S*", t) for t in tokens[1:]), command
+        return
     if tokens[0] == "source":
         assert tokens[1] == ".venv/bin/activate", command  # the environment make creates
         return
