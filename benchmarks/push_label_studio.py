@@ -13,13 +13,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import pyarrow as pa
@@ -27,14 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 REPO = Path(__file__).resolve().parents[1]
-LABEL_STUDIO = REPO / ".venv-label-studio" / "bin" / "label-studio"
 TOKEN = "benchmark-token"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _label(images: Path, output: Path, weights: list[str]) -> None:
@@ -77,12 +67,14 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=10_000)
     parser.add_argument("--batch-size", type=int, default=250)
     args = parser.parse_args()
-    if not LABEL_STUDIO.exists():
-        sys.exit(f"{LABEL_STUDIO} is missing: make .venv-label-studio")
     import skimage.data
 
     sys.path.insert(0, str(REPO / "tests"))
     from image_fixtures import jpeg_bytes
+    from label_studio_server import LABEL_STUDIO, label_studio_server
+
+    if not LABEL_STUDIO.exists():
+        sys.exit(f"{LABEL_STUDIO} is missing: make .venv-label-studio")
 
     from san_core.build import load_model
     from san_core.checkpoint import save_checkpoint
@@ -101,31 +93,14 @@ def main() -> None:
     _copies(root / "labels-a", root / "many-a", args.tasks)
     _copies(root / "labels-b", root / "many-b", args.tasks)
 
-    data, port = root / "label-studio", _free_port()
+    data = root / "label-studio"
     data.mkdir()
-    env = dict(os.environ, LABEL_STUDIO_BASE_DATA_DIR=str(data), LABEL_STUDIO_USERNAME="bench@example.com",
-               LABEL_STUDIO_PASSWORD="a-long-bench-password", LABEL_STUDIO_USER_TOKEN=TOKEN,
-               LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN="true", HOME=str(root))  # fmt: skip
-    server = subprocess.Popen(
-        [str(LABEL_STUDIO), "start", "--no-browser", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, cwd=data, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=5)
-                break
-            except OSError:
-                time.sleep(1)
+    with label_studio_server(data, TOKEN, env=dict(os.environ, HOME=str(root))) as url:
         rows = []
         for what, labels in (("first push, all new", "many-a"), ("same push again", "many-a"),
                              ("re-labeled run, all replaced", "many-b")):  # fmt: skip
             seconds, summary = _push(url, root / labels, "benchmark", args.batch_size)
             rows.append((what, seconds, summary))
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait()
     print(f"san push label-studio, {args.tasks:,} tasks of 4 photos' tiny-model labels (brush RLE), batches of "
           f"{args.batch_size}, Label Studio 1.23 (SQLite) on this machine\n")  # fmt: skip
     print("| push | seconds | tasks/s | summary |")

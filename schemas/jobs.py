@@ -81,6 +81,9 @@ STORAGE_OPTIONS = Field(
     description="JSON object passed to fsspec, e.g. '{\"anon\": false}'",
     json_schema_extra=_cli(metavar="JSON"),
 )
+POLYGON_TOLERANCE = Field(
+    default=1.0, ge=0.0, description="how far (pixels) a simplified polygon may stray from the mask's outline"
+)
 VOCAB = Field(
     description="taxonomy.yaml (path or URI), or a shipped vocabulary: "
     "ade150, ade847, coco-stuff-171, pc59, pc459, voc20",
@@ -402,9 +405,7 @@ class ExportConfig(_JobConfig):
     polygons: bool = Field(
         default=False, description="coco, label-studio: segments as polygons (a segment with a hole stays a mask)"
     )
-    polygon_tolerance: float = Field(
-        default=1.0, ge=0.0, description="how far (pixels) a simplified polygon may stray from the mask's outline"
-    )
+    polygon_tolerance: float = POLYGON_TOLERANCE
     storage_options: dict[str, Any] = STORAGE_OPTIONS
 
 
@@ -446,9 +447,7 @@ class PushLabelStudioConfig(_JobConfig):
         json_schema_extra=_cli(metavar="URI"),
     )
     polygons: bool = Field(default=False, description="segments as polygons (a segment with a hole stays a mask)")
-    polygon_tolerance: float = Field(
-        default=1.0, ge=0.0, description="how far (pixels) a simplified polygon may stray from the mask's outline"
-    )
+    polygon_tolerance: float = POLYGON_TOLERANCE
     storage_options: dict[str, Any] = STORAGE_OPTIONS
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,12 +27,12 @@ import pytest
 import skimage.data
 from image_fixtures import jpeg_bytes
 from label_studio_converter.brush import decode_rle
+from label_studio_server import free_port, label_studio_server
 
 from jobs.label import main as label_main
 from pipeline.masks.coco_rle import rle_to_mask
 
 REPO = Path(__file__).resolve().parents[1]
-LABEL_STUDIO = REPO / ".venv-label-studio" / "bin" / "label-studio"
 SAN = [sys.executable, str(REPO / "jobs" / "cli.py")]
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
 TOKEN = "san-labeler-test-token"
@@ -62,53 +61,12 @@ class Server:
         return self.get(f"/api/tasks?project={project}&page_size=100000&fields=all")["tasks"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def label_studio(sandbox, request) -> Iterator[Server]:
     """The server, started first: the labeling outputs are made while it boots (a minute here)."""
-    assert LABEL_STUDIO.exists(), f"{LABEL_STUDIO} is missing: `make .venv-label-studio` installs Label Studio there"
     data = Path(tempfile.mkdtemp(prefix="label-studio-", dir=sandbox.root))
-    port = _free_port()
-    env = dict(
-        os.environ,
-        LABEL_STUDIO_BASE_DATA_DIR=str(data),
-        LABEL_STUDIO_USERNAME="reviewer@example.com",
-        LABEL_STUDIO_PASSWORD="a-long-test-password",
-        LABEL_STUDIO_USER_TOKEN=TOKEN,
-        LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN="true",
-        LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK="true",
-    )
-    log = (data / "server.log").open("w")
-    server = subprocess.Popen(
-        [str(LABEL_STUDIO), "start", "--no-browser", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, cwd=data, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        request.getfixturevalue("outputs")
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=5)
-                break
-            except OSError:
-                assert server.poll() is None, (data / "server.log").read_text()[-3000:]
-                assert time.monotonic() < deadline, (data / "server.log").read_text()[-3000:]
-                time.sleep(1)
+    with label_studio_server(data, TOKEN, while_booting=lambda: request.getfixturevalue("outputs")) as url:
         yield Server(url, TOKEN)
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
-        log.close()
 
 
 @pytest.fixture(scope="module")
@@ -255,7 +213,7 @@ def test_a_wrong_token_or_no_server_is_one_clear_line_and_exit_1(label_studio, o
     refused = _push(label_studio, outputs["first"], "push-refused", token="not-the-token")
     assert refused.returncode == 1 and "refused the token (HTTP 401)" in refused.stderr
     assert "push-refused" not in label_studio.projects()  # nothing made
-    closed = Server(f"http://127.0.0.1:{_free_port()}", TOKEN)
+    closed = Server(f"http://127.0.0.1:{free_port()}", TOKEN)
     unreachable = _push(closed, outputs["first"], "push-nowhere")
     assert unreachable.returncode == 1 and "cannot reach Label Studio at" in unreachable.stderr
     assert "Traceback" not in refused.stderr + unreachable.stderr

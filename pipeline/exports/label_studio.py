@@ -92,8 +92,6 @@ def to_label_studio(
                 "score": segment.get("confidence"),  # the segment's mean posterior, 0 to 1
             }
             traced = mask_polygons(mask, tolerance) if polygons else None
-            if traced is not None and traced.has_holes:
-                counts["brush_fallbacks"] += 1
             if traced is not None and not traced.has_holes:
                 for part, outline in enumerate(traced.polygons):
                     points = [
@@ -109,6 +107,7 @@ def to_label_studio(
                         }
                     )
             else:
+                counts["brush_fallbacks"] += traced is not None  # asked for polygons: a hole kept it a mask
                 results.append(
                     {
                         "id": f"s{segment['class_id']}",

@@ -18,8 +18,8 @@ all classes at a pixel sum to 1), and its margin the top-two score difference re
 score ((s1 - s2) / s1: 0 is a tie, 1 no rival). A segment's `confidence` and `margin` are its
 pixels' means; a row's `mean_confidence` and `mean_margin` likewise over the image, and
 `uncertain_fraction` the share of its pixels whose margin is under `UNCERTAIN_MARGIN`. SAN's own
-score (a sum over the mask proposals, not bounded by 1) is kept as `raw_score`. The review order, least confident first,
-is `uncertain_fraction` descending, then `mean_margin` ascending.
+score (a sum over the mask proposals, not bounded by 1) is kept as `raw_score`. The review order,
+least confident first, is `uncertain_fraction` descending, then `mean_margin` ascending.
 """
 
 from __future__ import annotations
@@ -89,8 +89,8 @@ class _DeviceMap:
 
 
 def posterior(scores: torch.Tensor, totals: torch.Tensor | None) -> torch.Tensor:
-    """The winning class's score normalised over the vocabulary, in [0, 1] (1 where a tile
-    carries no totals: a vocabulary of one class)."""
+    """The winning class's score normalised over the vocabulary, in [0, 1] (1 for a tile made
+    without totals, which `LabelTile` allows)."""
     if totals is None:
         return torch.ones_like(scores)
     return (scores / totals.clamp_min(1e-12)).clamp_(0, 1)

@@ -110,12 +110,7 @@ class LabelStudioClient:
         page = 1
         while True:
             fields = "fields=all&include=id,data,predictions_model_versions"
-            try:
-                answer = self.request("GET", f"/api/tasks?project={project}&page={page}&page_size={LIST_PAGE}&{fields}")
-            except LabelStudioError as e:
-                if "HTTP 404" in str(e):  # past the last page
-                    return
-                raise
+            answer = self.request("GET", f"/api/tasks?project={project}&page={page}&page_size={LIST_PAGE}&{fields}")
             yield from answer["tasks"]
             if page * LIST_PAGE >= answer["total"]:
                 return
