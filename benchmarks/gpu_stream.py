@@ -11,7 +11,9 @@ enlarged to 896x1344, each a different crop and flip, quality 90) to local disk,
    the device's half of the job path (`label_maps`: networks, label maps, copies to the host),
    images/s per precision and batch size, in this process;
    (and, at the largest batch, with the label maps made image by image and tile by tile, as on
-   a CPU, rather than a batch of one size at a time);
+   a CPU, rather than a batch of one size at a time; the label maps alone on one batch's logits,
+   through the fused kernel and through PyTorch, with the per-id sums apart; and, in bf16, the
+   device's kernels by their time in one call, written to OUT/device_profile_*.txt);
 2. for each run `PRECISION:BATCH[:ACTORS_PER_GPU]`, the complete labeling job
    (`pipeline.labeling.job.label`, what `san label` runs) in a fresh process with its defaults
    otherwise: images/s in steady state as rows reach Parquet (the rows of every file after the
@@ -96,7 +98,9 @@ def _rate(run: Any, images: int, sync: Any, seconds: float = 4.0) -> float:
     return calls * images / (time.perf_counter() - start)
 
 
-def networks_alone(checkpoint: Path, images: Path, vocab_cache: Path, runs: list[dict], device: str) -> dict:
+def networks_alone(
+    checkpoint: Path, images: Path, vocab_cache: Path, runs: list[dict], device: str, out: Path | None = None
+) -> dict:
     import torch
 
     sys.path.insert(0, str(ROOT))
@@ -144,6 +148,11 @@ def networks_alone(checkpoint: Path, images: Path, vocab_cache: Path, runs: list
         found[f"{precision}:{batch}"] = {"networks": networks, "device_half": job_device, "gpu_peak_gib": peak}
         if batch == max(r["batch"] for r in runs):  # the label maps image by image, tile by tile
             found[f"{precision}:{batch}"]["device_half_by_tiles"] = _rate(by_tiles, batch, sync, seconds)
+            found[f"{precision}:{batch}"]["label_maps"] = label_map_breakdown(
+                model, tensors, sizes, embeddings, class_ids, table.background, precision, sync, seconds
+            )
+            if device == "cuda" and precision == "bf16" and out is not None:
+                kernel_profile(device_half, out / f"device_profile_{precision}_{batch}.txt")
         print(
             f"in-process {precision} batch {batch}: networks {networks:.1f} img/s, "
             f"networks + label maps {job_device:.1f} img/s",
@@ -153,6 +162,67 @@ def networks_alone(checkpoint: Path, images: Path, vocab_cache: Path, runs: list
     if device == "cuda":
         torch.cuda.empty_cache()
     return found
+
+
+def label_map_breakdown(
+    model: Any,
+    tensors: list,
+    sizes: list,
+    embeddings: Any,
+    class_ids: Any,
+    background: bool,
+    precision: str,
+    sync: Any,
+    seconds: float,
+) -> dict:
+    """The device's work after the networks, on one batch's logits, ms per image: the label maps
+    through the fused kernel and through PyTorch (`batched_label_maps`), the sums and maps
+    collected per image (`collect_batch_on_device`), and how many pixels' labels the two ways
+    tell apart (float rounding at near-ties only)."""
+
+    from pipeline.labeling.inference import collect_batch_on_device, id_bins
+    from san_core.postprocess import batched_label_maps
+
+    ((indices, out, class_logits, mask_logits),) = list(
+        model._by_padded_size(tensors, embeddings, background, precision)
+    )
+    size = (out.padded_size, out.input_sizes[0], sizes[0])
+    images = len(indices)
+    found: dict[str, Any] = {}
+
+    def pytorch() -> Any:
+        return batched_label_maps(class_logits, mask_logits, *size, background)
+
+    ways = {"pytorch_ms": pytorch}
+    if class_logits.is_cuda:
+        from san_core.fused_label_maps import fused_label_maps
+
+        def fused() -> Any:
+            return fused_label_maps(class_logits, mask_logits, *size, background)
+
+        ways["fused_ms"] = fused
+    for name, way in ways.items():
+        found[name] = 1000 / _rate(way, images, sync, seconds)
+    labels = pytorch()
+    bins = id_bins(class_ids)
+    found["collect_ms"] = 1000 / _rate(lambda: collect_batch_on_device(labels, class_ids, bins), images, sync, seconds)
+    if "fused_ms" in found:
+        found["fused_vs_pytorch_labels_differ"] = float((ways["fused_ms"]().labels != labels.labels).float().mean())
+    print(f"label maps, ms per image ({precision}, batch {images}): {json.dumps(found)}", flush=True)
+    return found
+
+
+def kernel_profile(run: Any, path: Path) -> None:
+    """The device's kernels in one call of `run` (after a warm-up), by their total device time."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    run()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        run()
+        torch.cuda.synchronize()
+    path.write_text(prof.key_averages().table(sort_by="cuda_time_total", row_limit=30, max_name_column_width=70))
 
 
 # --- 2. the whole job, in a fresh process ------------------------------------------------------
@@ -333,7 +403,7 @@ def main() -> None:
             "torch": torch.__version__,
             "images": args.images,
         }
-        results["in_process"] = networks_alone(checkpoint, images, vocab_cache, runs, device)
+        results["in_process"] = networks_alone(checkpoint, images, vocab_cache, runs, device, out)
         (out / "gpu_stream.json").write_text(json.dumps(results, indent=2))
         streams = [(run_name(r), r, ROOT) for r in runs]
         if args.baseline:  # second, to be within the budget
@@ -392,6 +462,22 @@ def render(results: dict) -> str:
         lines.append(
             f"| {key} | {alone['networks']:.0f} | {alone['device_half']:.0f} | {label_ms:.2f} | {tiles} | {peak} |"
         )
+    breakdowns = {key: alone["label_maps"] for key, alone in results["in_process"].items() if "label_maps" in alone}
+    if breakdowns:
+        lines += [
+            "",
+            "The label maps alone, on one batch's logits, ms per image (fused: the Triton kernel the job uses on a "
+            "GPU; PyTorch: `batched_label_maps`; collect: the per-id sums and maps):",
+            "",
+            "| precision:batch | fused | PyTorch | collect | labels that differ, fused against PyTorch |",
+            "|---|---|---|---|---|",
+        ]
+        for key, found in breakdowns.items():
+            fused = f"{found['fused_ms']:.2f}" if "fused_ms" in found else "-"
+            differ = (
+                f"{found['fused_vs_pytorch_labels_differ']:.2e}" if "fused_vs_pytorch_labels_differ" in found else "-"
+            )
+            lines.append(f"| {key} | {fused} | {found['pytorch_ms']:.2f} | {found['collect_ms']:.2f} | {differ} |")
     lines += [
         "",
         "The whole job (`label`, local Ray), images/s in steady state as rows reach Parquet:",

@@ -33,8 +33,8 @@ from .postprocess import (
     MAX_BATCH_PIXELS,
     LabelBatch,
     LabelTile,
-    batched_label_maps,
     class_probabilities,
+    label_batch,
     semantic_label_tiles,
     semantic_labels,
     semantic_scores,
@@ -317,7 +317,7 @@ class SAN(nn.Module):
         max_batch_pixels: int = MAX_BATCH_PIXELS,
     ) -> list[tuple[list[int], LabelBatch]]:
         """`predict_labels` for a GPU: the images that share their padded, input and output sizes
-        are labelled together (`batched_label_maps`), at most `max_batch_pixels` output pixels a
+        are labelled together (`label_batch`), at most `max_batch_pixels` output pixels a
         call. Returns (image indices, their label maps) pairs that cover every image once."""
         sizes = _sizes(images, output_sizes)
         found = []
@@ -331,7 +331,7 @@ class SAN(nn.Module):
                 per_call = max(1, max_batch_pixels // max(1, height * width))
                 for start in range(0, len(slots), per_call):
                     chosen = slots[start : start + per_call]
-                    labels = batched_label_maps(
+                    labels = label_batch(
                         class_logits[chosen],
                         mask_logits[chosen],
                         out.padded_size,

@@ -7,6 +7,7 @@ probabilities (background dropped) times mask probabilities over queries.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache, partial
@@ -28,6 +29,11 @@ TILE_ANCHORS = 8
 PRUNING_BLOCK = 32
 # Slack for float rounding in the pruning tests' comparisons; it only ever keeps more classes.
 BOUND_SLACK = 1e-5
+# The largest output height the fused kernel takes: its grid's second side, at most 65535, counts
+# blocks of 32 rows.
+FUSED_MAX_ROWS = 65535 * 32
+
+logger = logging.getLogger(__name__)
 
 
 def chunk_elements_for(device: torch.device) -> int:
@@ -387,6 +393,50 @@ def batched_label_maps(
         runner_up[:, top:bottom] = second.view(shape)
         totals[:, top:bottom] = torch.bmm(masks, mass).view(shape)
     return LabelBatch(labels, scores, runner_up, totals)
+
+
+def label_batch(
+    class_logits: torch.Tensor,
+    mask_logits: torch.Tensor,
+    padded_size: tuple[int, int],
+    input_size: tuple[int, int],
+    output_size: tuple[int, int],
+    background: bool = True,
+) -> LabelBatch:
+    """The label maps of B images of one size: on a GPU, through the fused kernel
+    (`fused_label_maps`), which never writes the masks at the output size; elsewhere, or where
+    Triton is missing or its kernel failed once in this process (logged), `batched_label_maps`.
+    Both give the same labels up to float rounding."""
+    classes = class_logits.shape[-1] - (1 if background else 0)
+    fused = _fused_label_maps() if mask_logits.is_cuda and classes >= 2 and output_size[0] <= FUSED_MAX_ROWS else None
+    if fused is not None:
+        if _FUSED_STATE["worked"]:
+            return fused(class_logits, mask_logits, padded_size, input_size, output_size, background)
+        try:  # the first call compiles the kernel for this GPU
+            labels = fused(class_logits, mask_logits, padded_size, input_size, output_size, background)
+            _FUSED_STATE["worked"] = True
+            return labels
+        except Exception as error:  # noqa: BLE001 - any compiler or driver failure: PyTorch's way works
+            logger.warning(
+                "the fused label-map kernel failed (%s: %s); using batched_label_maps", type(error).__name__, error
+            )
+            _FUSED_STATE["failed"] = True
+    return batched_label_maps(class_logits, mask_logits, padded_size, input_size, output_size, background)
+
+
+# Whether the fused kernel has run in this process, or failed (then it is not tried again).
+_FUSED_STATE = {"worked": False, "failed": False}
+
+
+def _fused_label_maps() -> Callable[..., LabelBatch] | None:
+    if _FUSED_STATE["failed"]:
+        return None
+    try:
+        from .fused_label_maps import fused_label_maps
+    except ImportError:  # PyTorch without Triton (its CPU builds)
+        _FUSED_STATE["failed"] = True
+        return None
+    return fused_label_maps
 
 
 def merge_top_two(

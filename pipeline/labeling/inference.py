@@ -167,19 +167,19 @@ def collect_on_device(
     confidences = torch.zeros(bins, dtype=torch.float64, device=device)
     uncertain = torch.zeros((), dtype=torch.int64, device=device)
     for tile in tiles:
-        ids = class_ids[tile.labels].flatten()
         runner_up = tile.runner_up if tile.runner_up is not None else torch.zeros_like(tile.scores)
-        margin = ((tile.scores - runner_up) / tile.scores.clamp_min(1e-12)).clamp_(0, 1).flatten()
-        # index_add_ rather than bincount, whose CUDA kernel reads the largest id back to the host
-        sums.index_add_(0, ids, tile.scores.flatten().double())
-        margins.index_add_(0, ids, margin.double())
-        confidences.index_add_(0, ids, posterior(tile.scores, tile.totals).flatten().double())
+        margin = ((tile.scores - runner_up) / tile.scores.clamp_min(1e-12)).clamp_(0, 1)
+        tile_sums = sums_per_id(
+            tile.labels[None], class_ids, bins, (tile.scores, margin, posterior(tile.scores, tile.totals))
+        )
+        for total, tile_sum in zip((sums, margins, confidences), tile_sums, strict=True):
+            total += tile_sum[0]
         uncertain += (margin < UNCERTAIN_MARGIN).sum()
         rows, cols = tile.labels.shape
         where = (slice(tile.top, tile.top + rows), slice(tile.left, tile.left + cols))
-        label_map[where] = ids.view(rows, cols)
+        label_map[where] = class_ids[tile.labels]
         if margin_map is not None:
-            margin_map[where] = (margin * 255).round_().view(rows, cols)
+            margin_map[where] = (margin * 255).round_()
     return _DeviceMap(label_map, sums, margins, uncertain, margin_map, confidences)
 
 
@@ -189,30 +189,55 @@ def collect_batch_on_device(
     """`collect_on_device` for a batch of whole label maps ([B, H, W] class indices), in a few
     calls for the whole batch."""
     images = batch.labels.shape[0]
-    ids = class_ids[batch.labels]  # [B, H, W]
-    runner_up = batch.runner_up
-    margin = ((batch.scores - runner_up) / batch.scores.clamp_min(1e-12)).clamp_(0, 1)
-    # every image's ids in a range of its own, so that one index_add_ sums the whole batch
-    offsets = torch.arange(images, device=ids.device)[:, None, None] * bins
-    where = (ids + offsets).flatten()
-    sums = torch.zeros(images * bins, dtype=torch.float64, device=ids.device)
-    sums.index_add_(0, where, batch.scores.flatten().double())
-    margins = torch.zeros_like(sums).index_add_(0, where, margin.flatten().double())
-    confidences = torch.zeros_like(sums).index_add_(0, where, posterior(batch.scores, batch.totals).flatten().double())
+    margin = ((batch.scores - batch.runner_up) / batch.scores.clamp_min(1e-12)).clamp_(0, 1)
+    sums, margins, confidences = sums_per_id(
+        batch.labels, class_ids, bins, (batch.scores, margin, posterior(batch.scores, batch.totals))
+    )
     uncertain = (margin < UNCERTAIN_MARGIN).flatten(1).sum(dim=1)
-    label_maps = ids.to(torch.int16)  # the uint16 ids' bits, as collect_on_device keeps them
+    label_maps = class_ids[batch.labels].to(torch.int16)  # the uint16 ids' bits, as collect_on_device keeps them
     margin_maps = (margin * 255).round_().to(torch.uint8) if uncertainty_map else None
     return [
         _DeviceMap(
             label_maps[i],
-            sums[i * bins : (i + 1) * bins],
-            margins[i * bins : (i + 1) * bins],
+            sums[i],
+            margins[i],
             uncertain[i],
             None if margin_maps is None else margin_maps[i],
-            confidences[i * bins : (i + 1) * bins],
+            confidences[i],
         )
         for i in range(images)
     ]
+
+
+# Copies of each sum that `sums_per_id` spreads one id's additions over on a GPU.
+SUM_LANES = 32
+
+
+def sums_per_id(
+    labels: torch.Tensor, class_ids: torch.Tensor, bins: int, values: Sequence[torch.Tensor]
+) -> list[torch.Tensor]:
+    """Each of `values` ([B, H, W], like `labels`: class indices) summed per image and taxonomy
+    id: [B, bins] float64 each (`bins` = `id_bins(class_ids)`).
+
+    Summed per class first, then per id (a few classes may share one). On a GPU `index_add_`
+    adds atomically, and an image's pixels mostly go to a few classes (with random weights, to
+    one): a single sum per class would take its million additions one after another. There,
+    pixel i adds into copy i % SUM_LANES of its class's sum, the copies far apart in memory, and
+    the copies are added up after."""
+    images, classes = labels.shape[0], len(class_ids)
+    where = (labels.reshape(images, -1) + torch.arange(images, device=labels.device)[:, None] * classes).flatten()
+    # copies no larger than the values they sum, whatever the vocabulary
+    lanes = max(1, min(SUM_LANES if labels.is_cuda else 1, where.numel() // max(1, images * classes)))
+    if lanes > 1:
+        where = where + torch.arange(where.numel(), device=where.device) % lanes * (images * classes)
+    per_id = []
+    for value in values:
+        spread = torch.zeros(lanes * images * classes, dtype=torch.float64, device=labels.device)
+        per_class = spread.index_add_(0, where, value.flatten().double()).view(lanes, images, classes).sum(dim=0)
+        per_id.append(
+            torch.zeros(images, bins, dtype=torch.float64, device=labels.device).index_add_(1, class_ids, per_class)
+        )
+    return per_id
 
 
 def to_host(maps: Sequence[_DeviceMap]) -> list[LabelMapArrays]:

@@ -1,0 +1,73 @@
+"""The fused label-map kernel a GPU runs (`san_core.fused_label_maps`), here under Triton's
+interpreter: the same labels and scores as the full score maps' argmax and top two."""
+
+from __future__ import annotations
+
+import os
+
+# Triton decides at import whether its kernels compile for a GPU or run in the interpreter: this
+# must come before anything imports the kernel (nothing else does on a machine without a GPU).
+os.environ["TRITON_INTERPRET"] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
+
+import san_core.fused_label_maps as fused  # noqa: E402
+from san_core.postprocess import batched_label_maps, label_batch, semantic_scores  # noqa: E402
+
+# Two blocks down (32 rows and 8) and two across (64 columns and 6): full and cut-short blocks.
+BATCH, QUERIES, PADDED, VALID, OUTPUT = 2, 20, (96, 128), (90, 121), (40, 70)
+
+
+def _logits(classes: int, peak: float) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(classes)
+    class_logits = torch.randn(BATCH, QUERIES, classes + 1, generator=generator) * peak
+    mask_logits = torch.randn(BATCH, QUERIES, 6, 8, generator=generator) * 3
+    return class_logits, mask_logits
+
+
+def _assert_top_two_of_full_scores(labels, class_logits, mask_logits) -> None:
+    for image in range(BATCH):
+        scores = semantic_scores(class_logits[image], mask_logits[image], PADDED, VALID, OUTPUT)
+        ranked = scores.topk(2, dim=0).values
+        assert torch.allclose(labels.scores[image], ranked[0], rtol=1e-5, atol=1e-6)
+        assert torch.allclose(labels.runner_up[image], ranked[1], rtol=1e-5, atol=1e-6)
+        assert torch.allclose(labels.totals[image], scores.sum(dim=0), rtol=1e-5, atol=1e-6)
+        # the argmax, up to float ties between classes
+        disagree = labels.labels[image] != scores.argmax(dim=0)
+        assert disagree.float().mean() < 1e-3
+        chosen = scores.gather(0, labels.labels[image][None])[0]
+        assert ((chosen - ranked[0])[disagree].abs() <= 1e-6).all()
+
+
+def test_the_kernel_runs_in_the_interpreter_here():
+    assert isinstance(fused._anchor_top_two, InterpretedFunction)
+
+
+@pytest.mark.parametrize(("classes", "peak"), [(150, 5.0), (847, 0.01)])
+def test_fused_label_maps_are_the_argmax_and_top_two_of_the_score_maps(classes, peak):
+    """Peaked (150 classes) and flat (847: the anchors leave blocks undecided, scored again)
+    probabilities."""
+    class_logits, mask_logits = _logits(classes, peak)
+    labels = fused.fused_label_maps(class_logits, mask_logits, PADDED, VALID, OUTPUT)
+    assert labels.labels.shape == labels.scores.shape == (BATCH, *OUTPUT) and labels.labels.dtype == torch.int64
+    _assert_top_two_of_full_scores(labels, class_logits, mask_logits)
+    batched = batched_label_maps(class_logits, mask_logits, PADDED, VALID, OUTPUT)
+    assert (labels.labels != batched.labels).float().mean() < 1e-3
+
+
+def test_blocks_whose_anchors_cannot_decide_are_scored_again(monkeypatch):
+    """Two anchors for 40 classes: nearly every block has classes outside them that may win,
+    which the scoring after the kernel must find."""
+    monkeypatch.setattr(fused, "KERNEL_ANCHORS", 2)
+    class_logits, mask_logits = _logits(40, 0.5)
+    labels = fused.fused_label_maps(class_logits, mask_logits, PADDED, VALID, OUTPUT)
+    _assert_top_two_of_full_scores(labels, class_logits, mask_logits)
+
+
+def test_label_batch_uses_pytorch_off_a_gpu():
+    class_logits, mask_logits = _logits(150, 5.0)
+    on_cpu = label_batch(class_logits, mask_logits, PADDED, VALID, OUTPUT)
+    batched = batched_label_maps(class_logits, mask_logits, PADDED, VALID, OUTPUT)
+    assert torch.equal(on_cpu.labels, batched.labels) and torch.equal(on_cpu.scores, batched.scores)
