@@ -21,6 +21,10 @@ from sandbox import Sandbox
 # Before any project or Ray import: module-level defaults (e.g. the vocabulary cache) read these.
 SANDBOX = Sandbox.create(Path(tempfile.mkdtemp(prefix="san-t-")))
 SANDBOX.activate(os.environ)
+# Triton fixes at import whether @triton.jit kernels compile for a GPU or run in its interpreter,
+# and torch imports Triton early (torch._dynamo, through open_clip): set before torch is imported.
+# The suite runs without a GPU, so the fused label-map kernel is tested in the interpreter.
+os.environ["TRITON_INTERPRET"] = "1"
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

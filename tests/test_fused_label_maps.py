@@ -3,18 +3,12 @@ interpreter: the same labels and scores as the full score maps' argmax and top t
 
 from __future__ import annotations
 
-import os
+import pytest
+import torch
+from triton.runtime.interpreter import InterpretedFunction
 
-# Triton decides at import whether its kernels compile for a GPU or run in the interpreter: this
-# must come before anything imports the kernel (nothing else does on a machine without a GPU).
-os.environ["TRITON_INTERPRET"] = "1"
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
-
-import san_core.fused_label_maps as fused  # noqa: E402
-from san_core.postprocess import batched_label_maps, label_batch, semantic_scores  # noqa: E402
+import san_core.fused_label_maps as fused
+from san_core.postprocess import batched_label_maps, label_batch, semantic_scores
 
 # Two blocks down (32 rows and 8) and two across (64 columns and 6): full and cut-short blocks.
 BATCH, QUERIES, PADDED, VALID, OUTPUT = 2, 20, (96, 128), (90, 121), (40, 70)
