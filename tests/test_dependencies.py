@@ -4,6 +4,7 @@ the declared floor), no deprecated calls from our code."""
 from __future__ import annotations
 
 import ast
+import importlib.util
 import re
 import sys
 import warnings
@@ -255,3 +256,16 @@ def test_only_the_store_lists_or_opens_result_files():
             "MANIFEST_NAME",
         ):
             assert needle not in text, f"{path.relative_to(REPO)} reaches into the store: {needle}"
+
+
+def test_the_device_kit_takes_each_package_at_the_locks_pin_for_the_lent_machines_python():
+    """benchmarks/device/make_kit.py downloads what a lent GPU machine lacks at the pins of
+    requirements/runtime.txt for its Python (3.12): a package the lock dropped or stopped pinning
+    there would fail a session with device time running, not here."""
+    spec = importlib.util.spec_from_file_location("make_kit", REPO / "benchmarks" / "device" / "make_kit.py")
+    make_kit = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_kit)
+    pins = [Requirement(pin) for pin in make_kit.pinned("3.12")]
+    assert sorted(pin.name for pin in pins) == sorted(make_kit.MISSING_ON_THE_IMAGE)
+    assert all(len(pin.specifier) == 1 and next(iter(pin.specifier)).operator == "==" for pin in pins)
+    assert {"ray", "pydantic", "duckdb", "open-clip-torch"} <= _names(PROJECT["dependencies"]) & {p.name for p in pins}
