@@ -105,13 +105,14 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     if args.baseline:
         export_baseline(args.baseline, out / "baseline")
+    pins = pinned(args.python)
     with tempfile.TemporaryDirectory(prefix="device-kit-") as tmp:
         wheels, site = Path(tmp) / "wheels", Path(tmp) / "site"
         platforms = [option for platform in PLATFORMS for option in ("--platform", platform)]
         subprocess.run(
             [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
              "--python-version", args.python, "--implementation", "cp", *platforms, "-d", str(wheels),
-             *pinned(args.python)],
+             *pins],
             check=True,
         )  # fmt: skip
         for wheel in sorted(wheels.glob("*.whl")):
@@ -131,7 +132,7 @@ def main() -> None:
         with tarfile.open(archive_path, "w:xz", preset=9 | lzma.PRESET_EXTREME) as archive:
             archive.add(site, arcname="site")
     size = archive_path.stat().st_size / 2**20
-    print(f"{archive_path}: {size:.1f} MiB for Python {args.python}: {', '.join(pinned(args.python))}")
+    print(f"{archive_path}: {size:.1f} MiB for Python {args.python}: {', '.join(pins)}")
     if size > LIMIT_MIB:
         raise SystemExit(f"{archive_path} is {size:.1f} MiB, over the {LIMIT_MIB} MiB a call carries beside it")
 
