@@ -281,3 +281,24 @@ def test_manifest_formats_and_globs(tmp_path):
         list_inputs(str(tmp_path / "bad.csv"))
     with pytest.raises(InputError, match="no such file"):
         list_inputs(str(tmp_path / "missing"))
+
+
+def test_labeling_actors_run_each_call_on_their_main_thread():
+    """Ray Data hands a callable class's calls to a thread of their own unless the pool says
+    otherwise, and PyTorch's CPU kernels ran some 20% slower there (benchmarks/README.md): the
+    labeling actors' pool keeps every call on the actor's main thread."""
+    import ray
+
+    from pipeline.labeling.actors import ActorLayout
+
+    class WhereCalled:  # defined here, so that Ray ships the class itself to the actors
+        def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            import threading
+
+            on_main_thread = threading.current_thread() is threading.main_thread()
+            return {"id": batch["id"], "on_main_thread": np.full(len(batch["id"]), on_main_thread)}
+
+    for layout in (ActorLayout(gpus=0.0, concurrency=(1, 1), batch_size=2), ActorLayout(0.0, (1, 2), 3)):
+        rows = ray.data.range(12).map_batches(WhereCalled, batch_size=layout.batch_size, **layout.pool()).take_all()
+        assert sorted(r["id"] for r in rows) == list(range(12))
+        assert all(r["on_main_thread"] for r in rows), rows

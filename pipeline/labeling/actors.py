@@ -127,7 +127,13 @@ def cluster_gpu_types(resources: Mapping[str, float]) -> set[str]:
 def ray_actor_pool(concurrency: tuple[int, int]) -> Any:
     import ray
 
-    return ray.data.ActorPoolStrategy(min_size=concurrency[0], max_size=concurrency[1])
+    # Ray Data runs a callable class's calls on a thread of their own unless told otherwise; with
+    # one call at a time (max_concurrency 1) that overlaps nothing, and PyTorch's CPU kernels run
+    # some 20% slower off a process's main thread (benchmarks/README.md). So the calls run on
+    # the actor's main thread, still one at a time.
+    return ray.data.ActorPoolStrategy(
+        min_size=concurrency[0], max_size=concurrency[1], enable_true_multi_threading=True
+    )
 
 
 def torch_threads_per_actor(config: LabelJobConfig, actors: int) -> int:
