@@ -298,7 +298,8 @@ def test_labeling_actors_run_each_call_on_their_main_thread():
             on_main_thread = threading.current_thread() is threading.main_thread()
             return {"id": batch["id"], "on_main_thread": np.full(len(batch["id"]), on_main_thread)}
 
-    for layout in (ActorLayout(gpus=0.0, concurrency=(1, 1), batch_size=2), ActorLayout(0.0, (1, 2), 3)):
+    for concurrency, batch_size in (((1, 1), 2), ((1, 2), 3)):  # one actor, and a pool that may grow to two
+        layout = ActorLayout(gpus=0.0, concurrency=concurrency, batch_size=batch_size)
         rows = ray.data.range(12).map_batches(WhereCalled, batch_size=layout.batch_size, **layout.pool()).take_all()
         assert sorted(r["id"] for r in rows) == list(range(12))
         assert all(r["on_main_thread"] for r in rows), rows
