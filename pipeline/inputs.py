@@ -17,11 +17,10 @@ import fsspec
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
-import pyarrow.parquet as pq
 
 from .media.images import IMAGE_EXTENSIONS
 from .media.video import VIDEO_EXTENSIONS
-from .storage import is_local, read_parquet, with_protocol
+from .storage import ParquetReader, is_local, read_parquet, with_protocol
 
 # What the labeling job takes from a folder or glob: images and videos.
 LABEL_INPUT_EXTENSIONS = IMAGE_EXTENSIONS + VIDEO_EXTENSIONS
@@ -156,11 +155,11 @@ def _walk_batches(fs: fsspec.AbstractFileSystem, path: str, uri: str) -> Iterato
 def _manifest_batches(fs: fsspec.AbstractFileSystem, path: str, uri: str) -> Iterator[pa.Array]:
     with fs.open(path, "rb") as f:
         if path.lower().endswith(".parquet"):
-            parquet = pq.ParquetFile(f)
-            if "uri" not in parquet.schema_arrow.names:
-                raise InputError(f"manifest {uri} has no 'uri' column (columns: {parquet.schema_arrow.names})")
-            for batch in parquet.iter_batches(batch_size=BATCH_ROWS, columns=["uri"]):
-                yield _clean(batch.column(0))
+            with ParquetReader(f) as parquet:
+                if "uri" not in parquet.schema_arrow.names:
+                    raise InputError(f"manifest {uri} has no 'uri' column (columns: {parquet.schema_arrow.names})")
+                for batch in parquet.iter_batches(BATCH_ROWS, ["uri"]):
+                    yield _clean(batch.column(0))
         elif path.lower().endswith(".csv"):
             try:
                 reader = pa_csv.open_csv(

@@ -3,7 +3,7 @@ for Ray Data's Parquet reader and writer."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import BinaryIO
 
 import fsspec
@@ -32,13 +32,58 @@ def pyarrow_filesystem(fs: fsspec.AbstractFileSystem) -> pafs.FileSystem:
     return pafs.PyFileSystem(pafs.FSSpecHandler(fs))
 
 
-def read_parquet(file: BinaryIO, columns: Sequence[str] | None = None) -> pa.Table:
-    """One Parquet file from an open Python file object, read within this call.
+class ParquetReader:
+    """A Parquet file in an open Python file object, read on the calling thread alone.
 
-    `pq.read_table` reads a Python file through the dataset scanner, whose background threads can
-    drop the last reference to the file after the call has returned; when that happens while the
-    interpreter exits, the thread cannot take the GIL and the process aborts (`san demo` did, in
-    about one run in five). `ParquetFile` reads the file directly and is done with it on return.
+    Arrow wraps a Python file so that each read takes the GIL, and the bytes it returns stay
+    Python objects whose release takes the GIL too. An Arrow thread that touches them can still be
+    doing so after a read has returned; if the interpreter is exiting by then, that thread cannot
+    take the GIL and the process aborts ("terminate called without an active exception").
+    `pq.read_table` aborted that way in about one run in two here, and `pq.ParquetFile` with its
+    defaults once in a CI run: it pre-buffers on Arrow's I/O threads and decodes columns on its CPU
+    threads. This reader does neither, so every read is finished when it returns.
     """
-    with pq.ParquetFile(file) as parquet:
-        return parquet.read(columns=list(columns) if columns is not None else None)
+
+    def __init__(self, file: BinaryIO) -> None:
+        self._parquet = pq.ParquetFile(file, pre_buffer=False)
+
+    def __enter__(self) -> ParquetReader:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._parquet.close()
+
+    @property
+    def schema(self) -> pq.ParquetSchema:
+        return self._parquet.schema
+
+    @property
+    def schema_arrow(self) -> pa.Schema:
+        return self._parquet.schema_arrow
+
+    @property
+    def metadata(self) -> pq.FileMetaData:
+        return self._parquet.metadata
+
+    @property
+    def num_row_groups(self) -> int:
+        return self._parquet.num_row_groups
+
+    def read(self, columns: Sequence[str] | None = None) -> pa.Table:
+        return self._parquet.read(columns=_names(columns), use_threads=False)
+
+    def read_row_group(self, index: int, columns: Sequence[str] | None = None) -> pa.Table:
+        return self._parquet.read_row_group(index, columns=_names(columns), use_threads=False)
+
+    def iter_batches(self, batch_size: int, columns: Sequence[str] | None = None) -> Iterator[pa.RecordBatch]:
+        return self._parquet.iter_batches(batch_size=batch_size, columns=_names(columns), use_threads=False)
+
+
+def _names(columns: Sequence[str] | None) -> list[str] | None:
+    return list(columns) if columns is not None else None
+
+
+def read_parquet(file: BinaryIO, columns: Sequence[str] | None = None) -> pa.Table:
+    """One Parquet file from an open Python file object, read on the calling thread (ParquetReader)."""
+    with ParquetReader(file) as parquet:
+        return parquet.read(columns)

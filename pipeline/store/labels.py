@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 from schemas.output import Provenance
 from schemas.taxonomy import Taxonomy
 
-from ..storage import pyarrow_filesystem, read_parquet
+from ..storage import ParquetReader, pyarrow_filesystem, read_parquet
 from .layout import (
     MANIFEST_NAME,
     PREVIEW_DIR,
@@ -94,8 +94,8 @@ class LabelStore:
     def read_file(self, path: str, columns: Columns = None) -> pa.Table:
         with self.fs.open(path, "rb") as f:
             if callable(columns):
-                with pq.ParquetFile(f) as parquet:
-                    return parquet.read(columns=columns(parquet.schema))
+                with ParquetReader(f) as parquet:
+                    return parquet.read(columns(parquet.schema))
             return read_parquet(f, columns)
 
     def rows(self, columns: Columns = None) -> Iterator[dict[str, Any]]:
@@ -108,13 +108,13 @@ class LabelStore:
         them (and of those, only `columns`)."""
         ordered = sorted(set(indices))
         parts: list[pa.Table] = []
-        with self.fs.open(path, "rb") as f, pq.ParquetFile(f) as parquet:
+        with self.fs.open(path, "rb") as f, ParquetReader(f) as parquet:
             start = 0
             for group in range(parquet.num_row_groups):
                 end = start + parquet.metadata.row_group(group).num_rows
                 wanted = [index - start for index in ordered if start <= index < end]
                 if wanted:
-                    parts.append(parquet.read_row_group(group, columns=list(columns)).take(wanted))
+                    parts.append(parquet.read_row_group(group, columns).take(wanted))
                 start = end
         return pa.concat_tables(parts) if parts else pa.table({c: pa.array([]) for c in columns})
 

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 
 import fsspec
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from schemas.output import PROVENANCE_KEY, RUN_ID_KEY, Provenance
 
 from ..inputs import InputError
+from ..storage import ParquetReader
 from .layout import INDEX_DIR, source_uris
 
 log = logging.getLogger(__name__)
@@ -59,12 +59,11 @@ def read_keys(fs: fsspec.AbstractFileSystem, path: str, stamp: str) -> tuple[Res
     Parquet file (what a killed writer leaves). Any other failure raises InputError: a read error
     proves nothing about the file."""
     try:
-        with fs.open(path, "rb") as f:
-            parquet = pq.ParquetFile(f)
+        with fs.open(path, "rb") as f, ParquetReader(f) as parquet:
             schema = parquet.schema_arrow
             optional = [name for name in ("error_kind", "video_uri") if name in schema.names]
             columns = ["image_uri", "error", *optional]
-            table = parquet.read(columns=columns)
+            table = parquet.read(columns)
     except pa.ArrowInvalid:
         return None
     except Exception as e:
