@@ -16,7 +16,6 @@ from typing import Any
 import fsspec
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pa_csv
 
 from .media.images import IMAGE_EXTENSIONS
 from .media.video import VIDEO_EXTENSIONS
@@ -153,6 +152,8 @@ def _walk_batches(fs: fsspec.AbstractFileSystem, path: str, uri: str) -> Iterato
 
 
 def _manifest_batches(fs: fsspec.AbstractFileSystem, path: str, uri: str) -> Iterator[pa.Array]:
+    # Python's csv module rather than pyarrow.csv: Arrow's CSV reader reads a Python file on a
+    # thread of its own, which can abort the process at exit (see ParquetReader).
     with fs.open(path, "rb") as f:
         if path.lower().endswith(".parquet"):
             with ParquetReader(f) as parquet:
@@ -161,24 +162,27 @@ def _manifest_batches(fs: fsspec.AbstractFileSystem, path: str, uri: str) -> Ite
                 for batch in parquet.iter_batches(BATCH_ROWS, ["uri"]):
                     yield _clean(batch.column(0))
         elif path.lower().endswith(".csv"):
-            try:
-                reader = pa_csv.open_csv(
-                    f, convert_options=pa_csv.ConvertOptions(include_columns=["uri"], column_types={"uri": pa.string()})
-                )
-            except (pa.ArrowInvalid, KeyError) as e:
-                raise InputError(f"manifest {uri} has no 'uri' column ({e})") from e
-            for batch in reader:
-                yield _clean(batch.column(0))
+            rows = csv.reader(io.TextIOWrapper(f, encoding="utf-8-sig", newline=""))
+            header = next(rows, [])
+            if "uri" not in header:
+                raise InputError(f"manifest {uri} has no 'uri' column (columns: {header})")
+            column = header.index("uri")
+            uris = (row[column] if column < len(row) else "" for row in rows)
+            yield from (_clean(batch) for batch in _string_batches(uris))
         else:
-            lines: list[str] = []
-            for line in io.TextIOWrapper(f, encoding="utf-8-sig"):
-                line = line.strip()
-                if line and not line.startswith("#"):
-                    lines.append(line)
-                    if len(lines) == BATCH_ROWS:
-                        yield pa.array(lines, pa.string())
-                        lines = []
-            yield pa.array(lines, pa.string())
+            lines = (line.strip() for line in io.TextIOWrapper(f, encoding="utf-8-sig"))
+            yield from _string_batches(line for line in lines if line and not line.startswith("#"))
+
+
+def _string_batches(strings: Iterator[str]) -> Iterator[pa.Array]:
+    """`strings` as string arrays of BATCH_ROWS (the last one shorter, possibly empty)."""
+    batch: list[str] = []
+    for string in strings:
+        batch.append(string)
+        if len(batch) == BATCH_ROWS:
+            yield pa.array(batch, pa.string())
+            batch = []
+    yield pa.array(batch, pa.string())
 
 
 def _clean(uris: pa.Array) -> pa.Array:

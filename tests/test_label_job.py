@@ -275,6 +275,10 @@ def test_manifest_formats_and_globs(tmp_path):
     (tmp_path / "bad.csv").write_text("path\n/data/1.jpg\n")
     assert list_inputs(str(tmp_path / "list.txt")) == ["/data/1.jpg", "/data/2.jpg"]
     assert list_inputs(str(tmp_path / "list.parquet")) == ["s3://b/1.jpg", "s3://b/2.jpg"]
+    # a spreadsheet's export: a byte-order mark, quoted commas, a blank cell and a short row
+    csv_text = '\ufeffnote,uri\n"a, b",/data/1.jpg\n"",\nc," /data/3.jpg "\nd\n'
+    (tmp_path / "list.csv").write_text(csv_text, encoding="utf-8")
+    assert list_inputs(str(tmp_path / "list.csv")) == ["/data/1.jpg", "/data/3.jpg"]
     assert list_inputs(str(tmp_path / "a" / "*.png")) == [str(tmp_path / "a" / "y.png")]
     assert list_inputs(str(tmp_path / "a")) == [str(tmp_path / "a" / "x.jpg"), str(tmp_path / "a" / "y.png")]
     with pytest.raises(InputError, match="no 'uri' column"):
